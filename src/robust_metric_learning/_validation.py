@@ -1,0 +1,150 @@
+"""Input checks shared by the whole package.
+
+Every public entry point validates through these helpers so that bad input gets one
+clear message that names the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "check_array_2d",
+    "check_labels",
+    "check_n_features",
+    "check_positive_int",
+    "check_odd_k",
+    "check_eps",
+    "resolve_metric",
+]
+
+
+def check_array_2d(X: Any, *, name: str = "X", allow_empty: bool = False) -> np.ndarray:
+    """Return ``X`` as a finite, 2-D float64 array or raise a clear error."""
+    if X is None:
+        raise ValueError(f"{name} must be a 2-D numeric array, got None")
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # ragged nested lists and the like
+        raise ValueError(f"{name} must be a 2-D numeric array: {exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} must be numeric, got an array of dtype {arr.dtype}"
+            + (" (strings)" if arr.dtype.kind in "USO" else "")
+        )
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got shape {arr.shape}")
+    if not allow_empty and (arr.shape[0] == 0 or arr.shape[1] == 0):
+        raise ValueError(f"{name} is empty: shape {arr.shape}; at least 1 sample and 1 feature are needed")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        n_bad = int((~np.isfinite(arr)).any(axis=1).sum())
+        raise ValueError(f"{name} contains NaN or infinity in {n_bad} row(s); all values must be finite")
+    return arr
+
+
+def check_labels(y: Any, *, n_samples: int, name: str = "y") -> np.ndarray:
+    """Return ``y`` as a 1-D array of ``n_samples`` labels or raise a clear error."""
+    if y is None:
+        raise ValueError(f"{name} must be a 1-D array of labels, got None")
+    arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.ravel()
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of labels, got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"{name} has {arr.shape[0]} labels, X has {n_samples} samples")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+def check_n_features(X: np.ndarray, n_features: int, *, name: str = "X", what: str = "the model was fitted on") -> None:
+    """Raise when ``X`` does not have ``n_features`` columns."""
+    if X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features, {what} {n_features}")
+
+
+def check_positive_int(value: Any, *, name: str) -> int:
+    """Return ``value`` as a positive int or raise."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_odd_k(k: Any, *, name: str = "n_neighbors") -> int:
+    """Return ``k`` as a positive odd int (certification needs a strict majority)."""
+    k = check_positive_int(k, name=name)
+    if k % 2 == 0:
+        raise ValueError(f"{name} must be odd for certification (a strict majority vote), got {k}")
+    return k
+
+
+def check_eps(eps: Any, *, name: str = "eps") -> np.ndarray:
+    """Return perturbation budgets as a 1-D float array of finite non-negative values."""
+    arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D list of numbers, got shape {arr.shape}")
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise ValueError(f"{name} must be finite and >= 0, got {arr.tolist()}")
+    return arr
+
+
+def _check_psd(M: np.ndarray, *, name: str) -> np.ndarray:
+    """Symmetric PSD check; returns the eigen-decomposition's square root factor."""
+    scale = float(np.abs(M).max()) if M.size else 0.0
+    if not np.allclose(M, M.T, rtol=1e-10, atol=1e-12 * max(scale, 1.0)):
+        raise ValueError(f"{name} must be symmetric; max |M - M.T| = {np.abs(M - M.T).max():.3g}")
+    w, V = np.linalg.eigh((M + M.T) / 2)
+    tol = 1e-10 * max(float(np.abs(w).max()) if w.size else 0.0, 1e-300)
+    if w.min() < -tol:
+        raise ValueError(
+            f"{name} must be positive semi-definite; its smallest eigenvalue is {w.min():.6g}"
+        )
+    keep = w > tol  # drop the null space: L has one row per positive eigenvalue
+    if not keep.any():
+        keep[-1] = True
+    L = np.sqrt(np.clip(w[keep], 0.0, None))[:, None] * V[:, keep].T
+    return L[::-1].copy()  # rows ordered by decreasing eigenvalue
+
+
+def resolve_metric(metric: Any, n_features: int, *, name: str = "metric") -> np.ndarray | None:
+    """Turn a metric specification into a components matrix ``L`` (``M = L.T @ L``).
+
+    ``"euclidean"`` (or None) gives None, meaning the identity. A square array is the
+    Mahalanobis matrix ``M`` (symmetric PSD); a non-square ``(r, d)`` array is ``L``; an
+    object with ``components_`` (a fitted learner) gives its ``components_``.
+    """
+    if metric is None or (isinstance(metric, str) and metric == "euclidean"):
+        return None
+    if isinstance(metric, str):
+        raise ValueError(f"{name} must be 'euclidean', a (d, d) matrix M, an (r, d) matrix L or a fitted learner, got {metric!r}")
+    if hasattr(metric, "components_"):
+        L = np.asarray(metric.components_)
+        kind = "components_"
+    elif hasattr(metric, "fit") and hasattr(metric, "get_params"):
+        raise ValueError(f"{name} is a learner that has not been fitted: call fit(X, y) first")
+    else:
+        L = None
+        kind = "matrix"
+    arr = np.asarray(L if L is not None else metric)
+    if arr.dtype.kind not in "biuf" or arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"{name} must be a 2-D numeric matrix, got {arr.dtype} array of shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    if arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} columns, X has {n_features} features")
+    if kind == "matrix" and arr.shape[0] == arr.shape[1]:
+        return _check_psd(arr, name=f"{name} (square, read as the Mahalanobis matrix M)")
+    return arr
+
+
+def check_fraction(value: Any, *, name: str) -> float:
+    """Return a float in (0, 1] or raise."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not (0 < value <= 1):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)

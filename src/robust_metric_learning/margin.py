@@ -1,0 +1,172 @@
+"""Mahalanobis distances and the margin formula (DESIGN §2).
+
+``d_M(a, b) = (a - b)^T M (a - b)`` with ``M = L^T L``. For a point ``z``, a same-class
+point ``x+`` and an other-class point ``x-``, the l2 distance from ``z`` to the half-space of
+points at least as close to ``x-`` as to ``x+`` is
+
+    margin(z; x+, x-) = (d_M(z, x-) - d_M(z, x+)) / (2 ||M (x+ - x-)||_2)
+
+(negative when ``z`` is already closer to ``x-``). This module is the only place that
+formula is written; certification, ARML training and the perturbation loss all call it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "NORM_FLOOR",
+    "margin",
+    "margin_from_distances",
+    "pairwise_sq_distances",
+    "pairwise_mahalanobis",
+    "row_blocks",
+    "nearest_neighbors",
+    "smallest_k",
+    "vote",
+]
+
+#: Default memory budget, in bytes, for one block of a pairwise computation.
+DEFAULT_MEMORY_BUDGET: int = 512 * 2**20
+#: Floor on ``||M (x+ - x-)||`` so coincident pairs give a zero margin, not NaN.
+NORM_FLOOR: float = 1e-12
+
+
+def margin_from_distances(d_pos, d_neg, pair_norm, *, floor: float = NORM_FLOOR):
+    """The margin from its parts; works on numpy arrays and torch tensors (broadcasting).
+
+    Parameters
+    ----------
+    d_pos, d_neg : array or tensor
+        Squared Mahalanobis distances ``d_M(z, x+)`` and ``d_M(z, x-)``.
+    pair_norm : array or tensor
+        ``||M (x+ - x-)||_2``.
+    floor : float, default=NORM_FLOOR
+        Smallest denominator used.
+    """
+    return (d_neg - d_pos) / (2 * pair_norm.clip(min=floor))
+
+
+def margin(z: torch.Tensor, x_pos: torch.Tensor, x_neg: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """Margin of each triplet ``(z[t], x_pos[t], x_neg[t])`` under ``M``; differentiable in all.
+
+    Parameters
+    ----------
+    z, x_pos, x_neg : tensor of shape (n, d)
+    M : tensor of shape (d, d), symmetric PSD
+
+    Returns
+    -------
+    tensor of shape (n,), the l2 distance (signed) from ``z`` to the decision half-space.
+
+    Examples
+    --------
+    >>> import torch
+    >>> margin(torch.zeros(1, 2), torch.tensor([[1., 0.]]), torch.tensor([[-3., 0.]]), torch.eye(2))
+    tensor([2.])
+    """
+    dp = z - x_pos
+    dn = z - x_neg
+    d_pos = ((dp @ M) * dp).sum(-1)
+    d_neg = ((dn @ M) * dn).sum(-1)
+    pair_norm = torch.linalg.vector_norm((x_pos - x_neg) @ M, dim=-1)
+    return margin_from_distances(d_pos, d_neg, pair_norm)
+
+
+def row_blocks(n_rows: int, n_cols: int, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+               itemsize: int = 8) -> Iterator[slice]:
+    """Slices of rows such that a ``(block, n_cols)`` array fits ``memory_budget`` bytes."""
+    per_row = max(1, n_cols * itemsize)
+    step = max(1, int(memory_budget // per_row))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
+def pairwise_sq_distances(A: torch.Tensor, B: torch.Tensor, *, A_sq: torch.Tensor | None = None,
+                          B_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distances between the rows of ``A`` and ``B`` (clamped at 0)."""
+    if A_sq is None:
+        A_sq = (A * A).sum(1)
+    if B_sq is None:
+        B_sq = (B * B).sum(1)
+    D = torch.addmm(B_sq.unsqueeze(0), A, B.T, alpha=-2.0)
+    D += A_sq.unsqueeze(1)
+    return D.clamp_(min=0.0)
+
+
+def _transform(X: torch.Tensor, components: torch.Tensor | None) -> torch.Tensor:
+    return X if components is None else X @ components.T
+
+
+def pairwise_mahalanobis(A, B, components=None, *, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                         dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Squared Mahalanobis distances ``d_M(a_i, b_j)`` with ``M = L^T L`` (``L = components``).
+
+    Computed block by block so no intermediate larger than ``memory_budget`` bytes is formed
+    besides the ``(n_a, n_b)`` result itself. ``components=None`` means the identity.
+    """
+    A = torch.as_tensor(A, dtype=dtype)
+    B = torch.as_tensor(B, dtype=dtype)
+    L = None if components is None else torch.as_tensor(components, dtype=dtype)
+    ZB = _transform(B, L)
+    ZB_sq = (ZB * ZB).sum(1)
+    out = torch.empty((A.shape[0], B.shape[0]), dtype=dtype)
+    width = B.shape[0] + (L.shape[0] if L is not None else A.shape[1])
+    for sl in row_blocks(A.shape[0], width, memory_budget=memory_budget):
+        out[sl] = pairwise_sq_distances(_transform(A[sl], L), ZB, B_sq=ZB_sq)
+    return out
+
+
+def nearest_neighbors(Q, X, n_neighbors: int, components=None, *,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                      dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_neighbors`` nearest rows of ``X`` to each row of ``Q`` under ``M = L^T L``.
+
+    Blockwise: memory stays within ``memory_budget`` bytes whatever ``len(X)``. Ties in
+    distance are broken by the smaller training index, so results are deterministic.
+
+    Returns
+    -------
+    dist : ndarray of shape (n_q, n_neighbors), squared distances, ascending.
+    ind : ndarray of shape (n_q, n_neighbors), indices into ``X``.
+    """
+    Qt = torch.as_tensor(Q, dtype=dtype)
+    Xt = torch.as_tensor(X, dtype=dtype)
+    L = None if components is None else torch.as_tensor(components, dtype=dtype)
+    ZX = _transform(Xt, L)
+    ZX_sq = (ZX * ZX).sum(1)
+    n, k = Xt.shape[0], n_neighbors
+    dist = np.empty((Qt.shape[0], k))
+    ind = np.empty((Qt.shape[0], k), dtype=np.int64)
+    for sl in row_blocks(Qt.shape[0], 2 * n, memory_budget=memory_budget):
+        D = pairwise_sq_distances(_transform(Qt[sl], L), ZX, B_sq=ZX_sq)
+        Dn = D.numpy()
+        kth = torch.kthvalue(D, k, dim=1).values.numpy()
+        for r in range(Dn.shape[0]):
+            ind[sl.start + r] = sel = smallest_k(Dn[r], k, kth=kth[r])
+            dist[sl.start + r] = Dn[r, sel]
+    return dist, ind
+
+
+def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None) -> np.ndarray:
+    """Indices of the ``k`` smallest entries of ``d``, ordered by (value, index).
+
+    This is the package's one tie rule for neighbours: at equal distance the training
+    point with the smaller index comes first.
+    """
+    if kth is None:
+        kth = np.partition(d, k - 1)[k - 1]
+    cand = np.flatnonzero(d <= kth)
+    return cand[np.lexsort((cand, d[cand]))[:k]]
+
+
+def vote(neighbor_codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """Majority vote over the last axis of class codes; ties go to the smallest code."""
+    codes = np.atleast_2d(neighbor_codes)
+    counts = np.zeros((codes.shape[0], n_classes), dtype=np.int64)
+    np.add.at(counts, (np.arange(codes.shape[0])[:, None], codes), 1)
+    return counts.argmax(1)
