@@ -148,3 +148,65 @@ def check_fraction(value: Any, *, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not (0 < value <= 1):
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
     return float(value)
+
+
+# ------------------------------------------------------------ declared parameter checks
+
+
+class Interval:
+    """A numeric range constraint for ``_parameter_constraints`` (our own, stable API)."""
+
+    def __init__(self, kind: type, low: float | None, high: float | None, *, closed: str = "both"):
+        self.kind, self.low, self.high, self.closed = kind, low, high, closed
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, self.kind):
+            return False
+        lo_ok = self.low is None or (value >= self.low if self.closed in ("left", "both") else value > self.low)
+        hi_ok = self.high is None or (value <= self.high if self.closed in ("right", "both") else value < self.high)
+        return bool(lo_ok and hi_ok and np.isfinite(value))
+
+    def __str__(self) -> str:
+        kind = "an int" if self.kind is Integral else "a number"
+        lb = "[" if self.closed in ("left", "both") else "("
+        rb = "]" if self.closed in ("right", "both") else ")"
+        lo = "-inf" if self.low is None else self.low
+        hi = "inf" if self.high is None else self.high
+        return f"{kind} in {lb}{lo}, {hi}{rb}"
+
+
+class Options:
+    """A constraint accepting one of a fixed set of values."""
+
+    def __init__(self, *values: Any):
+        self.values = values
+
+    def accepts(self, value: Any) -> bool:
+        return any(value is v or (type(value) is type(v) and value == v) for v in self.values)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+def validate_params(estimator: Any) -> None:
+    """Check ``estimator``'s parameters against its ``_parameter_constraints``.
+
+    Each constraint list may hold :class:`Interval`, :class:`Options`, ``None`` (accepts
+    None) or a type (accepts instances). The error names the parameter, what is allowed and
+    what came.
+    """
+    for name, constraints in estimator._parameter_constraints.items():
+        value = getattr(estimator, name)
+        for c in constraints:
+            if c is None and value is None:
+                break
+            if isinstance(c, type) and isinstance(value, c) and not isinstance(value, bool):
+                break
+            if hasattr(c, "accepts") and c.accepts(value):
+                break
+        else:
+            allowed = " or ".join("None" if c is None else c.__name__ if isinstance(c, type) else str(c)
+                                  for c in constraints)
+            raise ValueError(
+                f"The '{name}' parameter of {type(estimator).__name__} must be {allowed}; got {value!r}"
+            )

@@ -312,9 +312,9 @@ def _prepare(X_train, y_train, X, y, metric, n_neighbors, memory_budget):
         raise ValueError(f"y has labels of dtype {y.dtype}, y_train has {y_train.dtype}; they must be comparable")
     classes, codes, counts = np.unique(y_train, return_inverse=True, return_counts=True)
     if classes.size < 2:
-        raise ValueError(f"y_train has a single class ({classes[0]!r}); certification needs at least 2 classes")
+        raise ValueError(f"y_train has one class only ({classes[0].tolist()!r}); certification needs at least 2 classes")
     if n_neighbors > counts.min():
-        small = classes[counts.argmin()]
+        small = classes[counts.argmin()].tolist()
         raise ValueError(
             f"n_neighbors={n_neighbors} is larger than the smallest class of y_train "
             f"(label {small!r} has {counts.min()} points)"

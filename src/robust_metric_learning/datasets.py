@@ -447,9 +447,7 @@ def _missing_error(
         f"To get the data: run `rml datasets --download {name}`, or call {call}; "
         f"or set {_ENV_VAR} to a folder that already holds the files."
     )
-    err = FileNotFoundError("\n".join(lines))
-    err.filename = str(home / missing[0])
-    return err
+    return FileNotFoundError("\n".join(lines))
 
 
 def _split(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ...]:
