@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "md5_file"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "load_metric", "md5_file", "save_metric"]
 
 _CHUNK = 1 << 20
 _WRITE_MODES = ("wb", "w", "wt")
@@ -211,3 +211,59 @@ def md5_file(path: str | os.PathLike[str], *, decompress: bool = False) -> str:
         If a compressed file is damaged or truncated.
     """
     return _md5_of(path, _compression_of(path) if decompress else None)
+
+
+# ------------------------------------------------------------------------ metric files
+
+_METRIC_KEYS = ("components", "mahalanobis")
+
+
+def save_metric(path: str | os.PathLike[str], components: Any, *, metadata: dict | None = None) -> Path:
+    """Save a metric as ``.npz``: ``components`` (L, with ``M = L.T @ L``) and JSON metadata.
+
+    Written atomically; read back with :func:`load_metric` (no pickle involved).
+    """
+    import io
+    import json
+
+    import numpy as np
+
+    L = np.asarray(components, dtype=np.float64)
+    if L.ndim != 2:
+        raise ValueError(f"components must be a 2-D array, got shape {L.shape}")
+    buf = io.BytesIO()
+    np.savez(buf, components=L, metadata=np.array(json.dumps(metadata or {}, sort_keys=True)))
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_metric(path: str | os.PathLike[str]) -> tuple[Any, dict]:
+    """Read a metric file: returns ``(matrix, metadata)``.
+
+    ``.npz`` files hold ``components`` (L, any shape (r, d)) or ``mahalanobis`` (M, (d, d))
+    and optional JSON ``metadata``; a ``.npy`` file holds one matrix (square: M, else L).
+    The matrix is returned as stored, to be passed as ``metric=`` (a square M, or L: a square
+    L is returned as ``L.T @ L``, so the two readings agree).
+    """
+    import json
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metric file {path} not found")
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False), {}
+        with np.load(path, allow_pickle=False) as data:
+            key = next((k for k in _METRIC_KEYS if k in data.files), None)
+            if key is None:
+                raise ValueError(f"metric file {path} holds {sorted(data.files)}; expected one of {list(_METRIC_KEYS)}")
+            mat = data[key]
+            meta = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
+    except (OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, ValueError) and str(exc).startswith("metric file"):
+            raise
+        raise ValueError(f"metric file {path} could not be read as .npz/.npy: {exc}") from None
+    if key == "components" and mat.ndim == 2 and mat.shape[0] == mat.shape[1]:
+        mat = mat.T @ mat  # a square L would be read as M: hand over M itself
+    return mat, meta

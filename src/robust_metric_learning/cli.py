@@ -1,0 +1,153 @@
+"""The ``rml`` command line: ``rml certify`` and ``rml datasets``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+#: Default ε grids (l2, in the [0, 1]-scaled feature space) per dataset.
+DEFAULT_EPS = {
+    "mnist": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+    "fashion-mnist": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+    "usps": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+    "digits": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0],
+}
+_LOW_DIM_EPS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .datasets import DATASET_NAMES
+
+    p = argparse.ArgumentParser(prog="rml", description="Robust metric learning: certify K-NN classifiers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("certify", help="robustness radii and robust error of Mahalanobis K-NN")
+    c.add_argument("--dataset", default="digits", choices=DATASET_NAMES, help="dataset name (default: digits)")
+    c.add_argument("--metric", default="euclidean",
+                   help="'euclidean' or a metric file (.npz with 'components' or 'mahalanobis', or .npy)")
+    c.add_argument("--k", type=int, nargs="+", default=[1, 11], help="odd K values (default: 1 11)")
+    c.add_argument("--method", choices=["auto", "exact", "bound"], default="auto",
+                   help="auto: exact radius for K=1, certified bound otherwise")
+    c.add_argument("--eps", type=float, nargs="+", default=None, help="l2 budgets (default: per dataset)")
+    c.add_argument("--n-eval", type=int, default=1000, help="test points evaluated (default: 1000)")
+    c.add_argument("--seed", type=int, default=42, help="seed of the test-set shuffle (default: 42)")
+    c.add_argument("--n-jobs", type=int, default=None, help="joblib workers")
+    c.add_argument("--data-home", default=None, help="data folder (default: $RML_DATA, then a user cache)")
+    c.add_argument("--out", default=None, help="folder for certify.json and robust_error.png")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    d = sub.add_parser("datasets", help="list datasets and whether their files are present")
+    d.add_argument("--data-home", default=None)
+    d.add_argument("--download", nargs="+", default=None, metavar="NAME", help="download these datasets")
+    d.add_argument("--base-url", default=None, help="mirror with the data-home layout")
+    return p
+
+
+def _load_metric_arg(value: str):
+    if value == "euclidean":
+        return "euclidean", {}
+    from ._io import load_metric
+
+    return load_metric(value)
+
+
+def _markdown_table(rows: list[dict], eps: np.ndarray) -> str:
+    head = "| K | method | clean error | " + " | ".join(f"ε={e:g}" for e in eps) + " | s/point |"
+    sep = "|---|---|---|" + "---|" * len(eps) + "---|"
+    lines = [head, sep]
+    for r in rows:
+        errs = " | ".join(f"{v:.3f}" for v in r["robust_error"])
+        lines.append(f"| {r['k']} | {r['method']} | {r['clean_error']:.3f} | {errs} | {r['seconds_per_point']:.4f} |")
+    return "\n".join(lines)
+
+
+def cmd_certify(args: argparse.Namespace) -> int:
+    from sklearn.utils import shuffle
+
+    from ._io import atomic_write_text
+    from ._validation import check_eps, check_odd_k
+    from .certify import plot_robust_error, robust_error_curve
+    from .datasets import load_dataset
+    from .neighbors import MahalanobisKNN
+
+    ks = [check_odd_k(k, name="--k") for k in args.k]
+    if args.n_eval < 1:
+        raise ValueError(f"--n-eval must be >= 1, got {args.n_eval}")
+    eps = check_eps(args.eps if args.eps is not None else DEFAULT_EPS.get(args.dataset, _LOW_DIM_EPS), name="--eps")
+    eps = np.unique(np.concatenate([[0.0], eps]))
+    metric, meta = _load_metric_arg(args.metric)
+    X_train, y_train, X_test, y_test = load_dataset(args.dataset, data_home=args.data_home)
+    X_eval, y_eval = shuffle(X_test, y_test, random_state=args.seed)
+    X_eval, y_eval = X_eval[: args.n_eval], y_eval[: args.n_eval]
+    progress = False if args.quiet else None
+
+    rows, curves = [], {}
+    for k in ks:
+        method = ("exact" if k == 1 else "bound") if args.method == "auto" else args.method
+        if method == "exact" and k != 1:
+            raise ValueError(f"--method exact is for K=1 only; got --k {k}")
+        knn = MahalanobisKNN(k, metric=metric, n_jobs=args.n_jobs).fit(X_train, y_train)
+        t0 = time.perf_counter()
+        radii = knn.certify(X_eval, y_eval, method=method, progress=progress)
+        seconds = time.perf_counter() - t0
+        errors = robust_error_curve(radii, eps)
+        label = f"K={k} ({method})"
+        curves[label] = errors
+        rows.append({"k": k, "method": method, "clean_error": float(errors[0]),
+                     "robust_error": errors[1:].tolist(), "seconds": seconds,
+                     "seconds_per_point": seconds / len(radii), "radii": radii.tolist()})
+
+    print(f"rml certify: {args.dataset}, metric {args.metric}, {len(y_eval)} test points (seed {args.seed})")
+    print(_markdown_table(rows, eps[1:]))
+    if args.out:
+        out = Path(args.out)
+        settings = {"dataset": args.dataset, "metric": args.metric, "metric_metadata": meta, "k": ks,
+                    "method": args.method, "eps": eps.tolist(), "n_eval": len(y_eval), "seed": args.seed,
+                    "n_train": len(y_train), "n_features": X_train.shape[1], "n_jobs": args.n_jobs}
+        result = {"settings": settings, "results": rows}
+        atomic_write_text(out / "certify.json", json.dumps(result, indent=1) + "\n")
+        plot_robust_error(curves, eps, path=out / "robust_error.png",
+                          title=f"{args.dataset}, metric {Path(args.metric).name}")
+        print(f"\nwrote {out / 'certify.json'} and {out / 'robust_error.png'}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from .datasets import dataset_status, download_dataset, get_data_home
+
+    if args.download:
+        for name in args.download:
+            got = download_dataset(name, data_home=args.data_home, base_url=args.base_url)
+            print(f"{name}: downloaded {len(got)} file(s)")
+    status = dataset_status(data_home=args.data_home)
+    print(f"data home: {get_data_home(args.data_home)}")
+    print("| dataset | files | available |")
+    print("|---|---|---|")
+    for name, st in status.items():
+        if st["bundled"]:
+            print(f"| {name} | bundled with scikit-learn | yes |")
+            continue
+        files = ", ".join(sorted({str(Path(p).parent.name) + "/" + Path(p).name for p in st["files"]}))
+        avail = "yes" if st["available"] else f"no, {len(st['missing'])} missing (rml datasets --download {name})"
+        print(f"| {name} | {files} | {avail} |")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``rml``."""
+    args = _parser().parse_args(argv)
+    try:
+        return {"certify": cmd_certify, "datasets": cmd_datasets}[args.command](args)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"rml {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
