@@ -204,6 +204,10 @@ def test_metric_forms_agree(digits):
     np.testing.assert_allclose(via_L, via_M, rtol=1e-7)
     knn = MahalanobisKNN(metric=L).fit(Xtr, ytr)
     np.testing.assert_allclose(knn.certify(Xte, yte), via_L, rtol=1e-12)
+    # a full-rank M becomes a square L inside the classifier; it must not be re-read as M
+    M = random_psd(np.random.default_rng(5), 64) / 64
+    knn = MahalanobisKNN(metric=M).fit(Xtr, ytr)
+    np.testing.assert_allclose(knn.certify(Xte, yte), exact_radius_1nn(Xtr, ytr, Xte, yte, metric=M), rtol=1e-7)
 
 
 def test_small_memory_budget_gives_same_radii(digits):

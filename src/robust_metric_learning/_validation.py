@@ -138,6 +138,8 @@ def resolve_metric(metric: Any, n_features: int, *, name: str = "metric") -> np.
         raise ValueError(f"{name} contains NaN or infinity")
     if arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} columns, X has {n_features} features")
+    if arr.shape[0] == arr.shape[1] and np.array_equal(arr, np.eye(n_features)):
+        return None  # the identity, as M or as L: take the Euclidean fast path
     if kind == "matrix" and arr.shape[0] == arr.shape[1]:
         return _check_psd(arr, name=f"{name} (square, read as the Mahalanobis matrix M)")
     return arr

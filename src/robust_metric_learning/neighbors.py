@@ -136,7 +136,8 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
         y = check_labels(y, n_samples=X.shape[0])
-        common = dict(metric=self._metric_for_certify(), n_jobs=self.n_jobs,
+        # pass self: its components_ is L, never misread as a square M
+        common = dict(metric=self, n_jobs=self.n_jobs,
                       memory_budget=self.memory_budget, progress=progress)
         y_train = self.classes_[self._y_codes]
         if method == "exact":
@@ -148,9 +149,6 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
                 raise ValueError("return_adversarial=True needs method='exact'")
             return certified_radius_knn(self._fit_X, y_train, X, y, n_neighbors=self.n_neighbors, **common)
         raise ValueError(f"method must be 'exact' or 'bound', got {method!r}")
-
-    def _metric_for_certify(self):
-        return "euclidean" if self._L is None else self._L
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
