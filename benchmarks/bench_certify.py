@@ -31,7 +31,9 @@ Run::
 
     python benchmarks/bench_certify.py [--n-eval 1000] [--n-baseline 50] [--skip-mnist]
 
-It prints a Markdown table and writes ``benchmarks/results/certify.json``. A disagreement
+It prints a Markdown table and writes ``benchmarks/results/certify.json``, with a fingerprint
+of the library source measured (git HEAD, uncommitted changes, a hash of the package files; a
+warning is printed if that source changed while the script ran). A disagreement
 between our radii and a baseline's is printed with the point, the metric and both values, and
 the script then exits with status 1 (after writing the JSON).
 """
@@ -109,6 +111,28 @@ def rss_now_kib() -> int:
 def peak_rss_kib() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak  # bytes on macOS, KiB on Linux
+
+
+def source_state() -> dict:
+    """Fingerprint of the library source being measured: git HEAD, whether src/ differs from
+    it, and a hash of the package's .py files (so that edits made during a run show up)."""
+    import hashlib
+
+    pkg = REPO / "src" / "robust_metric_learning"
+    h = hashlib.sha256()
+    for f in sorted(pkg.glob("*.py")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"git_head": git("rev-parse", "HEAD"), "src_modified": bool(git("status", "--porcelain", "--", "src")),
+            "src_sha256": h.hexdigest()[:16]}
 
 
 def timed(fn, *args, **kwargs):
@@ -304,6 +328,7 @@ def mnist_part(args) -> None:
     import torch  # noqa: F401  (imported before the 'after load' reading, like the timed code)
     from robust_metric_learning import certified_radius_knn, exact_radius_1nn
 
+    src = source_state()
     ds = load("mnist", data_home())
     if ds is None:
         print(MNIST_MARK + json.dumps({"missing": True}), flush=True)
@@ -323,6 +348,7 @@ def mnist_part(args) -> None:
         "peak_rss_kib": peak, "increment_over_rss_after_load_kib": peak - rss_load,
         "clean_error": float((radii == 0).mean()),
         "median_radius_correct": float(np.median(radii[radii > 0])) if (radii > 0).any() else None,
+        "source": src,
     }
     print(MNIST_MARK + json.dumps(out), flush=True)
 
@@ -348,7 +374,8 @@ def bench_mnist(args) -> list[dict] | None:
                      "ours_s_per_pt": res["s_per_pt"], "ours_points": res["points"], "ours_total_s": res["total_s"],
                      "baseline_s_per_pt": None, "baseline_points": 0, "ratio_same_points": None,
                      "ratio_vs_full_run": None, "memory": {k: v for k, v in res.items() if "rss" in k},
-                     "clean_error": res["clean_error"], "median_radius_correct": res["median_radius_correct"]})
+                     "clean_error": res["clean_error"], "median_radius_correct": res["median_radius_correct"],
+                     "source": res["source"]})
     return rows
 
 
@@ -400,6 +427,9 @@ def main(argv=None) -> int:
     import clarabel
     import sklearn
 
+    import robust_metric_learning  # noqa: F401  (the code measured is what is imported now)
+
+    src_start = source_state()
     t_start = time.perf_counter()
     env = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
            "sklearn": sklearn.__version__, "clarabel": clarabel.__version__,
@@ -421,6 +451,9 @@ def main(argv=None) -> int:
         else:
             rows += mn
     total = time.perf_counter() - t_start
+    src_end = source_state()
+    hashes = {src_start["src_sha256"], src_end["src_sha256"]} | {r["source"]["src_sha256"] for r in rows if "source" in r}
+    source = {"start": src_start, "end": src_end, "changed_during_run": len(hashes) > 1}
 
     print(f"\n## Certification speed (torch threads {env['torch_threads']}, os.cpu_count() {env['cpu_count']})\n")
     print(table(rows))
@@ -431,12 +464,17 @@ def main(argv=None) -> int:
                   f"{m['rss_after_load_kib'] / 1024:.0f} MiB (peak until then {m['peak_rss_after_load_kib'] / 1024:.0f} MiB); "
                   f"increment {m['increment_over_rss_after_load_kib'] / 1024:.0f} MiB", end="")
     print(f"\n\nTotal run time: {total:.1f} s")
+    print(f"Library source: git {src_start['git_head'][:10]}"
+          f"{' + uncommitted changes in src/' if src_start['src_modified'] else ''}, src sha256 {src_start['src_sha256']}")
+    if source["changed_during_run"]:
+        print("WARNING: the library source changed during the run; rows were measured on different code "
+              f"(hashes {sorted(hashes)}).", file=sys.stderr)
 
     result = {"env": env, "args": {"n_eval": args.n_eval, "n_baseline": args.n_baseline,
                                    "skip_mnist": args.skip_mnist, "metric_seed": args.metric_seed,
                                    "test_points": "sklearn.utils.shuffle(X_test, y_test, random_state=42)[:n]",
                                    "K": K},
-              "rows": rows, "failures": failures, "total_run_s": total}
+              "source": source, "rows": rows, "failures": failures, "total_run_s": total}
     from robust_metric_learning._io import atomic_write_text
 
     atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")

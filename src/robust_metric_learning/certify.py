@@ -60,7 +60,9 @@ class _Geometry:
     n_classes: int
     L: np.ndarray | None  # (r, d) components, None = identity
     Z: np.ndarray  # (n, r) = X L^T (centred)
+    Z_sq: np.ndarray  # (n,) squared row norms of Z
     MX: np.ndarray  # (n, d) = X M (centred)
+    MX_sq: np.ndarray  # (n,) squared row norms of MX
     memory_budget: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -74,44 +76,54 @@ class _Geometry:
         else:
             Z = Xc @ L.T
             MX = Z @ L
-        return cls(Xc, mean, codes, n_classes, L, Z, MX, memory_budget)
+        sq = lambda A: np.einsum("ij,ij->i", A, A)  # noqa: E731
+        return cls(Xc, mean, codes, n_classes, L, Z, sq(Z), MX, sq(MX), memory_budget)
 
     def sq_dist(self, Q: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distances from raw query rows ``Q`` to all training points."""
         Qc = Q - self.mean
         ZQ = Qc if self.L is None else Qc @ self.L.T
-        Zt = torch.from_numpy(self.Z)
-        return pairwise_sq_distances(torch.from_numpy(np.ascontiguousarray(ZQ)), Zt).numpy()
+        return pairwise_sq_distances(torch.from_numpy(np.ascontiguousarray(ZQ)), torch.from_numpy(self.Z),
+                                     B_sq=torch.from_numpy(self.Z_sq)).numpy()
 
-    def pair_norms(self, I: np.ndarray, J: np.ndarray) -> np.ndarray:
-        """``||M (x_i - x_j)||`` for ``i`` in ``I`` (rows) and ``j`` in ``J`` (columns)."""
-        A = torch.from_numpy(np.ascontiguousarray(self.MX[I]))
-        B = torch.from_numpy(np.ascontiguousarray(self.MX[J]))
-        return pairwise_sq_distances(A, B).sqrt_().numpy()
+
+def _norms(A: np.ndarray, B: np.ndarray, A_sq: np.ndarray, B_sq: np.ndarray) -> np.ndarray:
+    """``||a_i - b_j||`` for rows of ``A`` and ``B`` given their squared row norms."""
+    D = pairwise_sq_distances(torch.from_numpy(A), torch.from_numpy(B),
+                              A_sq=torch.from_numpy(A_sq), B_sq=torch.from_numpy(B_sq))
+    return D.sqrt_().numpy()
 
 
 class _ClassSplit:
-    """Positives (class ``c``) and negatives, with their pair norms cached within budget."""
+    """Positives (class ``c``) and negatives, with their pair norms ``||M (x_i - x_j)||``
+    cached when the ``|P| x |N|`` matrix fits the memory budget, else computed on demand."""
 
     def __init__(self, geo: _Geometry, c: int):
         self.geo = geo
         self.P = np.flatnonzero(geo.codes == c)
         self.N = np.flatnonzero(geo.codes != c)
         self.MXP = np.ascontiguousarray(geo.MX[self.P])
-        fits = self.P.size * self.N.size * 8 <= geo.memory_budget
-        self.norms = geo.pair_norms(self.P, self.N) if fits else None
+        self.MXP_sq = geo.MX_sq[self.P]
+        self.norms = None
+        if self.P.size * geo.MX.shape[0] * 8 <= geo.memory_budget:
+            self.norms = np.ascontiguousarray(self._rows_vs_all(np.arange(self.P.size))[:, self.N])
+
+    def _rows_vs_all(self, rows: np.ndarray) -> np.ndarray:
+        # against every training point, then keep the negatives' columns: no copy of MX[N]
+        return _norms(np.ascontiguousarray(self.MXP[rows]), self.geo.MX, self.MXP_sq[rows], self.geo.MX_sq)
 
     def norm_rows(self, rows: np.ndarray) -> np.ndarray:
         """Pair norms of positives ``P[rows]`` against every negative."""
         if self.norms is not None:
             return self.norms[rows]
-        return self.geo.pair_norms(self.P[rows], self.N)
+        return self._rows_vs_all(rows)[:, self.N]
 
     def norm_cols(self, cols: np.ndarray) -> np.ndarray:
         """Pair norms of every positive against negatives ``N[cols]``."""
         if self.norms is not None:
             return self.norms[:, cols]
-        return self.geo.pair_norms(self.P, self.N[cols])
+        J = self.N[cols]
+        return _norms(self.MXP, np.ascontiguousarray(self.geo.MX[J]), self.MXP_sq, self.geo.MX_sq[J])
 
 
 _split_cache: dict[tuple[str, int], _ClassSplit] = {}
@@ -235,7 +247,7 @@ def _exact_point(split: _ClassSplit, d: np.ndarray, x: np.ndarray, n_screen: int
     dP, dN = d[P], d[N]
     m = min(n_screen, P.size)
     S = np.argpartition(dP, m - 1)[:m]
-    lb = margin_from_distances(dP[S, None], dN[None, :], split.norm_rows(S)).max(0)
+    lb = margin_from_distances(dP[S, None], dN[None, :], split.norm_rows(S)).clip(min=0.0).max(0)
     order = np.argsort(lb, kind="stable")
     best, best_delta = np.inf, None
     xc = x - geo.mean
@@ -371,6 +383,8 @@ def _certify(geo: _Geometry, X: np.ndarray, y_codes: np.ndarray, *, k: int, meth
                 bar.update(idx.size)
     finally:
         torch.set_num_threads(prev_threads)
+        with _split_lock:
+            _split_cache.clear()  # free the last class's cached pair norms
     return radii, deltas
 
 
