@@ -6,7 +6,7 @@ clear message that names the argument, what was expected and what was received.
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -143,13 +143,6 @@ def resolve_metric(metric: Any, n_features: int, *, name: str = "metric") -> np.
     if kind == "matrix" and arr.shape[0] == arr.shape[1]:
         return _check_psd(arr, name=f"{name} (square, read as the Mahalanobis matrix M)")
     return arr
-
-
-def check_fraction(value: Any, *, name: str) -> float:
-    """Return a float in (0, 1] or raise."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not (0 < value <= 1):
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
 
 
 # ------------------------------------------------------------ declared parameter checks

@@ -20,7 +20,7 @@ import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -376,7 +376,7 @@ def _certify(geo: _Geometry, X: np.ndarray, y_codes: np.ndarray, *, k: int, meth
     try:
         with _progress(progress, int(correct.sum()), f"certify ({method}, K={k})") as bar:
             results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
-            for (c, idx), (r, dl) in zip(tasks, results):
+            for (_, idx), (r, dl) in zip(tasks, results):
                 radii[idx] = r
                 if deltas is not None:
                     deltas[idx] = dl
