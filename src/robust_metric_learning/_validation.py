@@ -195,7 +195,7 @@ def validate_params(estimator: Any) -> None:
         for c in constraints:
             if c is None and value is None:
                 break
-            if isinstance(c, type) and isinstance(value, c) and not isinstance(value, bool):
+            if isinstance(c, type) and isinstance(value, c) and (c is bool or not isinstance(value, bool)):
                 break
             if hasattr(c, "accepts") and c.accepts(value):
                 break

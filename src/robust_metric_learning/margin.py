@@ -27,6 +27,7 @@ __all__ = [
     "row_blocks",
     "nearest_neighbors",
     "smallest_k",
+    "class_neighbors",
     "vote",
 ]
 
@@ -170,3 +171,34 @@ def vote(neighbor_codes: np.ndarray, n_classes: int) -> np.ndarray:
     counts = np.zeros((codes.shape[0], n_classes), dtype=np.int64)
     np.add.at(counts, (np.arange(codes.shape[0])[:, None], codes), 1)
     return counts.argmax(1)
+
+
+def class_neighbors(Z: torch.Tensor, codes: torch.Tensor, k_same: int, k_other: int, *,
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every row of ``Z`` (already transformed: ``Z = X L^T``), its ``k_same`` nearest
+    same-class rows (itself excluded) and ``k_other`` nearest other-class rows.
+
+    One blockwise distance computation serves both lists (``torch.topk``; ties in any order).
+    Used to sample triplets during training; ``k_same`` is at most the smallest class size - 1.
+
+    Returns
+    -------
+    same : LongTensor (n, k_same), other : LongTensor (n, k_other)
+    """
+    n = Z.shape[0]
+    Z_sq = (Z * Z).sum(1)
+    same = torch.empty((n, k_same), dtype=torch.long)
+    other = torch.empty((n, k_other), dtype=torch.long)
+    inf = torch.tensor(float("inf"), dtype=Z.dtype)
+    for sl in row_blocks(n, 3 * n, memory_budget=memory_budget, itemsize=Z.element_size()):
+        D = pairwise_sq_distances(Z[sl], Z, A_sq=Z_sq[sl], B_sq=Z_sq)
+        is_same = codes[sl].unsqueeze(1) == codes.unsqueeze(0)
+        rows = torch.arange(sl.start, sl.stop)
+        D_same = torch.where(is_same, D, inf)
+        D_same[rows - sl.start, rows] = inf  # a point is not its own neighbour
+        if k_same:
+            same[sl] = torch.topk(D_same, k_same, dim=1, largest=False, sorted=True).indices
+        if k_other:
+            other[sl] = torch.topk(torch.where(is_same, inf, D), k_other, dim=1, largest=False,
+                                   sorted=True).indices
+    return same, other

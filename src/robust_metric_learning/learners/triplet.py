@@ -1,0 +1,181 @@
+"""Triplet learners on the shared optimisation loop, and the perturbation loss (DESIGN §2)."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+
+from .._validation import Interval, Options, validate_params
+from ..margin import DEFAULT_MEMORY_BUDGET, class_neighbors, margin
+from ._optim import minimize
+from .base import MetricLearner
+
+__all__ = ["PerturbationLoss", "TripletLearner"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class PerturbationLoss(BaseEstimator):
+    """Perturbation loss of a triplet margin (TNNLS 2022).
+
+    Per triplet: ``[tau^2 - margin^2]_+`` when ``margin >= 0`` and ``tau^2`` when the triplet is
+    violated (``margin < 0``); averaged and multiplied by ``weight``. It pushes every triplet's
+    decision boundary at least ``tau`` (l2, input space) away from its anchor.
+
+    Parameters
+    ----------
+    tau : float, default=1.0
+        Target margin, > 0, in input-space l2 units.
+    weight : float, default=1.0
+        lambda, >= 0.
+
+    Examples
+    --------
+    >>> import torch
+    >>> PerturbationLoss(tau=1.0)(torch.tensor([0.5, 2.0, -1.0]))
+    tensor(0.5833)
+    """
+
+    _parameter_constraints = {
+        "tau": [Interval(Real, 0, None, closed="neither")],
+        "weight": [Interval(Real, 0, None, closed="left")],
+    }
+
+    def __init__(self, tau: float = 1.0, weight: float = 1.0):
+        self.tau = tau
+        self.weight = weight
+
+    def per_triplet(self, margins: torch.Tensor) -> torch.Tensor:
+        """The loss of each triplet (before averaging and weighting)."""
+        validate_params(self)
+        t2 = float(self.tau) ** 2
+        return torch.where(margins >= 0, (t2 - margins**2).clamp(min=0.0), torch.full_like(margins, t2))
+
+    def __call__(self, margins: torch.Tensor) -> torch.Tensor:
+        if margins.numel() == 0:
+            return margins.sum()  # zero, still attached to the graph
+        return float(self.weight) * self.per_triplet(margins).mean()
+
+
+class TripletLearner(MetricLearner):
+    """Learn ``L`` from triplets (anchor, same-class, other-class) on the shared loop.
+
+    The default objective is the hinge ``[margin + d(a, p) - d(a, n)]_+`` over the ``k_same``
+    nearest same-class × ``k_other`` nearest other-class points of each anchor under the
+    current metric, re-sampled every ``resample_every`` epochs; with ``perturbation`` the
+    :class:`PerturbationLoss` of every triplet's margin is added. Subclasses state their own
+    ``_sample`` and ``_loss``.
+
+    Parameters
+    ----------
+    k_same : int, default=3
+    k_other : int, default=10
+    margin : float, default=1.0
+        Hinge margin, in squared-distance units.
+    perturbation : PerturbationLoss or None, default=None
+    solver : {"adam", "lbfgs", "sgd"}, default="adam"
+    learning_rate : float, default=1e-2
+    max_iter : int, default=200
+        Epochs.
+    tol : float, default=0.0
+        Relative early-stopping tolerance (0: run every epoch).
+    resample_every : int, default=1
+        Re-sample triplets every this many epochs.
+    dtype : {"float32", "float64"}, default="float64"
+    memory_budget : int, default=512 MiB
+    random_state : int or None
+    verbose : bool, default=False
+    """
+
+    _parameter_constraints = {
+        "k_same": [Interval(Integral, 1, None, closed="left")],
+        "k_other": [Interval(Integral, 1, None, closed="left")],
+        "margin": [Interval(Real, 0, None, closed="left")],
+        "perturbation": [None, PerturbationLoss],
+        "solver": [Options("adam", "lbfgs", "sgd")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "resample_every": [Interval(Integral, 1, None, closed="left")],
+        "dtype": [Options("float32", "float64")],
+        "memory_budget": [Interval(Integral, 1, None, closed="left")],
+        "random_state": [None, Interval(Integral, 0, None, closed="left")],
+        "verbose": [bool],
+    }
+
+    def __init__(self, k_same: int = 3, k_other: int = 10, *, margin: float = 1.0,
+                 perturbation: PerturbationLoss | None = None, solver: str = "adam",
+                 learning_rate: float = 1e-2, max_iter: int = 200, tol: float = 0.0,
+                 resample_every: int = 1, dtype: str = "float64",
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, random_state: int | None = None,
+                 verbose: bool = False):
+        self.k_same = k_same
+        self.k_other = k_other
+        self.margin = margin
+        self.perturbation = perturbation
+        self.solver = solver
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.tol = tol
+        self.resample_every = resample_every
+        self.dtype = dtype
+        self.memory_budget = memory_budget
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @property
+    def _min_class_size(self) -> int:
+        return self.k_same + 1
+
+    # -- what a subclass states ------------------------------------------------------
+
+    def _init_components(self, X: np.ndarray) -> np.ndarray:
+        return np.eye(X.shape[1])
+
+    def _sample(self, X: torch.Tensor, codes: torch.Tensor, L: torch.Tensor, rng: np.random.Generator):
+        """Triplet indices ``(a, p, n)`` under the current ``L`` (default: every anchor with
+        each of its ``k_same`` nearest same-class and ``k_other`` nearest other-class points)."""
+        same, other = class_neighbors(X @ L.T, codes, self.k_same, self.k_other, memory_budget=self.memory_budget)
+        n = X.shape[0]
+        a = torch.arange(n).repeat_interleave(self.k_same * self.k_other)
+        p = same.repeat_interleave(self.k_other, dim=1).reshape(-1)
+        q = other.repeat(1, self.k_same).reshape(-1)
+        return a, p, q
+
+    def _loss(self, L: torch.Tensor, X: torch.Tensor, trip) -> torch.Tensor:
+        """Mean hinge ``[margin + d(a, p) - d(a, n)]_+`` (squared distances under ``L``)."""
+        a, p, n = trip
+        Za, Zp, Zn = X[a] @ L.T, X[p] @ L.T, X[n] @ L.T
+        d_ap = ((Za - Zp) ** 2).sum(1)
+        d_an = ((Za - Zn) ** 2).sum(1)
+        return (self.margin + d_ap - d_an).clamp(min=0).mean()
+
+    # -- the shared fit ------------------------------------------------------------------
+
+    def _objective(self, L: torch.Tensor, X: torch.Tensor, trip) -> torch.Tensor:
+        loss = self._loss(L, X, trip)
+        if self.perturbation is not None and trip[0].numel():
+            a, p, n = trip
+            loss = loss + self.perturbation(margin(X[a], X[p], X[n], L.T @ L))
+        return loss
+
+    def _fit(self, X, y, rng):
+        dtype = _DTYPES[self.dtype]
+        Xt = torch.tensor(np.array(X), dtype=dtype)  # own copy: X may be a read-only memmap
+        codes = torch.as_tensor(y)
+        state = {}
+        every = self.resample_every
+
+        def on_epoch(L, epoch):
+            if epoch % every == 0 or "trip" not in state:
+                state["trip"] = self._sample(Xt, codes, L, rng)
+
+        def objective(L, epoch):
+            return self._objective(L, Xt, state["trip"])
+
+        return minimize(objective, self._init_components(X), solver=self.solver,
+                        learning_rate=self.learning_rate, max_iter=self.max_iter, tol=self.tol,
+                        on_epoch=on_epoch, dtype=dtype, verbose=self.verbose, desc=type(self).__name__)
