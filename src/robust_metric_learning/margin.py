@@ -178,27 +178,32 @@ def class_neighbors(Z: torch.Tensor, codes: torch.Tensor, k_same: int, k_other: 
     """For every row of ``Z`` (already transformed: ``Z = X L^T``), its ``k_same`` nearest
     same-class rows (itself excluded) and ``k_other`` nearest other-class rows.
 
-    One blockwise distance computation serves both lists (``torch.topk``; ties in any order).
-    Used to sample triplets during training; ``k_same`` is at most the smallest class size - 1.
+    Rows are grouped by class so one blockwise distance computation per class serves both
+    lists without masks (``torch.topk``; ties in any order). Used to sample training triplets;
+    ``k_same`` is at most the smallest class size - 1.
 
     Returns
     -------
     same : LongTensor (n, k_same), other : LongTensor (n, k_other)
     """
     n = Z.shape[0]
-    Z_sq = (Z * Z).sum(1)
+    order = torch.argsort(codes, stable=True)
+    Zs = Z[order]
+    Zs_sq = (Zs * Zs).sum(1)
+    bounds = torch.searchsorted(codes[order], torch.arange(int(codes.max()) + 2))
     same = torch.empty((n, k_same), dtype=torch.long)
     other = torch.empty((n, k_other), dtype=torch.long)
-    inf = torch.tensor(float("inf"), dtype=Z.dtype)
-    for sl in row_blocks(n, 3 * n, memory_budget=memory_budget, itemsize=Z.element_size()):
-        D = pairwise_sq_distances(Z[sl], Z, A_sq=Z_sq[sl], B_sq=Z_sq)
-        is_same = codes[sl].unsqueeze(1) == codes.unsqueeze(0)
-        rows = torch.arange(sl.start, sl.stop)
-        D_same = torch.where(is_same, D, inf)
-        D_same[rows - sl.start, rows] = inf  # a point is not its own neighbour
-        if k_same:
-            same[sl] = torch.topk(D_same, k_same, dim=1, largest=False, sorted=True).indices
-        if k_other:
-            other[sl] = torch.topk(torch.where(is_same, inf, D), k_other, dim=1, largest=False,
-                                   sorted=True).indices
+    for c in range(len(bounds) - 1):
+        lo, hi = int(bounds[c]), int(bounds[c + 1])
+        for sl in row_blocks(hi - lo, n, memory_budget=memory_budget, itemsize=Z.element_size()):
+            rows = slice(lo + sl.start, lo + sl.stop)
+            D = pairwise_sq_distances(Zs[rows], Zs, A_sq=Zs_sq[rows], B_sq=Zs_sq)
+            if k_same:
+                Dc = D[:, lo:hi].clone()
+                Dc[torch.arange(Dc.shape[0]), torch.arange(rows.start - lo, rows.stop - lo)] = float("inf")
+                same[order[rows]] = order[lo + torch.topk(Dc, k_same, dim=1, largest=False).indices]
+            if k_other:
+                D[:, lo:hi] = float("inf")
+                other[order[rows]] = order[torch.topk(D, k_other, dim=1, largest=False).indices]
     return same, other
+

@@ -59,7 +59,7 @@ class ARML(TripletLearner):
     def _min_class_size(self) -> int:
         return 2  # k_same is capped by the class size
 
-    def _sample(self, X, codes, L, rng):
+    def _sample(self, X, codes, L, rng, cache):
         counts = torch.bincount(codes)
         k_same = int(min(self.k_same, counts.min() - 1))
         k_other = int(min(self.k_other, len(codes) - counts.max()))

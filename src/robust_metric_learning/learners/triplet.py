@@ -135,7 +135,8 @@ class TripletLearner(MetricLearner):
     def _init_components(self, X: np.ndarray) -> np.ndarray:
         return np.eye(X.shape[1])
 
-    def _sample(self, X: torch.Tensor, codes: torch.Tensor, L: torch.Tensor, rng: np.random.Generator):
+    def _sample(self, X: torch.Tensor, codes: torch.Tensor, L: torch.Tensor, rng: np.random.Generator,
+                cache: dict):
         """Triplet indices ``(a, p, n)`` under the current ``L`` (default: every anchor with
         each of its ``k_same`` nearest same-class and ``k_other`` nearest other-class points)."""
         same, other = class_neighbors(X @ L.T, codes, self.k_same, self.k_other, memory_budget=self.memory_budget)
@@ -168,10 +169,11 @@ class TripletLearner(MetricLearner):
         codes = torch.as_tensor(y)
         state = {}
         every = self.resample_every
+        cache: dict = {}  # for subclasses that keep search state between epochs
 
         def on_epoch(L, epoch):
             if epoch % every == 0 or "trip" not in state:
-                state["trip"] = self._sample(Xt, codes, L, rng)
+                state["trip"] = self._sample(Xt, codes, L, rng, cache)
 
         def objective(L, epoch):
             return self._objective(L, Xt, state["trip"])
