@@ -17,6 +17,8 @@ FAST_ESTIMATORS = [
     learners.TripletLearner(k_same=1, k_other=2, max_iter=5),
     learners.TripletLearner(k_same=1, k_other=2, max_iter=5, perturbation=learners.PerturbationLoss(0.5, 1.0)),
     learners.ARML(max_iter=5),
+    learners.ITML(max_iter=100),
+    learners.LFDA(),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from numbers import Integral, Real
+from typing import ClassVar
 
 import numpy as np
 from scipy.linalg import blas, eigh, pinvh
@@ -80,7 +81,7 @@ default="identity"
     (150, 4)
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "gamma": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None)],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -186,10 +187,18 @@ def _sample_pairs(y: np.ndarray, n_pairs: int, *, same: bool, rng: np.random.Gen
     available = int(n_partners.sum()) // 2
     if available == 0:
         return np.empty((0, 2), dtype=np.intp)
-    if 2 * n_pairs >= available:  # dense regime: enumerate every pair
-        i, j = np.triu_indices(n, k=1)
-        keep = (y[i] == y[j]) if same else (y[i] != y[j])
-        all_pairs = np.stack([i[keep], j[keep]], axis=1)
+    if 2 * n_pairs >= available:  # dense regime: enumerate every pair (at most 2 n_pairs)
+        members = [np.flatnonzero(y == c) for c in range(counts.size)]
+        blocks = []
+        for c, idx in enumerate(members):
+            if same:
+                i, j = np.triu_indices(idx.size, k=1)
+                blocks.append(np.stack([idx[i], idx[j]], axis=1))
+            else:
+                for other in members[c + 1 :]:
+                    a, b = np.meshgrid(idx, other, indexing="ij")
+                    blocks.append(np.stack([np.minimum(a, b).ravel(), np.maximum(a, b).ravel()], axis=1))
+        all_pairs = np.concatenate(blocks)
         take = rng.permutation(all_pairs.shape[0])[: min(n_pairs, available)]
         return all_pairs[take]
     order = np.argsort(y, kind="stable")  # points grouped by class
@@ -232,10 +241,10 @@ def _itml_projections(
     ``M`` (symmetric), the number of passes and whether the convergence test was met.
     Only the upper triangle of ``M`` is updated in the loop (BLAS ``dsymv``/``dsyr``).
     """
-    dsymv, dsyr = blas.dsymv, blas.dsyr
+    dsymv, dsyr, ddot = blas.dsymv, blas.dsyr, blas.ddot  # few-microsecond calls, no temporaries
     A = np.array(M0, dtype=np.float64, order="F", copy=True)
-    V = np.ascontiguousarray(V, dtype=np.float64)
-    m = V.shape[0]
+    rows = list(np.ascontiguousarray(V, dtype=np.float64))
+    m = len(rows)
     sim = [bool(s) for s in similar]
     bhat = [float(u) if s else float(l) for s in sim]
     lam = [0.0] * m
@@ -245,10 +254,9 @@ def _itml_projections(
     converged, n_iter = m == 0, 0
     for it in range(max_iter if m else 0):
         n_iter = it + 1
-        for i in range(m):
-            v = V[i]
+        for i, v in enumerate(rows):
             Av = dsymv(1.0, A, v)
-            wtw = float(Av @ v)
+            wtw = ddot(Av, v)
             if not wtw > tiny:
                 continue
             lam_i, b = lam[i], bhat[i]
@@ -283,7 +291,11 @@ def _itml_projections(
 
 
 def _components_from_metric(M: np.ndarray) -> np.ndarray:
-    """``L`` (d, d) with ``L.T @ L = M``, negative rounding eigenvalues clipped to 0."""
+    """``L`` (d, d) with ``L.T @ L = M``, negative rounding eigenvalues clipped to 0.
+
+    Rows by decreasing eigenvalue, each signed so that its largest-magnitude entry is positive.
+    """
     w, Q = eigh((M + M.T) / 2)
-    L = np.sqrt(np.clip(w, 0.0, None))[:, None] * Q.T
-    return L[::-1].copy()
+    L = (np.sqrt(np.clip(w, 0.0, None))[:, None] * Q.T)[::-1]
+    top = np.abs(L).argmax(axis=1)
+    return L * np.where(L[np.arange(L.shape[0]), top] < 0, -1.0, 1.0)[:, None]

@@ -15,6 +15,7 @@ classes give finite, real output.
 from __future__ import annotations
 
 from numbers import Integral
+from typing import ClassVar
 
 import numpy as np
 from scipy.linalg import LinAlgError, eigh
@@ -74,7 +75,7 @@ class LFDA(MetricLearner):
     (150, 2)
     """
 
-    _parameter_constraints: dict = {
+    _parameter_constraints: ClassVar[dict] = {
         "n_components": [None, Interval(Integral, 1, None)],
         "k": [Interval(Integral, 1, None)],
         "embedding_type": [Options("weighted", "orthonormalized", "plain")],
@@ -125,27 +126,17 @@ def _local_scatter(X: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np
         kk = min(k, nc - 1)
         rows = max(1, _BLOCK_ENTRIES // nc)
         blocks = [(s, min(s + rows, nc)) for s in range(0, nc, rows)]
-        cache = {}
-
-        def sqdist(s, e):
-            if (s, e) in cache:
-                return cache[(s, e)]
-            D = sqc[s:e, None] + sqc[None, :] - 2.0 * (Zc[s:e] @ Zc.T)
-            np.maximum(D, 0.0, out=D)
-            D[np.arange(e - s), np.arange(s, e)] = 0.0  # exact zero self-distance
-            if len(blocks) == 1:
-                cache[(s, e)] = D
-            return D
-
+        D_all = _sq_dists(Zc, sqc, 0, nc) if len(blocks) == 1 else None  # reused when it fits
         sigma = np.empty(nc)
         for s, e in blocks:
-            D = sqdist(s, e)
+            D = D_all if D_all is not None else _sq_dists(Zc, sqc, s, e)
             sigma[s:e] = np.sqrt(np.partition(D, kk, axis=1)[:, kk])
         np.maximum(sigma, floor, out=sigma)  # duplicates give sigma = 0
         G = np.zeros((d, d))
         for s, e in blocks:
+            D = D_all if D_all is not None else _sq_dists(Zc, sqc, s, e)
             with np.errstate(over="ignore", under="ignore"):
-                A = np.exp(-sqdist(s, e) / (sigma[s:e, None] * sigma[None, :]))
+                A = np.exp(-D / (sigma[s:e, None] * sigma[None, :]))
             Zb = Zc[s:e]
             G += Zb.T @ (A.sum(axis=1)[:, None] * Zb) - Zb.T @ (A @ Zc)
         sc = Zc.sum(axis=0)
@@ -153,6 +144,14 @@ def _local_scatter(X: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np
         S_b += (1.0 - nc / n) * (Zc.T @ Zc) + np.outer(sc, sc) / n + G / n
     S_b -= S_w
     return (S_b + S_b.T) / 2, (S_w + S_w.T) / 2
+
+
+def _sq_dists(Z: np.ndarray, sq: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Squared distances from rows ``start:stop`` of ``Z`` to all rows, clipped at 0."""
+    D = sq[start:stop, None] + sq[None, :] - 2.0 * (Z[start:stop] @ Z.T)
+    np.maximum(D, 0.0, out=D)
+    D[np.arange(stop - start), np.arange(start, stop)] = 0.0  # exact zero self-distance
+    return D
 
 
 def _generalized_eigh(S_b: np.ndarray, S_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
