@@ -178,9 +178,10 @@ def class_neighbors(Z: torch.Tensor, codes: torch.Tensor, k_same: int, k_other: 
     """For every row of ``Z`` (already transformed: ``Z = X L^T``), its ``k_same`` nearest
     same-class rows (itself excluded) and ``k_other`` nearest other-class rows.
 
-    Rows are grouped by class so one blockwise distance computation per class serves both
-    lists without masks (``torch.topk``; ties in any order). Used to sample training triplets;
-    ``k_same`` is at most the smallest class size - 1.
+    Rows are grouped by class, so the same-class columns of a block are one contiguous slice
+    and no masks are needed; blocks are small enough to stay in cache. Ranking a row needs
+    ``||z_j||^2 - 2 z_i.z_j`` only (``||z_i||^2`` is constant along the row). Ties in any order.
+    Used to sample training triplets; ``k_same`` is at most the smallest class size - 1.
 
     Returns
     -------
@@ -190,20 +191,24 @@ def class_neighbors(Z: torch.Tensor, codes: torch.Tensor, k_same: int, k_other: 
     order = torch.argsort(codes, stable=True)
     Zs = Z[order]
     Zs_sq = (Zs * Zs).sum(1)
-    bounds = torch.searchsorted(codes[order], torch.arange(int(codes.max()) + 2))
+    bounds = torch.searchsorted(codes[order], torch.arange(int(codes.max()) + 2)).tolist()
     same = torch.empty((n, k_same), dtype=torch.long)
     other = torch.empty((n, k_other), dtype=torch.long)
-    for c in range(len(bounds) - 1):
-        lo, hi = int(bounds[c]), int(bounds[c + 1])
-        for sl in row_blocks(hi - lo, n, memory_budget=memory_budget, itemsize=Z.element_size()):
-            rows = slice(lo + sl.start, lo + sl.stop)
-            D = pairwise_sq_distances(Zs[rows], Zs, A_sq=Zs_sq[rows], B_sq=Zs_sq)
+    budget = min(memory_budget, 16 * 2**20)  # cache-sized blocks
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for sl in row_blocks(hi - lo, n, memory_budget=budget, itemsize=Z.element_size()):
+            r0, r1 = lo + sl.start, lo + sl.stop
+            D = torch.addmm(Zs_sq.unsqueeze(0), Zs[r0:r1], Zs.T, alpha=-2.0)
             if k_same:
-                Dc = D[:, lo:hi].clone()
-                Dc[torch.arange(Dc.shape[0]), torch.arange(rows.start - lo, rows.stop - lo)] = float("inf")
-                same[order[rows]] = order[lo + torch.topk(Dc, k_same, dim=1, largest=False).indices]
+                # k+1 nearest same-class rows; drop the row itself (or the farthest if a duplicate hid it)
+                cand = torch.topk(D[:, lo:hi], k_same + 1, dim=1, largest=False, sorted=True).indices + lo
+                self_idx = torch.arange(r0, r1).unsqueeze(1)
+                is_self = cand == self_idx
+                drop = torch.where(is_self.any(1), is_self.int().argmax(1), torch.full((r1 - r0,), k_same))
+                keep = torch.ones_like(cand, dtype=torch.bool)
+                keep[torch.arange(r1 - r0), drop] = False
+                same[order[r0:r1]] = order[cand[keep].view(r1 - r0, k_same)]
             if k_other:
                 D[:, lo:hi] = float("inf")
-                other[order[rows]] = order[torch.topk(D, k_other, dim=1, largest=False).indices]
+                other[order[r0:r1]] = order[torch.topk(D, k_other, dim=1, largest=False).indices]
     return same, other
-

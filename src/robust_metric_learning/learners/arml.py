@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
+from numbers import Integral
+
 import torch
 
+from .._validation import Interval
 from ..margin import DEFAULT_MEMORY_BUDGET, class_neighbors, margin
 from .triplet import PerturbationLoss, TripletLearner
 
@@ -24,6 +26,10 @@ class ARML(TripletLearner):
     k_same, k_other : int, default=10
     perturbation : PerturbationLoss or None, default=None
         Added to the loss when given.
+    search_every : int, default=1
+        Recompute the nearest-neighbour lists every this many samplings (1, the published
+        setting, is exact; larger values reuse the lists while the metric moves little, and
+        the positive and negative are still drawn afresh every epoch).
     solver, learning_rate, max_iter, tol, resample_every, dtype, memory_budget, random_state, verbose
         As in :class:`TripletLearner`; defaults are the published settings (float32 as the
         authors' code).
@@ -37,11 +43,12 @@ class ARML(TripletLearner):
     """
 
     _parameter_constraints = {k: v for k, v in TripletLearner._parameter_constraints.items() if k != "margin"}
+    _parameter_constraints["search_every"] = [Interval(Integral, 1, None, closed="left")]
 
     def __init__(self, k_same: int = 10, k_other: int = 10, *, perturbation: PerturbationLoss | None = None,
                  solver: str = "adam", learning_rate: float = 1e-3, max_iter: int = 1000, tol: float = 0.0,
-                 resample_every: int = 1, dtype: str = "float32", memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                 random_state: int | None = None, verbose: bool = False):
+                 resample_every: int = 1, search_every: int = 1, dtype: str = "float32",
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, random_state: int | None = None, verbose: bool = False):
         self.k_same = k_same
         self.k_other = k_other
         self.perturbation = perturbation
@@ -50,6 +57,7 @@ class ARML(TripletLearner):
         self.max_iter = max_iter
         self.tol = tol
         self.resample_every = resample_every
+        self.search_every = search_every
         self.dtype = dtype
         self.memory_budget = memory_budget
         self.random_state = random_state
@@ -60,14 +68,18 @@ class ARML(TripletLearner):
         return 2  # k_same is capped by the class size
 
     def _sample(self, X, codes, L, rng, cache):
-        counts = torch.bincount(codes)
-        k_same = int(min(self.k_same, counts.min() - 1))
-        k_other = int(min(self.k_other, len(codes) - counts.max()))
-        same, other = class_neighbors(X @ L.T, codes, k_same, k_other, memory_budget=self.memory_budget)
+        calls = cache.get("calls", 0)
+        if calls % self.search_every == 0:
+            counts = torch.bincount(codes)
+            k_same = int(min(self.k_same, counts.min() - 1))
+            k_other = int(min(self.k_other, len(codes) - counts.max()))
+            cache["lists"] = class_neighbors(X @ L.T, codes, k_same, k_other, memory_budget=self.memory_budget)
+        cache["calls"] = calls + 1
+        same, other = cache["lists"]
         n = X.shape[0]
         rows = torch.arange(n)
-        p = same[rows, torch.as_tensor(rng.integers(0, k_same, n))]
-        q = other[rows, torch.as_tensor(rng.integers(0, k_other, n))]
+        p = same[rows, torch.as_tensor(rng.integers(0, same.shape[1], n))]
+        q = other[rows, torch.as_tensor(rng.integers(0, other.shape[1], n))]
         return rows, p, q
 
     def _loss(self, L, X, trip):
