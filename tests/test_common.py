@@ -19,6 +19,8 @@ FAST_ESTIMATORS = [
     learners.ARML(max_iter=5),
     learners.ITML(max_iter=100),
     learners.LFDA(),
+    learners.LMNN(k=1, max_iter=5),
+    learners.LMNNPL(k=1, n_impostors=1, max_iter=5),
 ]
 
 

@@ -5,7 +5,11 @@ from .base import MetricLearner
 from .euclidean import Euclidean
 from .itml import ITML
 from .lfda import LFDA
+from .lmnn import LMNN, LMNNPL, make_lmnn_pl
 from .nca import NCA
 from .triplet import PerturbationLoss, TripletLearner
 
-__all__ = ["ARML", "Euclidean", "ITML", "LFDA", "MetricLearner", "NCA", "PerturbationLoss", "TripletLearner"]
+__all__ = [
+    "ARML", "Euclidean", "ITML", "LFDA", "LMNN", "LMNNPL", "MetricLearner", "NCA", "PerturbationLoss",
+    "TripletLearner", "make_lmnn_pl",
+]

@@ -10,9 +10,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from .._validation import Interval, Options, validate_params
-from ..margin import DEFAULT_MEMORY_BUDGET, class_neighbors, margin, pairwise_sq_distances, row_blocks
-from ._optim import minimize
-from .triplet import _DTYPES, PerturbationLoss, TripletLearner
+from ..margin import (
+    DEFAULT_MEMORY_BUDGET,
+    NORM_FLOOR,
+    class_neighbors,
+    margin_from_distances,
+    row_blocks,
+)
+from .triplet import PerturbationLoss, TripletLearner
 
 __all__ = ["LMNN", "LMNNPL", "active_triplets", "make_lmnn_pl"]
 
@@ -27,8 +32,9 @@ def active_triplets(Z: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor,
 
     Every ``(i, j, l)`` with ``j`` in ``targets[i]``, ``codes[l] != codes[i]`` and
     ``||Z_i - Z_l||^2 < ||Z_i - Z_j||^2 + margin + slack`` (the hinge is active, or within
-    ``slack`` of it). Rows are processed in blocks within ``memory_budget`` bytes; no
-    ``(n, n, k)`` array is formed.
+    ``slack`` of it). The tests run in float32, in row blocks within ``memory_budget`` bytes
+    (no ``(n, n, k)`` array); the few too close to call in float32 are redone exactly in
+    ``Z``'s dtype, so the result is the exact set.
 
     Parameters
     ----------
@@ -44,19 +50,33 @@ def active_triplets(Z: torch.Tensor, codes: torch.Tensor, targets: torch.Tensor,
         Anchors, target neighbours and impostors, ordered by anchor.
     """
     n, k = targets.shape
-    Z_sq = (Z * Z).sum(1)
+    Zs = Z.to(torch.float32)
+    Zs_sq = (Zs * Zs).sum(1)
+    # Bound on the float32 error of one comparison (two expanded distances, the rounding of Z to
+    # float32 and of the sums; dot products err by at most r u ||z|| ||z'||, u = 2^-24). Tests
+    # decided by more than this are certain; the few within it are redone exactly in Z's dtype.
+    guard = (6 * Z.shape[1] + 32) * 2.0**-24 * float(Zs_sq.max()) if n else 0.0
     out_a, out_p, out_q = [], [], []
-    for sl in row_blocks(n, (k + 5) * n, memory_budget=memory_budget, itemsize=max(Z.element_size(), 8)):
-        D = pairwise_sq_distances(Z[sl], Z, A_sq=Z_sq[sl], B_sq=Z_sq)
+    for sl in row_blocks(n, (3 * k + 5) * n, memory_budget=memory_budget, itemsize=8):
+        # ||z_i - z_l||^2 - ||z_i||^2: the anchor's own norm cancels in every comparison of a row
+        D = torch.addmm(Zs_sq.unsqueeze(0), Zs[sl], Zs.T, alpha=-2.0)
         thr = D.gather(1, targets[sl]) + (margin + slack)  # (b, k)
-        rows, cols = (D < thr.max(1, keepdim=True).values).nonzero(as_tuple=True)
+        rows, cols = (D < thr.max(1, keepdim=True).values + guard).nonzero(as_tuple=True)
         other = codes[rows + sl.start] != codes[cols]  # few same-class points pass the first test
         rows, cols = rows[other], cols[other]
-        hit, jj = (D[rows, cols].unsqueeze(1) < thr[rows]).nonzero(as_tuple=True)
-        a = rows[hit] + sl.start
+        gap = thr[rows] - D[rows, cols].unsqueeze(1)  # > 0: active
+        hit, jj = (gap > -guard).nonzero(as_tuple=True)
+        a, p, q = rows[hit] + sl.start, targets[rows[hit] + sl.start, jj], cols[hit]
+        unsure = (gap[hit, jj] <= guard).nonzero(as_tuple=True)[0]
+        if unsure.numel():
+            za = Z[a[unsure]]
+            exact = ((za - Z[q[unsure]]) ** 2).sum(1) < ((za - Z[p[unsure]]) ** 2).sum(1) + (margin + slack)
+            keep = torch.ones_like(a, dtype=torch.bool)
+            keep[unsure] = exact
+            a, p, q = a[keep], p[keep], q[keep]
         out_a.append(a)
-        out_p.append(targets[a, jj])
-        out_q.append(cols[hit])
+        out_p.append(p)
+        out_q.append(q)
     if not out_a:
         empty = torch.empty(0, dtype=torch.long)
         return empty, empty, empty
@@ -76,7 +96,10 @@ class LMNN(TripletLearner):
     *active* triplets (hinge > 0) are kept: they are searched again in the transformed space
     every ``resample_every`` epochs, block by block (:func:`active_triplets`), so each epoch
     costs one ``n x n`` distance pass and the active triplets, never ``n x n x k``. With
-    ``perturbation``, its loss over those active triplets' margins is added.
+    ``perturbation``, its loss over those active triplets' margins (averaged over them) is
+    added. The margin is 1 in squared-distance units, so the scale of ``X`` matters: features
+    in [0, 1] (as :func:`~robust_metric_learning.datasets.load_dataset` gives) suit the
+    defaults.
 
     Parameters
     ----------
@@ -90,15 +113,17 @@ class LMNN(TripletLearner):
         Starting ``L``.
     solver : {"adam", "sgd"}, default="adam"
         One full-batch step per epoch, impostors searched before it.
-    learning_rate : float, default=0.02
-    max_iter : int, default=200
-        Epochs.
-    tol : float, default=1e-4
+    learning_rate : float, default=0.03
+    max_iter : int, default=1000
+        Epochs (digits stops after about 65; low-dimensional sets with many impostors at the
+        identity take a few hundred).
+    tol : float, default=1e-3
         Stop when the objective has not improved by ``tol`` (relative) for 10 epochs; 0 runs
         every epoch. Not converging raises ``ConvergenceWarning``.
     resample_every : int, default=1
-        Search impostors every this many epochs (1: the objective is exact every epoch; more
-        keeps triplets within a slack of 0.5 of the margin in between).
+        Search impostors every this many epochs. 1 makes the objective exact every epoch and
+        is also the fastest on digits; more keeps the triplets within a slack of 0.5 of the
+        margin in between, which are many more.
     dtype : {"float32", "float64"}, default="float64"
     memory_budget : int, default=512 MiB
         Bytes for one block of the impostor search.
@@ -137,8 +162,8 @@ class LMNN(TripletLearner):
     }
 
     def __init__(self, k: int = 3, *, mu: float = 0.5, perturbation: PerturbationLoss | None = None,
-                 init: str | np.ndarray = "identity", solver: str = "adam", learning_rate: float = 0.02,
-                 max_iter: int = 200, tol: float = 1e-4, resample_every: int = 1, dtype: str = "float64",
+                 init: str | np.ndarray = "identity", solver: str = "adam", learning_rate: float = 0.03,
+                 max_iter: int = 1000, tol: float = 1e-3, resample_every: int = 1, dtype: str = "float64",
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, random_state: int | None = None,
                  verbose: bool = False):
         self.k = k
@@ -171,7 +196,13 @@ class LMNN(TripletLearner):
             raise ValueError(f"k={self.k} target neighbours need at least {self.k + 1} points in every class; "
                              f"class {self.classes_[c].tolist()!r} has {int(counts.min())}")
         targets, _ = class_neighbors(X, codes, self.k, 0, memory_budget=self.memory_budget)
-        return {"targets": targets}
+        # the pull term is linear in M: sum over target pairs of d_M = <M, S>, S the sum of the
+        # pairs' outer products, accumulated over row blocks
+        S = X.new_zeros((X.shape[1], X.shape[1]))
+        for sl in row_blocks(len(codes), (self.k + 1) * X.shape[1], memory_budget=self.memory_budget):
+            diff = (X[sl].unsqueeze(1) - X[targets[sl]]).reshape(-1, X.shape[1])
+            S += diff.T @ diff
+        return {"targets": targets, "pull": S}
 
     def _init_components(self, X: np.ndarray) -> np.ndarray:
         if isinstance(self.init, str):
@@ -182,21 +213,9 @@ class LMNN(TripletLearner):
                              f"got an array of shape {L.shape}")
         return L
 
-    # -- the parametrisation (L here; M in LMNNPL) -------------------------------------------
-
-    def _metric(self, param: torch.Tensor) -> torch.Tensor:
-        """``M`` from the optimised parameter."""
-        return param.T @ param
-
-    def _components(self, param: np.ndarray) -> np.ndarray:
-        """``L`` from the optimised parameter."""
-        return param
-
-    _project = None  # projection after each step (none: L is unconstrained)
-
     # -- what LMNN states ---------------------------------------------------------------------
 
-    def _sample(self, X, codes, L, rng):
+    def _sample(self, X, codes, L, rng, cache):
         """The active impostor triplets under the current ``L``."""
         slack = 0.0 if self.resample_every == 1 else _SLACK
         return active_triplets(X @ L.T, codes, self._state["targets"], slack=slack,
@@ -205,44 +224,24 @@ class LMNN(TripletLearner):
     def _loss(self, L, X, trip):
         """``[(1 - mu) pull + mu push] / (n k)`` (squared distances under ``L``)."""
         a, p, q = trip
-        targets = self._state["targets"]
+        pull = ((L @ self._state["pull"]) * L).sum()  # trace(L S L^T)
         Z = X @ L.T
-        pull = ((Z.unsqueeze(1) - Z[targets]) ** 2).sum()
         za = Z[a]
         push = (1.0 + ((za - Z[p]) ** 2).sum(1) - ((za - Z[q]) ** 2).sum(1)).clamp(min=0).sum()
-        return ((1.0 - self.mu) * pull + self.mu * push) / targets.numel()
+        return ((1.0 - self.mu) * pull + self.mu * push) / self._state["targets"].numel()
 
-    def _objective(self, param, X, trip):
-        loss = self._loss(param, X, trip)
-        if self.perturbation is not None and trip[0].numel():
-            a, p, q = trip
-            loss = loss + self.perturbation(margin(X[a], X[p], X[q], self._metric(param)))
-        return loss
+    def _margins(self, param, X, trip):
+        """The margin (:func:`~robust_metric_learning.margin.margin`) of each triplet, from
+        ``X M`` (n rows) instead of one ``d x d`` product per triplet."""
+        a, p, q = trip
+        XM = X @ self._metric(param)  # row i is (M x_i)^T: M is symmetric
+        return margin_from_distances(_sq_dist(X, XM, a, p), _sq_dist(X, XM, a, q),
+                                     torch.linalg.vector_norm(XM[p] - XM[q], dim=1))
 
-    # -- the shared loop, with the set-up and projection hooks ---------------------------------
 
-    def _fit(self, X, y, rng):
-        dtype = _DTYPES[self.dtype]
-        Xt = torch.tensor(np.array(X), dtype=dtype)  # own copy: X may be a read-only memmap
-        codes = torch.as_tensor(y)
-        self._state = self._prepare(Xt, codes)
-        state, every = {}, self.resample_every
-
-        def on_epoch(param, epoch):
-            if epoch % every == 0 or "trip" not in state:
-                state["trip"] = self._sample(Xt, codes, param, rng)
-
-        def objective(param, epoch):
-            return self._objective(param, Xt, state["trip"])
-
-        try:
-            param, n_iter = minimize(objective, self._init_components(X), solver=self.solver,
-                                     learning_rate=self.learning_rate, max_iter=self.max_iter, tol=self.tol,
-                                     on_epoch=on_epoch, project=self._project, dtype=dtype,
-                                     verbose=self.verbose, desc=type(self).__name__)
-        finally:
-            del self._state
-        return self._components(param), n_iter
+def _sq_dist(X: torch.Tensor, XM: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """``d_M(x_i, x_j) = (x_i - x_j) . M (x_i - x_j)`` for index pairs, given ``XM = X M``."""
+    return ((X[i] - X[j]) * (XM[i] - XM[j])).sum(1)
 
 
 def _psd_projection(M: torch.Tensor) -> torch.Tensor:
@@ -269,7 +268,8 @@ class LMNNPL(LMNN):
 
     The published recipe also z-scores the features and L2-normalises the rows; that is not
     linear, so it cannot be folded into ``L``: use :func:`make_lmnn_pl`, a pipeline that does
-    both, and put :class:`~robust_metric_learning.neighbors.MahalanobisKNN` after it.
+    both, and classify with :class:`~robust_metric_learning.neighbors.MahalanobisKNN` after the
+    same two steps.
 
     Parameters
     ----------
@@ -278,18 +278,29 @@ class LMNNPL(LMNN):
     mu : float, default=0.5
         Weight of the pull term, in [0, 1].
     perturbation : PerturbationLoss or None, default=None
-    solver : {"adam", "sgd"}, default="adam"
-    learning_rate : float, default=0.01
-    max_iter : int, default=200
+    solver : {"sgd", "adam"}, default="sgd"
+        "sgd" is the published projected gradient descent. Adam with the projection does not
+        settle on this piecewise-linear objective (it drifts back up after a few dozen epochs).
+    learning_rate : float, default=50.0
+        Step on ``M``. Large because the objective is a mean over unit-norm rows (the
+        preprocessing of :func:`make_lmnn_pl`), so its gradient is small; scale it down for
+        data with larger distances.
+    max_iter : int, default=300
     tol : float, default=1e-4
+        Relative early-stopping tolerance over 10 epochs; 0 runs every epoch.
     dtype, memory_budget, random_state, verbose
         As in :class:`LMNN`.
+
+    Notes
+    -----
+    Each epoch costs ``O(n (k + n_impostors) d^2)`` time and holds the ``n (k + n_impostors)``
+    anchor differences (``d`` values each), fixed at the start.
 
     Examples
     --------
     >>> from sklearn.datasets import load_iris
     >>> X, y = load_iris(return_X_y=True)
-    >>> pl = PerturbationLoss(tau=0.1, weight=1.0)
+    >>> pl = PerturbationLoss(tau=0.5, weight=1.0)
     >>> LMNNPL(perturbation=pl, max_iter=20).fit(X, y).components_.shape
     (4, 4)
     """
@@ -300,8 +311,8 @@ class LMNNPL(LMNN):
     }
 
     def __init__(self, k: int = 3, n_impostors: int = 10, *, mu: float = 0.5,
-                 perturbation: PerturbationLoss | None = None, solver: str = "adam",
-                 learning_rate: float = 0.01, max_iter: int = 200, tol: float = 1e-4, dtype: str = "float64",
+                 perturbation: PerturbationLoss | None = None, solver: str = "sgd",
+                 learning_rate: float = 50.0, max_iter: int = 300, tol: float = 1e-4, dtype: str = "float64",
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, random_state: int | None = None,
                  verbose: bool = False):
         self.k = k
@@ -325,14 +336,15 @@ class LMNNPL(LMNN):
         if self.n_impostors > n_other:
             raise ValueError(f"n_impostors={self.n_impostors} is larger than the {n_other} points "
                              f"outside the largest class")
-        targets, other = class_neighbors(X, codes, self.k, self.n_impostors, memory_budget=self.memory_budget)
+        targets, impostors = class_neighbors(X, codes, self.k, self.n_impostors, memory_budget=self.memory_budget)
         n, k, v = len(codes), self.k, self.n_impostors
         a = torch.arange(n).repeat_interleave(k * v)
         p = targets.repeat_interleave(v, dim=1).reshape(-1)
-        q = other.repeat(1, k).reshape(-1)
-        diff = X.unsqueeze(1) - X[targets]  # (n, k, d)
-        pull = torch.einsum("nki,nkj->ij", diff, diff) / (n * k)  # mean of the pull pairs' outer products
-        state.update(targets=targets, trip=(a, p, q), pull=pull)
+        q = impostors.repeat(1, k).reshape(-1)
+        # the triplets are (i, targets[i, j], impostors[i, l]) in (i, j, l) order; the loss works on
+        # the anchor differences, (n, k, d) and (n, v, d), not on n k v rows of d values
+        state.update(targets=targets, trip=(a, p, q), diff_pos=X.unsqueeze(1) - X[targets],
+                     diff_neg=X.unsqueeze(1) - X[impostors])
         return state
 
     def _init_components(self, X):
@@ -348,19 +360,39 @@ class LMNNPL(LMNN):
     def _project(self, param):
         return _psd_projection(param)
 
-    def _sample(self, X, codes, M, rng):
+    def _sample(self, X, codes, M, rng, cache):
         return self._state["trip"]
 
-    def _loss(self, M, X, trip):
+    def _parts(self, M):
+        """Squared distances to targets (n, k) and impostors (n, v), and margins (n k v,)."""
+        DP, DQ = self._state["diff_pos"], self._state["diff_neg"]
+        AP, AQ = DP @ M, DQ @ M  # rows M (x_i - x_j), M (x_i - x_l)
+        d_pos, d_neg = (AP * DP).sum(-1), (AQ * DQ).sum(-1)
+        # ||M (x_j - x_l)||^2 = ||AQ - AP||^2, expanded: one (k x v) product per anchor
+        sq = (AP * AP).sum(-1).unsqueeze(2) + (AQ * AQ).sum(-1).unsqueeze(1) - 2 * AP @ AQ.transpose(1, 2)
+        norm = sq.clamp(min=NORM_FLOOR**2).sqrt()
+        margins = margin_from_distances(d_pos.unsqueeze(2), d_neg.unsqueeze(1), norm).reshape(-1)
+        return d_pos, d_neg, margins
+
+    def _loss(self, M, X, trip, parts=None):
         """``mu * mean pull + (1 - mu) * mean hinge`` under ``M``."""
-        a, p, q = trip
-        dp, dq = X[a] - X[p], X[a] - X[q]
-        hinge = (1.0 + ((dp @ M) * dp).sum(1) - ((dq @ M) * dq).sum(1)).clamp(min=0).mean()
-        return self.mu * (M * self._state["pull"]).sum() + (1.0 - self.mu) * hinge
+        d_pos, d_neg, _ = self._parts(M) if parts is None else parts
+        hinge = (1.0 + d_pos.unsqueeze(2) - d_neg.unsqueeze(1)).clamp(min=0).mean()
+        return self.mu * d_pos.mean() + (1.0 - self.mu) * hinge
+
+    def _margins(self, M, X, trip):
+        return self._parts(M)[2]
+
+    def _objective(self, M, X, trip):
+        parts = self._parts(M)
+        loss = self._loss(M, X, trip, parts)
+        if self.perturbation is not None:
+            loss = loss + self.perturbation(parts[2])
+        return loss
 
 
-def make_lmnn_pl(mu: float = 0.5, lam: float = 1.0, tau: float = 0.1, *, k: int = 3, n_impostors: int = 10,
-                 solver: str = "adam", learning_rate: float = 0.01, max_iter: int = 200, tol: float = 1e-4,
+def make_lmnn_pl(mu: float = 0.5, lam: float = 1.0, tau: float = 0.5, *, k: int = 3, n_impostors: int = 10,
+                 solver: str = "sgd", learning_rate: float = 50.0, max_iter: int = 300, tol: float = 1e-4,
                  dtype: str = "float64", random_state: int | None = None, verbose: bool = False) -> Pipeline:
     """The published LMNN-PL recipe: z-score, L2-normalise rows, then :class:`LMNNPL`.
 
@@ -370,18 +402,21 @@ def make_lmnn_pl(mu: float = 0.5, lam: float = 1.0, tau: float = 0.1, *, k: int 
         Weight of the pull term (the push has ``1 - mu``).
     lam : float, default=1.0
         Weight of the perturbation loss.
-    tau : float, default=0.1
-        Desired margin, l2, in the preprocessed space (rows have unit norm).
+    tau : float, default=0.5
+        Desired margin, l2, in the preprocessed space (rows have unit norm, so distances are
+        at most 2). Tune it, with ``mu`` and ``lam``, by cross-validation as the paper does.
     k, n_impostors, solver, learning_rate, max_iter, tol, dtype, random_state, verbose
         As in :class:`LMNNPL`.
 
     Returns
     -------
     Pipeline
-        ``scale`` (StandardScaler) -> ``normalize`` (Normalizer) -> ``lmnn`` (LMNNPL). Its
-        ``transform`` maps into the learned space; for classification append a K-NN, e.g.
-        ``make_pipeline(make_lmnn_pl(), KNeighborsClassifier(3))``, or ``MahalanobisKNN``
-        after the two preprocessing steps with ``metric=`` the fitted ``LMNNPL``.
+        ``scale`` (StandardScaler) -> ``normalize`` (Normalizer) -> ``lmnn`` (LMNNPL); its
+        ``transform`` maps into the learned space. To classify and certify, put
+        ``MahalanobisKNN`` after the two preprocessing steps, with ``metric=`` the fitted
+        ``LMNNPL`` (or an unfitted one, which it fits): ``make_pipeline(StandardScaler(),
+        Normalizer(), MahalanobisKNN(3, metric=LMNNPL(...)))``. Its radii are l2 distances in
+        the preprocessed space.
 
     Examples
     --------

@@ -154,30 +154,56 @@ class TripletLearner(MetricLearner):
         d_an = ((Za - Zn) ** 2).sum(1)
         return (self.margin + d_ap - d_an).clamp(min=0).mean()
 
+    # -- the parametrisation (L; a subclass may optimise M itself) -----------------------
+
+    def _prepare(self, X: torch.Tensor, codes: torch.Tensor) -> dict:
+        """Data-dependent set-up, once per fit (kept as ``self._state`` during the fit)."""
+        return {}
+
+    def _metric(self, param: torch.Tensor) -> torch.Tensor:
+        """``M`` from the optimised parameter (here ``L``)."""
+        return param.T @ param
+
+    def _components(self, param: np.ndarray) -> np.ndarray:
+        """``L`` from the optimised parameter."""
+        return param
+
+    _project = None  # applied after each step (None: the parameter is unconstrained)
+
     # -- the shared fit ------------------------------------------------------------------
 
-    def _objective(self, L: torch.Tensor, X: torch.Tensor, trip) -> torch.Tensor:
-        loss = self._loss(L, X, trip)
+    def _margins(self, param: torch.Tensor, X: torch.Tensor, trip) -> torch.Tensor:
+        """The margin of each triplet under the current metric (DESIGN §2)."""
+        a, p, n = trip
+        return margin(X[a], X[p], X[n], self._metric(param))
+
+    def _objective(self, param: torch.Tensor, X: torch.Tensor, trip) -> torch.Tensor:
+        loss = self._loss(param, X, trip)
         if self.perturbation is not None and trip[0].numel():
-            a, p, n = trip
-            loss = loss + self.perturbation(margin(X[a], X[p], X[n], L.T @ L))
+            loss = loss + self.perturbation(self._margins(param, X, trip))
         return loss
 
     def _fit(self, X, y, rng):
         dtype = _DTYPES[self.dtype]
         Xt = torch.tensor(np.array(X), dtype=dtype)  # own copy: X may be a read-only memmap
         codes = torch.as_tensor(y)
-        state = {}
-        every = self.resample_every
+        self._state = self._prepare(Xt, codes)
+        state: dict = {}
         cache: dict = {}  # for subclasses that keep search state between epochs
+        every = self.resample_every
 
-        def on_epoch(L, epoch):
+        def on_epoch(param, epoch):
             if epoch % every == 0 or "trip" not in state:
-                state["trip"] = self._sample(Xt, codes, L, rng, cache)
+                state["trip"] = self._sample(Xt, codes, param, rng, cache)
 
-        def objective(L, epoch):
-            return self._objective(L, Xt, state["trip"])
+        def objective(param, epoch):
+            return self._objective(param, Xt, state["trip"])
 
-        return minimize(objective, self._init_components(X), solver=self.solver,
-                        learning_rate=self.learning_rate, max_iter=self.max_iter, tol=self.tol,
-                        on_epoch=on_epoch, dtype=dtype, verbose=self.verbose, desc=type(self).__name__)
+        try:
+            param, n_iter = minimize(objective, self._init_components(X), solver=self.solver,
+                                     learning_rate=self.learning_rate, max_iter=self.max_iter, tol=self.tol,
+                                     on_epoch=on_epoch, project=self._project, dtype=dtype,
+                                     verbose=self.verbose, desc=type(self).__name__)
+        finally:
+            del self._state
+        return self._components(param), n_iter
