@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"certify": cmd_certify, "datasets": cmd_datasets}[args.command](args)
+    except BrokenPipeError:  # output piped into a reader that stopped early (e.g. `| head`)
+        sys.stderr.close()
+        return 0
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"rml {args.command}: error: {exc}", file=sys.stderr)
         return 2
