@@ -60,11 +60,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+import _metric_learn_worker as worker  # its helpers serve both sides (same directory)
+from _metric_learn_worker import _data_hash, _err, _knn_acc, fit_timed
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -94,11 +96,6 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TO
 # ------------------------------------------------------------------------------ helpers
 
 
-def _err(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines() or [""]
-    msg = lines[0] + (" [...]" if len(lines) > 1 else "")  # some messages embed whole arrays
-    return f"{type(exc).__name__}: {msg}"[:300]
-
 
 def _loadavg() -> list[float] | None:
     try:
@@ -113,15 +110,6 @@ def _uptime() -> str:
     except (OSError, subprocess.SubprocessError):
         return f"loadavg {_loadavg()}"
 
-
-def _data_hash(arrays) -> str:
-    """Same recipe as the worker's: dtype, shape and bytes of each array."""
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(str(a.dtype).encode())
-        h.update(str(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def _git(*args: str) -> str | None:
@@ -168,26 +156,6 @@ def _clean(obj):
     return obj
 
 
-def _matrix_report(name: str, A) -> dict:
-    A = np.asarray(A)
-    fin = np.isfinite(A)
-    return {
-        f"{name}_shape": list(A.shape),
-        f"{name}_dtype": str(A.dtype),
-        f"{name}_complex": bool(np.iscomplexobj(A)),
-        f"{name}_max_abs_imag": float(np.max(np.abs(A.imag[fin]))) if np.iscomplexobj(A) and fin.any() else 0.0,
-        f"{name}_finite": bool(fin.all()),
-        f"{name}_n_nonfinite": int((~fin).sum()),
-        f"{name}_n_nonfinite_rows": int((~fin.all(axis=1)).sum()) if A.ndim == 2 else None,
-        f"{name}_n_nonfinite_cols": int((~fin.all(axis=0)).sum()) if A.ndim == 2 else None,
-    }
-
-
-def _knn_acc(Z_tr, y_tr, Z_te, y_te) -> float:
-    from sklearn.neighbors import KNeighborsClassifier
-
-    clf = KNeighborsClassifier(3).fit(Z_tr, y_tr)
-    return float((clf.predict(Z_te) == y_te).mean())
 
 
 def _summarise_warnings(messages: list[str]) -> list[str]:
@@ -336,46 +304,18 @@ def run_ours(method: str, X_tr, y_tr, X_te, y_te, repeat_below: float, n_repeat:
         return est
 
     res["load_before"] = _loadavg()
-    times: list[float] = []
-    cpu: list[float] = []  # process CPU seconds (all threads) of each fit
-    model = None
-    caught: list[str] = []
-    with warnings.catch_warnings(record=True) as wlist:
-        warnings.simplefilter("always")
-        try:
-            est = make()
-            res["params"] = {k: repr(v) for k, v in est.get_params().items()}
-            t0, c0 = time.perf_counter(), time.process_time()
-            est.fit(X_tr, y_tr)
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-            model = est
-            if times[0] < repeat_below:
-                for _ in range(n_repeat - 1):
-                    e2 = make()
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    e2.fit(X_tr, y_tr)
-                    times.append(time.perf_counter() - t0)
-                    cpu.append(time.process_time() - c0)
-        except Exception as exc:
-            res["fit_error"] = _err(exc)
-            res["fit_traceback"] = traceback.format_exc()[-3000:]
-        caught = [f"{w.category.__name__}: {w.message}" for w in wlist]
+    stats, model, caught = fit_timed(make, X_tr, y_tr, repeat_below, n_repeat)
+    res.update(stats)
     res["load_after"] = _loadavg()
-    res["fit_times_s"] = times
-    res["fit_time_s"] = float(np.median(times)) if times else None
-    res["fit_runs"] = len(times)
-    res["fit_cpu_s"] = cpu
-    res["fit_cpu_median_s"] = float(np.median(cpu)) if cpu else None
     if model is not None:
         res["n_iter"] = getattr(model, "n_iter_", None)
         L = np.asarray(model.components_)
-        res.update(_matrix_report("components", L))
+        res.update(worker._matrix_report("components", L, np))
         with warnings.catch_warnings(record=True) as wlist:
             warnings.simplefilter("always")
             try:
                 Z_tr, Z_te = model.transform(X_tr), model.transform(X_te)
-                res.update(_matrix_report("transform", np.concatenate([Z_tr, Z_te])))
+                res.update(worker._matrix_report("transform", np.concatenate([Z_tr, Z_te]), np))
                 try:
                     res["knn3_acc"] = _knn_acc(Z_tr, y_tr, Z_te, y_te)
                 except Exception as exc:
