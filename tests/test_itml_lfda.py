@@ -132,8 +132,8 @@ def test_itml_default_gamma_improves_constraints_over_prior():
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_itml_metric_is_symmetric_psd_and_scale_equivariant():
     X, y = load_iris(return_X_y=True)
-    a = ITML(random_state=0, max_iter=200).fit(X, y)
-    b = ITML(random_state=0, max_iter=200).fit(10.0 * X, y)  # bounds are squared distances
+    a = ITML(bounds="squared", random_state=0, max_iter=200).fit(X, y)
+    b = ITML(bounds="squared", random_state=0, max_iter=200).fit(10.0 * X, y)
     M = a.get_mahalanobis_matrix()
     np.testing.assert_allclose(M, M.T, atol=1e-12)
     assert np.linalg.eigvalsh(M).min() >= -1e-10 * np.abs(M).max()
@@ -154,6 +154,21 @@ def test_itml_reproducible_and_bounds_and_priors():
     for prior in ["covariance", "random", np.diag([1.0, 2.0, 3.0, 4.0, 0.0, 1.0])]:
         L = ITML(prior=prior, random_state=0, max_iter=100).fit(Xc, y).components_
         assert np.isfinite(L).all() and L.shape == (6, 6)
+
+
+def test_itml_default_bounds_are_distance_percentiles():
+    X, y = load_iris(return_X_y=True)
+    itml = ITML(random_state=0, max_iter=1, n_constraints=30)
+    with pytest.warns(ConvergenceWarning):
+        itml.fit(X, y)
+    pos, neg = itml._make_pairs(y, np.random.default_rng(0))  # the same pairs as fit drew
+    P = np.unique(X[np.unique(np.r_[pos, neg])], axis=0)
+    D = np.sqrt(((P[:, None] - P[None]) ** 2).sum(-1))[np.triu_indices(len(P), 1)]
+    np.testing.assert_allclose(itml.bounds_, np.percentile(D, [5, 95]), rtol=1e-12)
+    sq = ITML(bounds="squared", random_state=0, max_iter=1, n_constraints=30)
+    with pytest.warns(ConvergenceWarning):
+        sq.fit(X, y)
+    np.testing.assert_allclose(sq.bounds_, np.percentile(D**2, [5, 95]), rtol=1e-12)
 
 
 def test_itml_convergence_warning():
@@ -291,6 +306,7 @@ def test_lfda_embedding_types():
         (ITML(prior=-np.eye(4)), "prior"),
         (ITML(prior=np.eye(3)), "prior"),
         (ITML(bounds=(1.0,)), "bounds"),
+        (ITML(bounds="plain"), "bounds"),
         (ITML(bounds=(1.0, np.nan)), "bounds"),
         (LFDA(k=0), "'k'"),
         (LFDA(embedding_type="bogus"), "embedding_type"),

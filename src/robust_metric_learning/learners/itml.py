@@ -12,8 +12,9 @@ import warnings
 from numbers import Integral, Real
 from typing import ClassVar
 
+import numba
 import numpy as np
-from scipy.linalg import blas, eigh, pinvh
+from scipy.linalg import eigh, pinvh
 from scipy.spatial.distance import pdist
 from sklearn.exceptions import ConvergenceWarning
 
@@ -50,10 +51,13 @@ default="identity"
         The matrix ``M0`` the metric is pulled towards. "covariance" is the (pseudo-)inverse of
         the data covariance; "random" a random SPD matrix with eigenvalues in [1, 2]; an array is
         read as ``M0`` (symmetric PSD; a non-square ``(r, n_features)`` array as ``L0``).
-    bounds : array-like of 2 floats, default=None
+    bounds : {"distance", "squared"} or array-like of 2 floats, default="distance"
         ``(u, l)``: similar pairs should have squared distance ``<= u``, dissimilar ``>= l``.
-        None: the 5th and 95th percentiles of the pairwise squared distances under the prior
-        among the distinct points that appear in the sampled pairs (at most 2000 of them).
+        A string takes ``(u, l)`` as the 5th and 95th percentiles of the pairwise distances
+        under the prior among the distinct points that appear in the sampled pairs (at most
+        2000 of them): of the plain distances for "distance" (metric-learn's convention; it
+        asks for tighter similar pairs, and measured better 3-NN accuracy on digits), of the
+        squared distances for "squared" (the authors' code; makes the fit scale-equivariant).
     random_state : int, Generator or None, default=None
         Seeds the pair sampling and the "random" prior.
     verbose : bool, default=False
@@ -67,11 +71,6 @@ default="identity"
         The bounds ``(u, l)`` used, in squared distance units.
     n_iter_ : int
         Number of passes run.
-
-    Notes
-    -----
-    metric-learn computes its default bounds from Euclidean (not squared) distances while the
-    constraints are on squared distances; here both are squared, as in the authors' code.
 
     Examples
     --------
@@ -87,7 +86,7 @@ default="identity"
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_constraints": [None, Interval(Integral, 1, None)],
         "prior": [Options("identity", "covariance", "random"), np.ndarray],
-        "bounds": [None, list, tuple, np.ndarray],
+        "bounds": [Options("distance", "squared"), list, tuple, np.ndarray],
         "random_state": [None, Interval(Integral, 0, None), np.random.Generator, np.random.RandomState],
         "verbose": [Options(True, False)],
     }
@@ -100,7 +99,7 @@ default="identity"
         tol: float = 1e-3,
         n_constraints: int | None = None,
         prior: str | np.ndarray = "identity",
-        bounds=None,
+        bounds: str | tuple[float, float] | np.ndarray = "distance",
         random_state: int | np.random.Generator | None = None,
         verbose: bool = False,
     ):
@@ -137,7 +136,7 @@ default="identity"
         return np.eye(d) if L0 is None else L0.T @ L0
 
     def _resolve_bounds(self, X: np.ndarray, pairs: np.ndarray, M0: np.ndarray, rng) -> np.ndarray:
-        if self.bounds is not None:
+        if not isinstance(self.bounds, str):
             b = np.asarray(self.bounds)
             if b.dtype.kind not in "biuf" or b.size != 2 or not np.isfinite(b).all() or (b < 0).any():
                 raise ValueError(f"bounds must be 2 finite numbers >= 0 (u, l), got {self.bounds!r}")
@@ -148,7 +147,8 @@ default="identity"
                 P = P[rng.choice(P.shape[0], _MAX_BOUND_POINTS, replace=False)]
             w, Q = np.linalg.eigh(M0)
             Z = P @ (Q * np.sqrt(np.clip(w, 0.0, None)))  # Euclidean coordinates under M0
-            dist = pdist(Z, "sqeuclidean") if P.shape[0] > 1 else np.zeros(1)
+            kind = "sqeuclidean" if self.bounds == "squared" else "euclidean"
+            dist = pdist(Z, kind) if P.shape[0] > 1 else np.zeros(1)
             b = np.percentile(dist, [5.0, 95.0])
         b[b == 0] = 1e-9
         return b
@@ -239,55 +239,77 @@ def _itml_projections(
 
     ``V`` holds the difference vectors (m, d), ``similar`` their kind. Returns the learned
     ``M`` (symmetric), the number of passes and whether the convergence test was met.
-    Only the upper triangle of ``M`` is updated in the loop (BLAS ``dsymv``/``dsyr``).
+    Each pass is one compiled sweep (:func:`_itml_pass`).
     """
-    dsymv, dsyr, ddot = blas.dsymv, blas.dsyr, blas.ddot  # few-microsecond calls, no temporaries
-    A = np.array(M0, dtype=np.float64, order="F", copy=True)
-    rows = list(np.ascontiguousarray(V, dtype=np.float64))
-    m = len(rows)
-    sim = [bool(s) for s in similar]
-    bhat = [float(u) if s else float(l) for s in sim]
-    lam = [0.0] * m
+    M = np.array(M0, dtype=np.float64, order="C", copy=True)
+    M = (M + M.T) / 2
+    V = np.ascontiguousarray(V, dtype=np.float64)
+    sim = np.ascontiguousarray(similar, dtype=np.bool_)
+    m = V.shape[0]
+    bhat = np.where(sim, float(u), float(l))
+    lam = np.zeros(m)
     lam_old = np.zeros(m)
-    gp = gamma / (gamma + 1.0)
+    work = np.empty(M.shape[0])
     tiny = 1e-12 * max(u, l)  # a pair this close under M cannot be moved: skip it
     converged, n_iter = m == 0, 0
     for it in range(max_iter if m else 0):
         n_iter = it + 1
-        for i, v in enumerate(rows):
-            Av = dsymv(1.0, A, v)
-            wtw = ddot(Av, v)
-            if not wtw > tiny:
-                continue
-            lam_i, b = lam[i], bhat[i]
-            if sim[i]:
-                alpha = min(lam_i, gp * (1.0 / wtw - 1.0 / b))
-                if alpha == 0.0:
-                    continue
-                beta = alpha / (1.0 - alpha * wtw)
-                bhat[i] = 1.0 / (1.0 / b + alpha / gamma)
-            else:
-                alpha = min(lam_i, gp * (1.0 / b - 1.0 / wtw))
-                if alpha == 0.0:
-                    continue
-                beta = -alpha / (1.0 + alpha * wtw)
-                bhat[i] = 1.0 / (1.0 / b - alpha / gamma)
-            lam[i] = lam_i - alpha
-            A = dsyr(beta, Av, a=A, overwrite_a=1)
-        lam_new = np.asarray(lam)
-        normsum = np.linalg.norm(lam_new) + np.linalg.norm(lam_old)
+        _itml_pass(M, V, sim, bhat, lam, gamma, tiny, work)
+        normsum = np.linalg.norm(lam) + np.linalg.norm(lam_old)
         if normsum == 0:  # every constraint already satisfied by M0
             converged = True
             break
-        conv = np.abs(lam_old - lam_new).sum() / normsum
+        conv = np.abs(lam_old - lam).sum() / normsum
         if verbose:
             print(f"ITML pass {n_iter}: conv = {conv:.3g}")
         if conv < tol:
             converged = True
             break
-        lam_old = lam_new
-    upper = np.triu(A)
-    return upper + np.triu(A, 1).T, n_iter, converged
+        lam_old[:] = lam
+    return M, n_iter, converged
+
+
+@numba.njit(cache=True, nogil=True)
+def _itml_pass(M, V, sim, bhat, lam, gamma, tiny, Mv):  # pragma: no cover - compiled
+    """One sweep of Bregman projections over all rows of ``V``, updating ``M``, ``bhat`` and
+    ``lam`` in place. ``M`` stays exactly symmetric (the update is ``±w w^T``)."""
+    m, d = V.shape
+    gp = gamma / (gamma + 1.0)
+    for i in range(m):
+        v = V[i]
+        Mv[:] = 0.0
+        for c in range(d):  # Mv = M v as a sum of rows (M symmetric): contiguous, vectorised
+            vc = v[c]
+            if vc != 0.0:
+                for r in range(d):
+                    Mv[r] += M[c, r] * vc
+        p = 0.0
+        for r in range(d):
+            p += Mv[r] * v[r]
+        if not p > tiny:
+            continue
+        b = bhat[i]
+        if sim[i]:
+            alpha = min(lam[i], gp * (1.0 / p - 1.0 / b))
+            if alpha == 0.0:
+                continue
+            beta = alpha / (1.0 - alpha * p)
+            bhat[i] = 1.0 / (1.0 / b + alpha / gamma)
+        else:
+            alpha = min(lam[i], gp * (1.0 / b - 1.0 / p))
+            if alpha == 0.0:
+                continue
+            beta = -alpha / (1.0 + alpha * p)
+            bhat[i] = 1.0 / (1.0 / b - alpha / gamma)
+        lam[i] -= alpha
+        sign = 1.0 if beta > 0.0 else -1.0
+        scale = np.sqrt(abs(beta))
+        for r in range(d):
+            Mv[r] *= scale  # M += sign w w^T with w = sqrt|beta| M v: w_r w_c == w_c w_r
+        for r in range(d):
+            s = sign * Mv[r]
+            for c in range(d):
+                M[r, c] += s * Mv[c]
 
 
 def _components_from_metric(M: np.ndarray) -> np.ndarray:
