@@ -1,9 +1,10 @@
 """The margin formula: vectorised equals a loop reference; gradients equal finite differences."""
 
 import numpy as np
+import pytest
 import torch
 
-from robust_metric_learning.margin import margin, margin_from_distances
+from robust_metric_learning.margin import class_neighbors, margin, margin_from_distances
 
 
 def test_margin_equals_halfspace_distance_loop():
@@ -38,3 +39,34 @@ def test_margin_gradient_matches_finite_differences():
     z, xp, xn = (torch.tensor(a, requires_grad=True) for a in rng.normal(size=(3, 5, 3)))
     A = torch.tensor(rng.normal(size=(3, 3)), requires_grad=True)
     assert torch.autograd.gradcheck(lambda z, xp, xn, A: margin(z, xp, xn, A.T @ A), (z, xp, xn, A))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("budget", [1, 2**30])
+def test_class_neighbors_equals_sorted_brute_force(dtype, budget):
+    """Small integer coordinates: every distance is exact, so the lists must equal the brute
+    force ones entry by entry, ties (duplicated points) broken by index. A budget of 1 byte
+    forces 64 x 64 tiles: classes span several tiles, diagonal tiles included."""
+    rng = np.random.default_rng(0)
+    sizes = [150, 70, 5, 90]
+    y = rng.permutation(np.repeat(np.arange(4), sizes))
+    X = rng.integers(-3, 4, size=(y.size, 3)).astype(float)  # many exact duplicates
+    X[7] = X[8]
+    Z, codes = torch.tensor(X, dtype=dtype), torch.as_tensor(y)
+    same, other = class_neighbors(Z, codes, 4, 9, memory_budget=budget)
+    D = ((X[:, None] - X[None]) ** 2).sum(-1)
+    idx = np.arange(y.size)
+    for i in range(y.size):
+        for got, mask, k in ((same, (y == y[i]) & (idx != i), 4), (other, y != y[i], 9)):
+            cand = idx[mask]
+            expect = cand[np.lexsort((cand, D[i, cand]))][:k]
+            np.testing.assert_array_equal(got[i].numpy(), expect)
+
+
+def test_class_neighbors_rejects_k_beyond_class_sizes():
+    codes = torch.tensor([0, 0, 0, 1, 1])
+    Z = torch.randn(5, 2)
+    with pytest.raises(ValueError, match="k_same=2"):
+        class_neighbors(Z, codes, 2, 1)
+    with pytest.raises(ValueError, match="k_other=3"):
+        class_neighbors(Z, codes, 1, 3)

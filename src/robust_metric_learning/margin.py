@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numba
 import numpy as np
 import torch
 
@@ -178,37 +179,100 @@ def class_neighbors(Z: torch.Tensor, codes: torch.Tensor, k_same: int, k_other: 
     """For every row of ``Z`` (already transformed: ``Z = X L^T``), its ``k_same`` nearest
     same-class rows (itself excluded) and ``k_other`` nearest other-class rows.
 
-    Rows are grouped by class, so the same-class columns of a block are one contiguous slice
-    and no masks are needed; blocks are small enough to stay in cache. Ranking a row needs
-    ``||z_j||^2 - 2 z_i.z_j`` only (``||z_i||^2`` is constant along the row). Ties in any order.
-    Used to sample training triplets; ``k_same`` is at most the smallest class size - 1.
+    Rows are grouped by class and every pair of classes is visited once: one Gram block
+    ``Z_a Z_b^T`` (in cache-sized tiles, a GEMM in ``Z``'s dtype) serves the rows of ``a``
+    and, read by columns, those of ``b``, so the search costs half of ``n^2 r`` multiply-adds.
+    A compiled pass streams each tile once, keeping every row's ``k`` best so far.
+    Each list is ordered by (distance, index); ``k_same`` is at most the smallest class
+    size - 1 and ``k_other`` at most the number of points outside the largest class.
 
     Returns
     -------
     same : LongTensor (n, k_same), other : LongTensor (n, k_other)
     """
     n = Z.shape[0]
+    counts = torch.bincount(codes)
+    if k_same > int(counts[counts > 0].min()) - 1 or k_other > n - int(counts.max()):
+        raise ValueError(f"k_same={k_same} / k_other={k_other} exceed the class sizes {counts.tolist()}")
     order = torch.argsort(codes, stable=True)
-    Zs = Z[order]
-    Zs_sq = (Zs * Zs).sum(1)
+    Zs = Z.detach()[order].contiguous()
+    sq = (Zs * Zs).sum(1).numpy()
+    orig = order.numpy()  # heaps hold original indices: ties go to the smaller one
     bounds = torch.searchsorted(codes[order], torch.arange(int(codes.max()) + 2)).tolist()
-    same = torch.empty((n, k_same), dtype=torch.long)
-    other = torch.empty((n, k_other), dtype=torch.long)
-    budget = min(memory_budget, 16 * 2**20)  # cache-sized blocks
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        for sl in row_blocks(hi - lo, n, memory_budget=budget, itemsize=Z.element_size()):
-            r0, r1 = lo + sl.start, lo + sl.stop
-            D = torch.addmm(Zs_sq.unsqueeze(0), Zs[r0:r1], Zs.T, alpha=-2.0)
-            if k_same:
-                # k+1 nearest same-class rows; drop the row itself (or the farthest if a duplicate hid it)
-                cand = torch.topk(D[:, lo:hi], k_same + 1, dim=1, largest=False, sorted=True).indices + lo
-                self_idx = torch.arange(r0, r1).unsqueeze(1)
-                is_self = cand == self_idx
-                drop = torch.where(is_self.any(1), is_self.int().argmax(1), torch.full((r1 - r0,), k_same))
-                keep = torch.ones_like(cand, dtype=torch.bool)
-                keep[torch.arange(r1 - r0), drop] = False
-                same[order[r0:r1]] = order[cand[keep].view(r1 - r0, k_same)]
-            if k_other:
-                D[:, lo:hi] = float("inf")
-                other[order[r0:r1]] = order[torch.topk(D, k_other, dim=1, largest=False).indices]
-    return same, other
+    classes = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    dt = sq.dtype
+    heaps = {"same": _Heaps(n, k_same, dt), "other": _Heaps(n, k_other, dt)}
+    tile = max(64, int((min(memory_budget, 16 * 2**20) // Z.element_size()) ** 0.5))  # cache-sized
+    for a, (alo, ahi) in enumerate(classes):
+        for b, (blo, bhi) in enumerate(classes[a:], start=a):
+            h = heaps["same" if a == b else "other"]
+            if h.k == 0:
+                continue
+            for r0 in range(alo, ahi, tile):
+                r1 = min(r0 + tile, ahi)
+                for c0 in range(r0 if a == b else blo, bhi, tile):
+                    c1 = min(c0 + tile, bhi)
+                    G = (Zs[r0:r1] @ Zs[c0:c1].T).numpy()
+                    _scan_tile(G, sq, orig, r0, c0, a == b and c0 == r0, h.dist, h.idx, h.worst, h.thr, h.thr_idx)
+    out = []
+    for h in heaps.values():  # sort each row by (distance, index), back to the original order
+        key = np.lexsort((h.idx, h.dist), axis=1) if h.k else np.zeros((n, 0), dtype=np.intp)
+        res = torch.empty((n, h.k), dtype=torch.long)
+        res[order] = torch.as_tensor(np.take_along_axis(h.idx, key, 1))
+        out.append(res)
+    return out[0], out[1]
+
+
+class _Heaps:
+    """Every row's ``k`` best (distance, original index) so far, the position of its worst
+    and that worst entry itself (the admission threshold, in contiguous arrays)."""
+
+    def __init__(self, n: int, k: int, dtype):
+        self.k = k
+        self.dist = np.full((n, k), np.inf, dtype=dtype)
+        self.idx = np.full((n, k), np.iinfo(np.int64).max, dtype=np.int64)
+        self.worst = np.zeros(n, dtype=np.int64)
+        self.thr = np.full(n, np.inf, dtype=np.float64)
+        self.thr_idx = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_tile(G, sq, orig, r0, c0, diagonal, dist, idx, worst, thr, thr_idx):  # pragma: no cover
+    """Offer ``d(i, j) = sq_i + sq_j - 2 G_ij`` of one Gram tile (rows ``r0 + i``, columns
+    ``c0 + j``, in class-sorted positions) to the heaps of both ``i`` and ``j``; on a diagonal
+    tile only ``j > i``. An entry enters a full heap if it beats the worst by (distance, index)."""
+    nr, nc = G.shape
+    k = dist.shape[1]
+    d = np.empty(nc, dtype=dist.dtype)  # distances rounded once to the heaps' dtype
+    hit = np.empty(nc, dtype=np.bool_)
+    tc = thr[c0:c0 + nc]  # the columns' thresholds (a view: it sees the updates)
+    sc = sq[c0:c0 + nc]
+    for i in range(nr):
+        gi = r0 + i
+        si, ti = sq[gi], thr[gi]
+        for j in range(nc):  # vectorised: distances and a superset of the admissions
+            d[j] = si + sc[j] - 2.0 * G[i, j]
+            hit[j] = (d[j] <= ti) | (d[j] <= tc[j])
+        for j in range(i + 1 if diagonal else 0, nc):
+            if hit[j]:
+                gj = c0 + j
+                dj = d[j]
+                if dj < thr[gi] or (dj == thr[gi] and orig[gj] < thr_idx[gi]):
+                    _heap_offer(dist, idx, worst, thr, thr_idx, gi, dj, orig[gj], k)
+                if dj < thr[gj] or (dj == thr[gj] and orig[gi] < thr_idx[gj]):
+                    _heap_offer(dist, idx, worst, thr, thr_idx, gj, dj, orig[gi], k)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_offer(dist, idx, worst, thr, thr_idx, row, d, j, k):  # pragma: no cover - compiled
+    """Replace ``row``'s worst entry by ``(d, j)`` and find its new worst."""
+    w = worst[row]
+    dist[row, w] = d
+    idx[row, w] = j
+    w = 0
+    for t in range(1, k):
+        if dist[row, t] > dist[row, w] or (dist[row, t] == dist[row, w] and idx[row, t] > idx[row, w]):
+            w = t
+    worst[row] = w
+    thr[row] = dist[row, w]
+    thr_idx[row] = idx[row, w]
