@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from robust_metric_learning.margin import class_neighbors, margin, margin_from_distances
+from robust_metric_learning.margin import class_neighbors, components_from_metric, margin, margin_from_distances
 
 
 def test_margin_equals_halfspace_distance_loop():
@@ -70,3 +70,18 @@ def test_class_neighbors_rejects_k_beyond_class_sizes():
         class_neighbors(Z, codes, 2, 1)
     with pytest.raises(ValueError, match="k_other=3"):
         class_neighbors(Z, codes, 1, 3)
+
+
+def test_components_from_metric():
+    rng = np.random.default_rng(1)
+    B = rng.standard_normal((3, 6))
+    M = B.T @ B  # rank 3
+    L = components_from_metric(M)
+    np.testing.assert_allclose(L.T @ L, M, atol=1e-12)
+    norms = np.linalg.norm(L, axis=1)  # row norms are sqrt(eigenvalues), decreasing
+    assert (np.diff(norms) <= 1e-12).all() and L.shape == (6, 6)
+    assert (L[np.arange(6), np.abs(L).argmax(1)] >= 0).all()
+    Lr = components_from_metric(M, drop_null=True)
+    assert Lr.shape == (3, 6)
+    np.testing.assert_allclose(Lr.T @ Lr, M, atol=1e-12)
+    assert components_from_metric(np.zeros((2, 2)), drop_null=True).shape == (1, 2)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .margin import components_from_metric
+
 __all__ = [
     "check_array_2d",
     "check_labels",
@@ -94,21 +96,17 @@ def check_eps(eps: Any, *, name: str = "eps") -> np.ndarray:
 
 
 def _check_psd(M: np.ndarray, *, name: str) -> np.ndarray:
-    """Symmetric PSD check; returns the eigen-decomposition's square root factor."""
+    """Symmetric PSD check; returns a factor ``L`` (``L.T @ L = M``) without null rows."""
     scale = float(np.abs(M).max()) if M.size else 0.0
     if not np.allclose(M, M.T, rtol=1e-10, atol=1e-12 * max(scale, 1.0)):
         raise ValueError(f"{name} must be symmetric; max |M - M.T| = {np.abs(M - M.T).max():.3g}")
-    w, V = np.linalg.eigh((M + M.T) / 2)
+    w = np.linalg.eigvalsh((M + M.T) / 2)
     tol = 1e-10 * max(float(np.abs(w).max()) if w.size else 0.0, 1e-300)
     if w.min() < -tol:
         raise ValueError(
             f"{name} must be positive semi-definite; its smallest eigenvalue is {w.min():.6g}"
         )
-    keep = w > tol  # drop the null space: L has one row per positive eigenvalue
-    if not keep.any():
-        keep[-1] = True
-    L = np.sqrt(np.clip(w[keep], 0.0, None))[:, None] * V[:, keep].T
-    return L[::-1].copy()  # rows ordered by decreasing eigenvalue
+    return components_from_metric(M, drop_null=True)  # one row per positive eigenvalue
 
 
 def resolve_metric(metric: Any, n_features: int, *, name: str = "metric") -> np.ndarray | None:

@@ -29,6 +29,7 @@ __all__ = [
     "nearest_neighbors",
     "smallest_k",
     "class_neighbors",
+    "components_from_metric",
     "vote",
 ]
 
@@ -86,6 +87,24 @@ def row_blocks(n_rows: int, n_cols: int, *, memory_budget: int = DEFAULT_MEMORY_
     step = max(1, int(memory_budget // per_row))
     for start in range(0, n_rows, step):
         yield slice(start, min(start + step, n_rows))
+
+
+def components_from_metric(M: np.ndarray, *, drop_null: bool = False) -> np.ndarray:
+    """A factor ``L`` with ``L.T @ L = M`` for a symmetric ``M``, by eigendecomposition.
+
+    Negative (rounding) eigenvalues count as 0. Rows are ordered by decreasing eigenvalue,
+    each signed so that its largest-magnitude entry is positive. With ``drop_null`` only the
+    rows of eigenvalues above ``1e-10`` times the largest are kept (at least one).
+    """
+    w, V = np.linalg.eigh((M + M.T) / 2)
+    w, V = w[::-1], V[:, ::-1]
+    if drop_null:
+        keep = w > 1e-10 * max(float(np.abs(w).max()) if w.size else 0.0, 1e-300)
+        keep[0] = True
+        w, V = w[keep], V[:, keep]
+    L = np.sqrt(np.clip(w, 0.0, None))[:, None] * V.T
+    top = np.abs(L).argmax(axis=1)
+    return np.ascontiguousarray(L * np.where(L[np.arange(L.shape[0]), top] < 0, -1.0, 1.0)[:, None])
 
 
 def pairwise_sq_distances(A: torch.Tensor, B: torch.Tensor, *, A_sq: torch.Tensor | None = None,

@@ -14,11 +14,12 @@ from typing import ClassVar
 
 import numba
 import numpy as np
-from scipy.linalg import eigh, pinvh
+from scipy.linalg import pinvh
 from scipy.spatial.distance import pdist
 from sklearn.exceptions import ConvergenceWarning
 
 from .._validation import Interval, Options, resolve_metric
+from ..margin import components_from_metric
 from .base import MetricLearner
 
 __all__ = ["ITML"]
@@ -172,7 +173,7 @@ default="identity"
                 "increase max_iter or tol",
                 ConvergenceWarning,
             )
-        return _components_from_metric(M), n_iter
+        return components_from_metric(M), n_iter
 
 
 # ---------------------------------------------------------------------- helpers
@@ -310,14 +311,3 @@ def _itml_pass(M, V, sim, bhat, lam, gamma, tiny, Mv):  # pragma: no cover - com
             s = sign * Mv[r]
             for c in range(d):
                 M[r, c] += s * Mv[c]
-
-
-def _components_from_metric(M: np.ndarray) -> np.ndarray:
-    """``L`` (d, d) with ``L.T @ L = M``, negative rounding eigenvalues clipped to 0.
-
-    Rows by decreasing eigenvalue, each signed so that its largest-magnitude entry is positive.
-    """
-    w, Q = eigh((M + M.T) / 2)
-    L = (np.sqrt(np.clip(w, 0.0, None))[:, None] * Q.T)[::-1]
-    top = np.abs(L).argmax(axis=1)
-    return L * np.where(L[np.arange(L.shape[0]), top] < 0, -1.0, 1.0)[:, None]

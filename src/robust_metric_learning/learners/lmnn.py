@@ -14,6 +14,7 @@ from ..margin import (
     DEFAULT_MEMORY_BUDGET,
     NORM_FLOOR,
     class_neighbors,
+    components_from_metric,
     margin_from_distances,
     row_blocks,
 )
@@ -354,8 +355,7 @@ class LMNNPL(LMNN):
         return param
 
     def _components(self, param):
-        w, V = np.linalg.eigh((param + param.T) / 2)
-        return (V * np.sqrt(np.clip(w, 0.0, None))).T
+        return components_from_metric(param)
 
     def _project(self, param):
         return _psd_projection(param)
