@@ -146,8 +146,7 @@ default="identity"
             P = np.unique(X[np.unique(pairs)], axis=0)  # distinct points, as metric-learn
             if P.shape[0] > _MAX_BOUND_POINTS:
                 P = P[rng.choice(P.shape[0], _MAX_BOUND_POINTS, replace=False)]
-            w, Q = np.linalg.eigh(M0)
-            Z = P @ (Q * np.sqrt(np.clip(w, 0.0, None)))  # Euclidean coordinates under M0
+            Z = P @ components_from_metric(M0).T  # Euclidean coordinates under M0
             kind = "sqeuclidean" if self.bounds == "squared" else "euclidean"
             dist = pdist(Z, kind) if P.shape[0] > 1 else np.zeros(1)
             b = np.percentile(dist, [5.0, 95.0])
