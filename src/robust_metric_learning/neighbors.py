@@ -34,7 +34,7 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
     memory_budget : int, default=512 MiB
         Bytes allowed for one block of distances.
     n_jobs : int, default=None
-        joblib workers for :meth:`certify`.
+        joblib workers for :meth:`certify` and :meth:`attack`.
 
     Attributes
     ----------
@@ -149,6 +149,39 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
                 raise ValueError("return_adversarial=True needs method='exact'")
             return certified_radius_knn(self._fit_X, y_train, X, y, n_neighbors=self.n_neighbors, **common)
         raise ValueError(f"method must be 'exact' or 'bound', got {method!r}")
+
+    def attack(self, X, y, *, method: Any = "structural", eps=None, random_state: int | None = None,
+               progress: bool | None = None):
+        """Empirical robustness: attack the classifier at ``X`` (true labels ``y``).
+
+        Parameters
+        ----------
+        X, y : array-like
+            Points and their true labels.
+        method : str or attack object, default="structural"
+            "structural" (any K; exact for 1-NN), "exact" (1-NN), "boundary", "gaussian",
+            "uniform" (see ``robust_metric_learning.attacks.ATTACKS``), or an attack object.
+        eps : float or sequence of float, optional
+            l2 budgets; required by the noise attacks.
+        random_state : int, optional
+            Seed of the random attacks.
+        progress : bool, default=None
+            Progress bar; None shows it on a terminal only.
+
+        Returns
+        -------
+        AttackResult ``(raw, clipped, success, radii)``; radii are 0 where the prediction is
+        already wrong and +inf where the attack failed. NoiseResult (with ``accuracy``) for noise.
+        """
+        from .attacks import KNNAttack, get_attack
+
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        y = check_labels(y, n_samples=X.shape[0])
+        params = {} if isinstance(method, KNNAttack) else dict(n_jobs=self.n_jobs, random_state=random_state,
+                                                               progress=progress)
+        attack = get_attack(method, **params)
+        return attack(self, X, y) if eps is None else attack(self, X, y, eps=eps)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,0 +1,109 @@
+"""Attacks on Mahalanobis K-NN classifiers: empirical robustness radii (DESIGN §3-§5).
+
+Every attack is an object called like foolbox's::
+
+    raw, clipped, success, radii = StructuralAttack()(knn, X, y, eps=[0.1, 0.2])
+
+``radii`` is 0 where ``knn`` is already wrong, the l2 norm of a perturbation verified by
+``knn.predict`` where the attack succeeded, and +inf where it failed: an upper bound on the
+minimal adversarial perturbation (a certified radius is a lower bound).
+
+========================  ==========================================================
+``ExactAttack``           1-NN: the exact minimal perturbation (certify's), pushed across
+``StructuralAttack``      any K: pull other-class points into the neighbourhood (QPs)
+``BoundaryAttack``        decision-based baseline (Brendel et al. 2018)
+``NoiseAttack``           Gaussian / uniform noise of given norms; accuracy under noise
+========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._validation import check_array_2d, check_labels, check_n_features, resolve_metric
+from ..margin import DEFAULT_MEMORY_BUDGET
+from .base import AttackResult, KNNAttack, MinimizationAttack
+from .boundary import BoundaryAttack
+from .knn import ExactAttack, StructuralAttack
+from .noise import NoiseAttack, NoiseResult
+
+__all__ = [
+    "ATTACKS",
+    "AttackResult",
+    "BoundaryAttack",
+    "ExactAttack",
+    "KNNAttack",
+    "MinimizationAttack",
+    "NoiseAttack",
+    "NoiseResult",
+    "StructuralAttack",
+    "attack_knn",
+    "get_attack",
+]
+
+#: Attack names accepted by :func:`get_attack`, ``MahalanobisKNN.attack`` and ``rml``.
+ATTACKS: dict[str, tuple[type, dict]] = {
+    "exact": (ExactAttack, {}),
+    "structural": (StructuralAttack, {}),
+    "boundary": (BoundaryAttack, {}),
+    "gaussian": (NoiseAttack, {"kind": "gaussian"}),
+    "uniform": (NoiseAttack, {"kind": "uniform"}),
+}
+
+
+def get_attack(method: str | KNNAttack, **params: Any) -> KNNAttack:
+    """An attack object by name (see :data:`ATTACKS`), with ``params`` for its constructor;
+    an attack object is returned as it is (then ``params`` must be empty)."""
+    if isinstance(method, KNNAttack):
+        if params:
+            raise ValueError(f"params {sorted(params)} cannot be applied to an attack object; set them on it")
+        return method
+    if not isinstance(method, str) or method not in ATTACKS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, ATTACKS))} or an attack object, got {method!r}")
+    cls, defaults = ATTACKS[method]
+    return cls(**{**defaults, **params})
+
+
+def attack_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric: Any = "euclidean",
+               method: str | KNNAttack = "structural", eps=None, n_jobs: int | None = None,
+               random_state: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+               progress: bool | None = None):
+    """Attack the K-NN classifier of a training set under a metric, like the functions of
+    :mod:`robust_metric_learning.certify`.
+
+    Parameters
+    ----------
+    X_train, y_train : array-like of shape (n, d) and (n,)
+    X, y : array-like of shape (m, d) and (m,)
+        Points to attack and their true labels.
+    n_neighbors : int, default=1
+    metric : "euclidean", (d, d) matrix M, (r, d) matrix L, or fitted learner
+    method : str or attack object, default="structural"
+        See :data:`ATTACKS`; "structural" is exact for K = 1.
+    eps : float or sequence of float, optional
+        l2 budgets (required by the noise attacks).
+    n_jobs, random_state, progress
+        Passed to the attack (when ``method`` is a name).
+
+    Returns
+    -------
+    AttackResult, or NoiseResult for the noise attacks.
+
+    Examples
+    --------
+    >>> res = attack_knn([[0.0], [2.0]], [0, 1], [[0.5]], [0])
+    >>> round(float(res.radii[0]), 6)
+    0.5
+    """
+    from ..neighbors import MahalanobisKNN
+
+    X_train = check_array_2d(X_train, name="X_train")
+    check_labels(y_train, n_samples=X_train.shape[0], name="y_train")
+    X = check_array_2d(X, name="X")
+    check_n_features(X, X_train.shape[1], name="X", what="X_train has")
+    resolve_metric(metric, X_train.shape[1])  # a clear error before fitting
+    knn = MahalanobisKNN(n_neighbors, metric=metric, memory_budget=memory_budget).fit(X_train, y_train)
+    params = {} if isinstance(method, KNNAttack) else {"n_jobs": n_jobs, "random_state": random_state,
+                                                       "progress": progress}
+    attack = get_attack(method, **params)
+    return attack(knn, X, y) if eps is None else attack(knn, X, y, eps=eps)

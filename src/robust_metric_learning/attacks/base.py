@@ -1,0 +1,263 @@
+"""The shape every K-NN attack shares (foolbox-like, DESIGN §5).
+
+An attack is an object called on a fitted :class:`~robust_metric_learning.MahalanobisKNN`,
+inputs and labels: ``raw, clipped, success, radii = attack(knn, X, y, eps=[...])``.
+The base ``__call__`` validates, runs the subclass's ``_run_chunk`` on the correctly classified
+points (in joblib chunks), re-checks every returned point with the classifier's own
+``predict``, and sweeps ``eps`` by clipping. Radii follow DESIGN §3: 0 where the classifier
+is already wrong, the l2 norm of the verified perturbation, +inf where the attack failed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from joblib import Parallel, delayed, effective_n_jobs
+from sklearn.utils.validation import check_is_fitted
+
+from .._validation import check_array_2d, check_eps, check_labels, check_n_features, check_positive_int
+from ..certify import _Geometry
+from ..margin import row_blocks, smallest_k, vote
+
+__all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
+
+
+class AttackResult(NamedTuple):
+    """What an attack returns (unpacks like foolbox's ``raw, clipped, success``, plus radii).
+
+    Attributes
+    ----------
+    raw : ndarray of shape (m, d)
+        The adversarial points found (the input itself where the attack failed or the point
+        is already misclassified).
+    clipped : ndarray of shape (m, d), or (n_eps, m, d) for a list of eps
+        ``raw`` projected onto the l2 ball of radius eps around the input; ``raw`` if eps is None.
+    success : ndarray of bool, shape (m,) or (n_eps, m)
+        Whether ``clipped`` is misclassified, by the classifier's own ``predict``.
+    radii : ndarray of shape (m,)
+        Empirical radius: 0 if already misclassified, ``||raw - x||_2`` where the attack
+        succeeded, +inf where it failed.
+    """
+
+    raw: np.ndarray
+    clipped: np.ndarray
+    success: np.ndarray
+    radii: np.ndarray
+
+
+class _Target:
+    """A fitted ``MahalanobisKNN`` as the attacks see it: its training geometry (centred, as in
+    certify) and a vectorised ``predict`` on class codes with the package's tie rule."""
+
+    def __init__(self, knn: Any):
+        from ..neighbors import MahalanobisKNN
+
+        if not isinstance(knn, MahalanobisKNN):
+            raise TypeError(f"model must be a fitted MahalanobisKNN, got {type(knn).__name__}")
+        check_is_fitted(knn)
+        self.knn = knn
+        self.k = int(knn.n_neighbors)
+        self.classes = knn.classes_
+        self.n_classes = knn.classes_.size
+        self.memory_budget = int(knn.memory_budget)
+        self.geo = _Geometry.build(knn._fit_X, knn._y_codes, self.n_classes, knn._L, self.memory_budget)
+        self.class_index = [np.flatnonzero(self.geo.codes == c) for c in range(self.n_classes)]
+        self.other_index = [np.flatnonzero(self.geo.codes != c) for c in range(self.n_classes)]
+
+    @property
+    def n_features(self) -> int:
+        return self.geo.X.shape[1]
+
+    def predict_codes(self, Q: np.ndarray) -> np.ndarray:
+        """Class codes predicted for rows of ``Q`` (ties: smaller training index, smaller code)."""
+        geo, k = self.geo, self.k
+        out = np.empty(len(Q), dtype=np.int64)
+        for sl in row_blocks(len(Q), 2 * geo.X.shape[0], memory_budget=self.memory_budget):
+            D = torch.from_numpy(geo.sq_dist(Q[sl]))
+            vals, idx = torch.topk(D, k, dim=1, largest=False)
+            kth = vals[:, -1:]
+            # rows where another point ties the k-th distance need the index tie rule
+            tied = ((D <= kth).sum(1) > k).numpy()
+            idx = idx.numpy()
+            for r in np.flatnonzero(tied):
+                idx[r] = smallest_k(D[r].numpy(), k)
+            out[sl] = vote(geo.codes[idx], self.n_classes)
+        return out
+
+    def codes_of(self, y: np.ndarray) -> np.ndarray:
+        """Class codes of labels ``y``; -1 for labels the classifier does not know."""
+        classes = self.classes
+        if (y.dtype.kind in "USO") != (classes.dtype.kind in "USO"):
+            raise ValueError(f"y has labels of dtype {y.dtype}, the model's classes_ have {classes.dtype}")
+        pos = np.searchsorted(classes, y)
+        ok = pos < classes.size
+        ok[ok] = classes[pos[ok]] == y[ok]
+        return np.where(ok, pos, -1)
+
+
+def _threads_per_worker(n_jobs) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, effective_n_jobs(n_jobs)))
+
+
+def _progress(progress: bool | None, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    disable = (not sys.stderr.isatty()) if progress is None else not progress
+    return tqdm(total=total, desc=desc, unit="pt", disable=disable, leave=False)
+
+
+def _chunk_worker(attack: "KNNAttack", target: _Target, X: np.ndarray, codes: np.ndarray, seed, threads: int, extra):
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    return attack._run_chunk(target, X, codes, rng, extra)
+
+
+class KNNAttack:
+    """Base of the K-NN attacks. Subclasses write ``_run_chunk`` (and ``_check_params``).
+
+    Parameters common to all attacks
+    --------------------------------
+    n_jobs : int, default=None
+        joblib workers over chunks of points (any backend, Dask included).
+    chunk_size : int, default=32
+        Points per parallel task.
+    random_state : int or None, default=None
+        Seed; chunk ``i`` draws from the ``i``-th child of ``SeedSequence(random_state)``, so
+        results do not depend on ``n_jobs``.
+    progress : bool or None, default=None
+        Progress bar; None shows it on a terminal only.
+    """
+
+    name = "attack"
+
+    def __init__(self, *, n_jobs: int | None = None, chunk_size: int = 32, random_state: int | None = None,
+                 progress: bool | None = None):
+        self.n_jobs = n_jobs
+        self.chunk_size = chunk_size
+        self.random_state = random_state
+        self.progress = progress
+
+    # ---------------------------------------------------------------- for subclasses
+    def _check_params(self, target: _Target) -> None:
+        """Validate hyper-parameters against the model (raise ValueError naming the parameter)."""
+
+    def _run_chunk(self, target: _Target, X: np.ndarray, codes: np.ndarray, rng: np.random.Generator, extra):
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- shared steps
+    def _validate(self, model, X, y):
+        target = model if isinstance(model, _Target) else _Target(model)
+        check_positive_int(self.chunk_size, name="chunk_size")
+        if self.n_jobs is not None and (isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, (int, np.integer))):
+            raise ValueError(f"n_jobs must be None or an integer, got {self.n_jobs!r}")
+        self._check_params(target)
+        X = check_array_2d(X, name="X")
+        check_n_features(X, target.n_features, name="X", what="the model was fitted on")
+        y = check_labels(y, n_samples=X.shape[0], name="y")
+        return target, X, y, target.codes_of(y)
+
+    def _map(self, target: _Target, X: np.ndarray, codes: np.ndarray, *, per_row: np.ndarray | None = None,
+             shared=None, desc: str | None = None) -> list:
+        """Run ``_run_chunk(target, X, codes, rng, (per_row, shared))`` over chunks of rows, in order;
+        ``per_row`` (one row per point, or None) is sliced like ``X``, ``shared`` goes to all."""
+        starts = list(range(0, len(X), self.chunk_size))
+        seeds = np.random.SeedSequence(self.random_state).spawn(len(starts))
+        threads = _threads_per_worker(self.n_jobs)
+        step = self.chunk_size
+        jobs = (delayed(_chunk_worker)(self, target, X[s:s + step], codes[s:s + step], seed, threads,
+                                       (None if per_row is None else per_row[s:s + step], shared))
+                for s, seed in zip(starts, seeds))
+        prev = torch.get_num_threads()
+        out = []
+        try:
+            with _progress(self.progress, len(X), desc or self.name) as bar:
+                for s, res in zip(starts, Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)):
+                    out.append(res)
+                    bar.update(min(step, len(X) - s))
+        finally:
+            torch.set_num_threads(prev)
+        return out
+
+    @staticmethod
+    def _misclassified(target: _Target, Q: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The final check, by the classifier's own ``predict`` (in label space)."""
+        if len(Q) == 0:
+            return np.zeros(0, dtype=bool)
+        return target.knn.predict(Q) != y
+
+
+class MinimizationAttack(KNNAttack):
+    """An attack that looks for the smallest adversarial perturbation (no eps needed to run).
+
+    ``eps`` only selects the outputs: ``clipped`` is ``raw`` scaled into each l2 ball.
+    """
+
+    def __call__(self, model, X, y, *, eps=None) -> AttackResult:
+        """Attack ``model`` at inputs ``X`` with true labels ``y``.
+
+        Parameters
+        ----------
+        model : fitted MahalanobisKNN
+        X : array-like of shape (m, d)
+        y : array-like of shape (m,)
+        eps : float, sequence of float or None, default=None
+            l2 budgets (input space). A sequence gives ``clipped`` and ``success`` one leading
+            axis per budget.
+
+        Returns
+        -------
+        AttackResult
+        """
+        target, X, y, codes = self._validate(model, X, y)
+        eps_arr = None if eps is None else check_eps(eps)
+        correct = target.knn.predict(X) == y
+        raw = X.copy()
+        idx = np.flatnonzero(correct)
+        if idx.size:
+            raw[idx] = self._run(target, X[idx], codes[idx])
+        return _finish(target, X, y, raw, correct, eps, eps_arr, self.name)
+
+    def _run(self, target: _Target, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Adversarial points for correctly classified ``X`` (rows equal to ``X`` = failure)."""
+        return np.concatenate(self._map(target, X, codes), axis=0)
+
+
+def _finish(target: _Target, X, y, raw, correct, eps, eps_arr, name: str) -> AttackResult:
+    """Verify ``raw`` with the classifier's predict, compute radii and the eps sweep."""
+    delta = raw - X
+    norms = np.linalg.norm(delta, axis=1)
+    moved = correct & (norms > 0)
+    wrong = np.zeros(len(X), dtype=bool)
+    wrong[moved] = KNNAttack._misclassified(target, raw[moved], y[moved])
+    bad = moved & ~wrong
+    if bad.any():
+        warnings.warn(f"{name}: {int(bad.sum())} point(s) returned by the attack are not misclassified by "
+                      "predict; counted as failures", RuntimeWarning, stacklevel=3)
+        raw[bad] = X[bad]
+        delta[bad] = 0.0
+        norms[bad] = 0.0
+    radii = np.where(correct, np.where(wrong, norms, np.inf), 0.0)
+    success_raw = ~correct | wrong
+    if eps_arr is None:
+        return AttackResult(raw, raw.copy(), success_raw, radii)
+    clipped = np.empty((eps_arr.size,) + X.shape)
+    success = np.empty((eps_arr.size, len(X)), dtype=bool)
+    for e, r in enumerate(eps_arr):
+        scale = np.ones(len(X))
+        over = norms > r
+        scale[over] = r / norms[over]
+        clipped[e] = X + scale[:, None] * delta
+        success[e] = success_raw
+        shrunk = over & wrong  # scaled-down perturbations: ask predict again
+        if r > 0 and shrunk.any():
+            success[e, shrunk] = KNNAttack._misclassified(target, clipped[e, shrunk], y[shrunk])
+        elif shrunk.any():
+            success[e, shrunk] = False  # eps = 0: the input itself, which is classified correctly
+    if np.ndim(eps) == 0:
+        return AttackResult(raw, clipped[0], success[0], radii)
+    return AttackResult(raw, clipped, success, radii)

@@ -1,0 +1,498 @@
+"""White-box attacks on Mahalanobis K-NN that use the geometry (DESIGN §2).
+
+- :class:`ExactAttack` (K = 1): the exact minimal perturbation of
+  :func:`~robust_metric_learning.certify.exact_radius_1nn`, pushed a tiny step past the
+  decision boundary so the prediction really flips.
+- :class:`StructuralAttack` (any K): with ``s = K//2 + 1``, pull ``s`` training points of one
+  other class ``t`` into the neighbourhood. "Every chosen point ``a`` is closer (under ``M``)
+  than every point ``o`` of the rival set, except ``K - s`` of them" is a set of linear
+  constraints on the perturbation, so the smallest perturbation is a least-distance QP, solved
+  by constraint generation with certify's dual active-set solver. Candidate sets (nearest,
+  easiest, greedy, clusters; per class) are visited in increasing order of a cheap lower bound
+  on their QP, and the smallest perturbation that really flips ``predict`` is returned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..certify import _least_distance, _norms, exact_radius_1nn
+from ..margin import NORM_FLOOR, margin_from_distances, pairwise_sq_distances, smallest_k, vote
+from .base import MinimizationAttack, _Target
+
+__all__ = ["ExactAttack", "StructuralAttack"]
+
+#: Relative steps tried, in order, when pushing a boundary point towards its target.
+_PUSH_STEPS = (1e-9, 1e-7, 1e-5, 1e-3)
+#: Relative tightening of the QP constraints (strict inequalities), and the retry value.
+_TIGHTEN = (1e-8, 1e-5)
+#: Most violated pairs added to the working set per round of constraint generation.
+_PER_ROUND = 10
+
+
+def _check_int(value, name: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+class ExactAttack(MinimizationAttack):
+    """The optimal attack on a 1-NN classifier: the exact minimal l2 perturbation.
+
+    Wraps ``exact_radius_1nn(..., return_adversarial=True)``; the boundary point it returns
+    is moved a relative step of at most ``1e-3`` (first ``1e-9``) towards its nearest
+    other-class training point, which makes that point strictly the nearest, and kept once
+    ``predict`` flips. The radius reported is the norm of the perturbation actually used.
+
+    Parameters
+    ----------
+    tol : float, default=1e-10
+        Tolerance of the exact QP (see :func:`exact_radius_1nn`).
+    n_jobs, chunk_size, random_state, progress : see :class:`KNNAttack`.
+
+    Examples
+    --------
+    >>> from robust_metric_learning.neighbors import MahalanobisKNN
+    >>> knn = MahalanobisKNN().fit([[0.0], [2.0]], [0, 1])
+    >>> res = ExactAttack()(knn, [[0.5]], [0])
+    >>> bool(res.success[0]), round(float(res.radii[0]), 6)
+    (True, 0.5)
+    """
+
+    name = "exact"
+
+    def __init__(self, *, tol: float = 1e-10, n_jobs: int | None = None, chunk_size: int = 64,
+                 random_state: int | None = None, progress: bool | None = None):
+        super().__init__(n_jobs=n_jobs, chunk_size=chunk_size, random_state=random_state, progress=progress)
+        self.tol = tol
+
+    def _check_params(self, target: _Target) -> None:
+        if target.k != 1:
+            raise ValueError(f"ExactAttack is for 1-NN only; the model has n_neighbors={target.k} "
+                             "(use StructuralAttack)")
+        if not (isinstance(self.tol, (float, int)) and 0 < self.tol < 1):
+            raise ValueError(f"tol must be a number in (0, 1), got {self.tol!r}")
+
+    def _run(self, target: _Target, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        knn = target.knn
+        _, Z = exact_radius_1nn(knn._fit_X, knn.classes_[knn._y_codes], X, target.classes[codes], metric=knn,
+                                return_adversarial=True, n_jobs=self.n_jobs, memory_budget=target.memory_budget,
+                                progress=self.progress, tol=self.tol, chunk_size=self.chunk_size)
+        return _push_1nn(target, X, Z, codes)
+
+
+def _push_1nn(target: _Target, X: np.ndarray, Z: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Move each boundary point ``Z[i]`` towards its nearest other-class training point, by the
+    smallest step of ``_PUSH_STEPS`` that flips the prediction (``X[i]`` where none does)."""
+    geo = target.geo
+    D = np.where(geo.codes[None, :] == codes[:, None], np.inf, geo.sq_dist(Z))
+    j = D.argmin(1)  # first minimum: the smaller training index at ties
+    toward = geo.X[j] + geo.mean - Z
+    out = X.copy()
+    todo = np.ones(len(Z), dtype=bool)
+    for eta in _PUSH_STEPS:
+        idx = np.flatnonzero(todo)
+        if idx.size == 0:
+            break
+        cand = Z[idx] + eta * toward[idx]
+        flipped = target.predict_codes(cand) != codes[idx]
+        out[idx[flipped]] = cand[flipped]
+        todo[idx[flipped]] = False
+    return out
+
+
+# ----------------------------------------------------------------------- the region QP
+
+
+def _region_qp(target: _Target, d: np.ndarray, members: np.ndarray, others: np.ndarray, *, tau: float,
+               tol: float, max_rounds: int = 200) -> tuple | None:
+    """``min ||delta||`` such that every ``members`` point is closer to ``x + delta`` (under ``M``)
+    than every ``others`` point (given in increasing distance from ``x``), by ``tau`` (l2 units).
+
+    Pair ``(m, o)``: ``u^T delta <= margin(x; x_m, x_o) - tau`` with the unit row
+    ``u = M (x_o - x_m) / ||M (x_o - x_m)||``. Constraint generation: only violated pairs enter
+    the working set, whose least-distance problem is certify's NNLS solver. ``d`` holds the
+    squared distances from ``x`` to every training point. A rival with
+    ``sqrt(d_o) > max_m sqrt(d_m) + 2 ||L delta||`` is farther from ``x + delta`` than every
+    member (triangle inequality), so each round scans only the rivals nearer than that; pair
+    norms are computed for violated pairs only. Returns ``(delta, (m, o, lam))`` with the working
+    set's pairs (training indices) and multipliers, or None when the region is empty.
+    """
+    geo = target.geo
+    MX, MX_sq, L = geo.MX, geo.MX_sq, geo.L
+    d_m = d[members]
+    reach0 = float(np.sqrt(d_m.max()))
+    root_o = np.sqrt(d[others])
+    MXm, MXo, d_o = MX[members], MX[others], d[others]
+    # |g| screening slack: tau and tol times an upper bound of every pair norm ||M (x_o - x_m)||
+    slack = (tau + tol) * 2.0 * float(np.sqrt(MX_sq.max()))
+    coincident_pairs: set[tuple[int, int]] = set()
+    U = np.zeros((0, MX.shape[1]))
+    b = np.zeros(0)
+    W_m, W_o = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    delta, lam = np.zeros(MX.shape[1]), np.zeros(0)
+    for _ in range(max_rounds):
+        L_delta = float(np.linalg.norm(delta if L is None else L @ delta))
+        q = int(np.searchsorted(root_o, (reach0 + 2.0 * L_delta) * (1 + 1e-9), side="right"))
+        # g = (M delta)^T (x_o - x_m) - (d_o - d_m) / 2; the pair needs g <= -tau * ||M (x_o - x_m)||
+        g = ((MXo[:q] @ delta)[None, :] - (MXm @ delta)[:, None]) - 0.5 * (d_o[None, :q] - d_m[:, None])
+        pm, po = np.nonzero(g > -slack)
+        if W_m.size or coincident_pairs:  # drop pairs already in the working set (or ties)
+            known = coincident_pairs | set(zip(W_m.tolist(), W_o.tolist()))
+            keep = np.fromiter(((m, o) not in known for m, o in zip(members[pm].tolist(), others[po].tolist())),
+                               dtype=bool, count=pm.size)
+            pm, po = pm[keep], po[keep]
+        if pm.size == 0:
+            return delta, (W_m, W_o, lam)
+        m_idx, o_idx = members[pm], others[po]
+        dot = np.einsum("ij,ij->i", MXm[pm], MXo[po])
+        norm = np.sqrt(np.maximum(MX_sq[m_idx] + MX_sq[o_idx] - 2.0 * dot, 0.0))
+        coincident = norm <= NORM_FLOOR  # an exact tie under M: the index rule decides, not delta
+        coincident_pairs.update(zip(m_idx[coincident].tolist(), o_idx[coincident].tolist()))
+        viol = np.full(pm.size, -np.inf)
+        ok = ~coincident
+        viol[ok] = g[pm[ok], po[ok]] / norm[ok] + tau
+        top = np.argsort(-viol, kind="stable")[:_PER_ROUND]
+        top = top[viol[top] > tol]
+        if top.size == 0:
+            return delta, (W_m, W_o, lam)
+        W_m, W_o = np.concatenate([W_m, m_idx[top]]), np.concatenate([W_o, o_idx[top]])
+        U = np.vstack([U, (MX[o_idx[top]] - MX[m_idx[top]]) / norm[top, None]])
+        b = np.concatenate([b, margin_from_distances(d[m_idx[top]], d[o_idx[top]], norm[top]) - tau])
+        with np.errstate(all="ignore"):
+            delta, lam = _least_distance(U, b)
+        if not (np.isfinite(delta).all() and np.isfinite(lam).all()) or (b - U @ delta).min() < -10 * tol:
+            return None  # the constraints contradict each other: the region is empty
+    return None
+
+
+# ------------------------------------------------------------------ structural attack
+#
+# A template (members, rivals, excused) asks that every member be closer to x + delta than every
+# rival outside ``excused``. Two kinds guarantee a vote for class t:
+#   majority:  members = s points of class t, excused = K - s rivals (t gets >= s votes);
+#   plurality: members = A (a < s points of t) + B (K - a points of other classes, few enough
+#              per class that t wins the vote A + B), rivals = all points not of class t,
+#              excused = B (then the neighbourhood is A, B's survivors and more points of t).
+# With rivals = the true class only (majority), the template is cheaper but not a guarantee;
+# its result is kept only if ``predict`` flips, like every other.
+
+
+def _top_positions(values: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` smallest ``values``, ascending (ties: smaller position)."""
+    n = min(n, values.size)
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(values, n - 1)[:n] if n < values.size else np.arange(values.size)
+    return part[np.lexsort((part, values[part]))]
+
+
+def _kth_largest(w: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th largest (1-based) of each row of ``w``; 0 for rows with fewer entries."""
+    if k > w.shape[1]:
+        return np.zeros(w.shape[0])
+    return -np.partition(-w, k - 1, axis=1)[:, k - 1]
+
+
+def _greedy(viol: np.ndarray, size: int, n_keep: int, base: np.ndarray | None = None) -> np.ndarray:
+    """Grow a set of rows of ``viol`` one at a time, each time the row that keeps the bound
+    (``n_keep + 1``-th largest column-wise maximum) smallest."""
+    cur = np.zeros(viol.shape[1]) if base is None else base
+    chosen: list[int] = []
+    for _ in range(size):
+        lb = _kth_largest(np.maximum(cur[None, :], viol), n_keep + 1)
+        lb[chosen] = np.inf
+        nxt = int(np.argmin(lb))
+        chosen.append(nxt)
+        cur = np.maximum(cur, viol[nxt])
+    return np.sort(np.asarray(chosen))
+
+
+def _member_sets(viol: np.ndarray, pool_d2: np.ndarray, s: int, n_keep: int, n_clusters: int) -> list[np.ndarray]:
+    """Candidate sets of ``s`` pool positions: nearest, easiest, greedy, and clusters."""
+    sets = [np.arange(s)]
+    h = _kth_largest(viol, n_keep + 1)  # each point alone, its worst n_keep rivals excused
+    sets.append(np.sort(np.argsort(h, kind="stable")[:s]))
+    sets.append(_greedy(viol, s, n_keep))
+    for a in range(min(n_clusters, viol.shape[0])):  # a pool point and its s - 1 nearest pool neighbours
+        sets.append(np.sort(_top_positions(pool_d2[a], s)))
+    return sets
+
+
+def _capped_fill(codes: np.ndarray, t: int, a: int, need: int) -> np.ndarray | None:
+    """First ``need`` positions (in order) whose classes stay below the caps that let class ``t``
+    with ``a`` votes win (ties go to the smaller code); None if they run out."""
+    taken: dict[int, int] = {}
+    out = []
+    for pos, c in enumerate(codes.tolist()):
+        cap = a - 1 if c < t else a
+        if taken.get(c, 0) < cap:
+            taken[c] = taken.get(c, 0) + 1
+            out.append(pos)
+            if len(out) == need:
+                return np.asarray(out)
+    return None
+
+
+def _half_space_dist(target: _Target, d: np.ndarray, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """``[distance from x to {z : z closer to P_i than to Q_j}]_+`` for all pairs: the margin."""
+    geo = target.geo
+    norms = _norms(np.ascontiguousarray(geo.MX[P]), np.ascontiguousarray(geo.MX[Q]), geo.MX_sq[P], geo.MX_sq[Q])
+    return np.clip(-margin_from_distances(d[P][:, None], d[Q][None, :], norms), 0.0, None)
+
+
+def _candidates(target: _Target, d: np.ndarray, y: int, s: int, n_pool: int, n_screen: int, n_targets: int):
+    """Templates ``(lower bound, members, rivals, excused)`` for a point of class ``y``, by
+    increasing lower bound (the distance from ``x`` to the farthest single half-space among the
+    nearest ``n_screen`` rivals). Only the ``n_targets`` classes with the smallest greedy bound
+    get every kind of template."""
+    geo, K, C = target.geo, target.k, target.n_classes
+    n_keep = K - s
+    out: dict[tuple, tuple] = {}
+
+    def add(lb, members, rivals, excused, tag):
+        key = (tuple(np.sort(members)), tuple(np.sort(excused)), tag)
+        if key not in out or out[key][0] > lb:
+            out[key] = (lb, members, rivals, excused)
+
+    per_class = []
+    for t in range(C):
+        T = target.class_index[t]
+        if t == y or T.size == 0:
+            continue
+        pool = T[_top_positions(d[T], max(n_pool, s))]
+        modes = []
+        for tag, rivals in [("all", target.other_index[t])] + ([("y", target.class_index[y])] if C > 2 else []):
+            screen = rivals[_top_positions(d[rivals], n_screen + K)]
+            modes.append((tag, rivals, screen, _half_space_dist(target, d, pool, screen)))
+        viol = modes[-1][3]  # the cheapest rivals: a bound for both
+        score = float(_kth_largest(viol[_greedy(viol, s, n_keep)].max(0)[None, :], n_keep + 1)[0]) \
+            if pool.size >= s else 0.0
+        per_class.append((score, t, pool, modes))
+    per_class.sort(key=lambda c: c[0])
+    for score, t, pool, modes in per_class[:n_targets]:
+        Zp = np.ascontiguousarray(geo.Z[pool])
+        pool_d2 = pairwise_sq_distances(torch.from_numpy(Zp), torch.from_numpy(Zp)).numpy()
+        for tag, rivals, screen, viol in modes:
+            if pool.size >= s:  # majority templates
+                for A in _member_sets(viol, pool_d2, s, n_keep, n_clusters=8):
+                    w = viol[A].max(0)
+                    for excused in (np.argsort(-w, kind="stable")[:n_keep], np.arange(min(n_keep, w.size))):
+                        keep = np.ones(w.size, dtype=bool)
+                        keep[excused] = False
+                        add(float(w[keep].max()) if keep.any() else 0.0, pool[A], rivals, screen[excused], tag)
+            if tag != "all" or C < 3:
+                continue
+            for a in range(1, min(s, pool.size + 1)):  # plurality templates
+                B = _capped_fill(geo.codes[screen], t, a, K - a)
+                if B is None:
+                    continue
+                keep = np.ones(screen.size, dtype=bool)
+                keep[B] = False
+                base = _half_space_dist(target, d, screen[B], screen[keep]).max(0)
+                vk = viol[:, keep]
+                for A in (np.arange(a), _greedy(vk, a, 0, base)):
+                    lb = float(np.maximum(base, vk[A].max(0)).max()) if keep.any() else 0.0
+                    add(lb, np.concatenate([pool[A], screen[B]]), rivals, screen[B], "p")
+    return sorted(out.values(), key=lambda c: c[0])
+
+
+def _recentred(target: _Target, z: np.ndarray, y: int, s: int) -> list[tuple]:
+    """Templates read off an adversarial point ``z``: its own nearest sets. Each region holds
+    ``z`` (up to ties), so its QP is never worse than ``||z - x||``."""
+    geo, K = target.geo, target.k
+    dz = geo.sq_dist(z[None, :])[0]
+    nb = smallest_k(dz, K)
+    t = int(vote(geo.codes[nb][None, :], target.n_classes)[0])
+    T, NT = target.class_index[t], target.other_index[t]
+    A = T[_top_positions(dz[T], s)]
+    out = []
+    if A.size == s:
+        out.append((A, NT, NT[_top_positions(dz[NT], K - s)]))
+        if target.n_classes > 2:
+            Y = target.class_index[y]
+            out.append((A, Y, Y[_top_positions(dz[Y], K - s)]))
+    if (geo.codes[nb] == t).sum() < s:
+        out.append((nb, NT, nb[geo.codes[nb] != t]))
+    return out
+
+
+def _swaps(target: _Target, dz: np.ndarray, tmpl: tuple, duals: tuple, n_swap: int) -> list[tuple]:
+    """One-point changes of template ``tmpl`` that relieve its most expensive constraints (largest
+    multipliers ``duals`` at its optimum): excuse a binding rival in place of the excused rival
+    farthest from the adversarial point (same class in a plurality template, so the vote is
+    unchanged), or replace a binding chosen point by one of the ``n_swap`` points of its class
+    nearest to the adversarial point (``dz``: squared distances from it). Most promising first."""
+    members, rivals, excused = tmpl
+    W_m, W_o, lam = duals
+    codes = target.geo.codes
+    in_exc = np.isin(members, excused)
+    plural = bool(in_exc.any())
+    weight_o: dict[int, float] = {}
+    weight_m: dict[int, float] = {}
+    for m, o, v in zip(W_m.tolist(), W_o.tolist(), lam.tolist()):
+        if v > 0:
+            weight_o[o] = weight_o.get(o, 0.0) + v
+            weight_m[m] = weight_m.get(m, 0.0) + v
+    excuse_moves, member_moves = [], []
+    exc_far = excused[np.argsort(-dz[excused], kind="stable")]
+    binding = [o for o, _ in sorted(weight_o.items(), key=lambda kv: -kv[1])[:n_swap]]
+    for rank in range(2):  # every binding rival against the farthest excused one, then the next
+        for o in binding:
+            same = exc_far[(codes[exc_far] == codes[o]) if plural else slice(None)]
+            if rank < same.size:
+                e = same[rank]
+                ex = np.where(excused == e, o, excused)
+                excuse_moves.append((np.where(members == e, o, members) if plural else members, rivals, ex))
+    chosen = set(members[~in_exc].tolist())
+    T = target.class_index[int(codes[members[~in_exc][0]])]
+    free_t = T[~np.isin(T, members)]
+    alternatives = free_t[_top_positions(dz[free_t], n_swap)]
+    for m, _ in sorted(weight_m.items(), key=lambda kv: -kv[1])[:2]:
+        if m in chosen:
+            member_moves += [(np.where(members == m, c, members), rivals, excused) for c in alternatives]
+    out = []  # alternate the two kinds, each most promising first
+    for i in range(max(len(excuse_moves), len(member_moves))):
+        out += [moves[i] for moves in (excuse_moves, member_moves) if i < len(moves)]
+    return out
+
+
+class StructuralAttack(MinimizationAttack):
+    """Geometry-based attack on a K-NN classifier under a Mahalanobis metric (any K).
+
+    With ``s = K//2 + 1``: choose ``s`` training points of one other class ``t`` and find the
+    smallest perturbation that brings all of them closer than every rival point but ``K - s``,
+    so that ``t`` holds a strict majority of the neighbours; with three or more classes, also
+    ``a < s`` points of ``t`` plus a set of other-class neighbours small enough per class that
+    ``t`` wins the vote (ties go to the smallest code). Each choice is a least-distance QP;
+    candidates are visited in increasing order of a lower bound, the best is then improved by
+    re-reading the templates at the adversarial point itself. Only perturbations that flip
+    ``predict`` are kept. For K = 1 this is :class:`ExactAttack`.
+
+    Parameters
+    ----------
+    n_pool : int, default=16
+        Nearest points of each other class from which the chosen points are drawn.
+    n_screen : int, default=32
+        Nearest rivals used by the lower bounds that order (and prune) the candidate QPs.
+    max_qp : int, default=24
+        Most candidate QPs solved per point.
+    n_targets : int, default=3
+        Other classes explored with every kind of template (those with the smallest bounds).
+    n_refine : int, default=4
+        Rounds of local search from the best template: the sets read off its adversarial point,
+        and ``n_swap_qp`` one-point swaps that relieve its most binding constraints (of
+        ``n_swap`` binding rivals, or alternatives to a binding chosen point).
+    n_swap, n_swap_qp : int, default=6 and 4
+    line_search : bool, default=True
+        Also try shorter multiples of the best perturbation (kept only if ``predict`` flips).
+    n_jobs, chunk_size, random_state, progress : see :class:`KNNAttack`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from robust_metric_learning.neighbors import MahalanobisKNN
+    >>> X = np.array([[0.], [0.2], [0.4], [2.], [2.2], [2.4]]); y = [0, 0, 0, 1, 1, 1]
+    >>> res = StructuralAttack()(MahalanobisKNN(3).fit(X, y), [[0.1]], [0])
+    >>> bool(res.success[0])
+    True
+    """
+
+    name = "structural"
+
+    def __init__(self, *, n_pool: int = 16, n_screen: int = 32, max_qp: int = 24, n_targets: int = 3,
+                 n_refine: int = 4, n_swap: int = 6, n_swap_qp: int = 4, line_search: bool = True,
+                 n_jobs: int | None = None, chunk_size: int = 16, random_state: int | None = None, progress: bool | None = None):
+        super().__init__(n_jobs=n_jobs, chunk_size=chunk_size, random_state=random_state, progress=progress)
+        self.n_pool = n_pool
+        self.n_screen = n_screen
+        self.max_qp = max_qp
+        self.n_targets = n_targets
+        self.n_refine = n_refine
+        self.n_swap = n_swap
+        self.n_swap_qp = n_swap_qp
+        self.line_search = line_search
+
+    def _check_params(self, target: _Target) -> None:
+        _check_int(self.n_pool, "n_pool")
+        _check_int(self.n_screen, "n_screen")
+        _check_int(self.max_qp, "max_qp")
+        _check_int(self.n_targets, "n_targets")
+        _check_int(self.n_refine, "n_refine", low=0)
+        _check_int(self.n_swap, "n_swap")
+        _check_int(self.n_swap_qp, "n_swap_qp", low=0)
+        if not isinstance(self.line_search, (bool, np.bool_)):
+            raise ValueError(f"line_search must be True or False, got {self.line_search!r}")
+
+    def _run(self, target: _Target, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        if target.k == 1:
+            return ExactAttack(n_jobs=self.n_jobs, progress=self.progress)._run(target, X, codes)
+        return super()._run(target, X, codes)
+
+    def _run_chunk(self, target, X, codes, rng, extra):
+        D = target.geo.sq_dist(X)
+        out = X.copy()
+        for r in range(len(X)):
+            delta = self._attack_point(target, X[r], D[r], int(codes[r]))
+            if delta is not None:
+                out[r] = X[r] + delta
+        return out
+
+    @staticmethod
+    def _solve(target: _Target, x: np.ndarray, d: np.ndarray, order: np.ndarray, y: int, members, rivals,
+               excused, best: float) -> tuple | None:
+        """The template's QP: ``(delta, duals)`` if shorter than ``best`` and ``predict`` flips.
+        ``order`` sorts the training points by distance from ``x``."""
+        mask = np.zeros(d.size, dtype=bool)
+        mask[rivals] = True
+        mask[excused] = False
+        others = order[mask[order]]
+        scale = float(np.linalg.norm(target.geo.X[members] - (x - target.geo.mean), axis=1).max())
+        for rel in _TIGHTEN:
+            res = _region_qp(target, d, members, others, tau=rel * scale, tol=1e-10 * scale)
+            if res is None or np.linalg.norm(res[0]) >= best:
+                return None
+            if target.predict_codes((x + res[0])[None, :])[0] != y:
+                return res
+        return None
+
+    def _attack_point(self, target: _Target, x: np.ndarray, d: np.ndarray, y: int) -> np.ndarray | None:
+        s = target.k // 2 + 1
+        order = np.argsort(d, kind="stable")
+        best, best_delta, best_tmpl, best_duals = np.inf, None, None, None
+        seen: set = set()
+
+        def key(tmpl):
+            return tuple(np.sort(tmpl[0])), tuple(np.sort(tmpl[2])), tmpl[1].size
+
+        for n_solved, (lb, *tmpl) in enumerate(
+                _candidates(target, d, y, s, self.n_pool, self.n_screen, self.n_targets)):
+            if n_solved >= self.max_qp or lb * (1 - 1e-9) >= best:
+                break
+            seen.add(key(tmpl))
+            res = self._solve(target, x, d, order, y, *tmpl, best)
+            if res is not None:
+                best, (best_delta, best_duals), best_tmpl = float(np.linalg.norm(res[0])), res, tuple(tmpl)
+        for _ in range(self.n_refine if best_delta is not None else 0):
+            z = x + best_delta
+            dz = target.geo.sq_dist(z[None, :])[0]
+            tried = [tuple(t) for t in _recentred(target, z, y, s)]
+            tried += _swaps(target, dz, best_tmpl, best_duals, self.n_swap)[:self.n_swap_qp]
+            improved = False
+            for tmpl in tried:
+                if key(tmpl) in seen:
+                    continue
+                seen.add(key(tmpl))
+                res = self._solve(target, x, d, order, y, *tmpl, best * (1 - 1e-7))
+                if res is not None:
+                    best, (best_delta, best_duals), best_tmpl = float(np.linalg.norm(res[0])), res, tmpl
+                    improved = True
+            if not improved:
+                break
+        if best_delta is not None and self.line_search:
+            alphas = np.array([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99])
+            flipped = target.predict_codes(x + alphas[:, None] * best_delta) != y
+            if flipped.any():
+                best_delta = alphas[np.argmax(flipped)] * best_delta
+        return best_delta

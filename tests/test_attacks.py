@@ -1,0 +1,333 @@
+"""Attacks on Mahalanobis K-NN (DESIGN §3-§5): soundness against certification and against an
+independent brute-force reference, the foolbox-like interface, and clear errors."""
+
+import itertools
+
+import numpy as np
+import pytest
+import quadprog
+from sklearn.datasets import load_digits
+from sklearn.preprocessing import MinMaxScaler
+
+from robust_metric_learning import certified_radius_knn, exact_radius_1nn
+from robust_metric_learning.attacks import (
+    ATTACKS,
+    AttackResult,
+    BoundaryAttack,
+    ExactAttack,
+    NoiseAttack,
+    StructuralAttack,
+    attack_knn,
+    get_attack,
+)
+from robust_metric_learning.margin import vote
+from robust_metric_learning.neighbors import MahalanobisKNN
+
+# ------------------------------------------------------------------ references and data
+
+
+def exact_knn_radius(X_train, y_train, x, y, M, k):
+    """Brute force: the neighbourhood of x + delta is some K-set S; for every S whose vote is
+    not y, the smallest delta with S the K nearest is a QP (quadprog); the radius is the min."""
+    d = np.einsum("ij,jk,ik->i", X_train - x, M, X_train - x)
+    n_classes = y_train.max() + 1
+    if vote(y_train[np.lexsort((np.arange(len(d)), d))[:k]][None], n_classes)[0] != y:
+        return 0.0
+    best = np.inf
+    for S in itertools.combinations(range(len(X_train)), k):
+        if vote(y_train[list(S)][None], n_classes)[0] == y:
+            continue
+        out = [o for o in range(len(X_train)) if o not in S]
+        A = np.array([2 * M @ (X_train[o] - X_train[s]) for s in S for o in out])
+        b = np.array([d[o] - d[s] for s in S for o in out])
+        keep = np.linalg.norm(A, axis=1) > 1e-12
+        if (np.maximum(-b[keep], 0) / np.linalg.norm(A[keep], axis=1)).max() >= best:
+            continue  # a single half-space is already farther than the best
+        try:
+            z = quadprog.solve_qp(np.eye(x.size), np.zeros(x.size), -A[keep].T, -b[keep], 0)[0]
+        except ValueError:  # empty region
+            continue
+        best = min(best, float(np.linalg.norm(z)))
+    return best
+
+
+def random_psd(rng, d, rank=None):
+    A = rng.normal(size=(rank or d, d))
+    return A.T @ A
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = MinMaxScaler().fit_transform(X)
+    idx = np.random.default_rng(0).permutation(len(X))
+    return X[idx[:300]], y[idx[:300]], X[idx[300:340]], y[idx[300:340]]
+
+
+def small_problem(seed, n=24, d=3, n_classes=3, m=8, low_rank=False):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    y = np.arange(n) % n_classes
+    Q = rng.normal(size=(m, d))
+    yq = rng.integers(0, n_classes, m)
+    M = random_psd(rng, d, rank=max(1, d - 1) if low_rank else None)
+    return X, y, Q, yq, M
+
+
+def check_result(knn, X, y, res, name):
+    """Every returned point is really misclassified; radii follow DESIGN §3."""
+    wrong_clean = knn.predict(X) != y
+    assert (res.radii[wrong_clean] == 0).all(), name
+    np.testing.assert_array_equal(res.raw[wrong_clean], X[wrong_clean])
+    hit = np.isfinite(res.radii) & ~wrong_clean
+    if hit.any():
+        assert (knn.predict(res.raw[hit]) != y[hit]).all(), name
+    np.testing.assert_allclose(np.linalg.norm(res.raw[hit] - X[hit], axis=1), res.radii[hit], rtol=1e-12)
+    failed = ~np.isfinite(res.radii)
+    np.testing.assert_array_equal(res.raw[failed], X[failed])
+    np.testing.assert_array_equal(res.success, np.isfinite(res.radii))
+
+
+# ------------------------------------------------------------------------ K = 1: exact
+
+
+@pytest.mark.parametrize("metric_kind", ["euclidean", "low_rank"])
+def test_exact_attack_is_the_exact_radius(digits, metric_kind):
+    Xtr, ytr, Xte, yte = digits
+    M = np.eye(64) if metric_kind == "euclidean" else random_psd(np.random.default_rng(1), 64, rank=20) / 64
+    knn = MahalanobisKNN(metric=M).fit(Xtr, ytr)
+    exact = exact_radius_1nn(Xtr, ytr, Xte, yte, metric=M)
+    res = ExactAttack()(knn, Xte, yte)
+    check_result(knn, Xte, yte, res, "exact")
+    assert res.success.all() and (exact > 0).sum() >= 30
+    # the point is pushed a tiny step past the boundary: never below the radius, barely above
+    assert (res.radii >= exact).all()
+    np.testing.assert_allclose(res.radii, exact, rtol=1e-6, atol=1e-12)
+    # the structural attack is the exact one for K = 1
+    np.testing.assert_array_equal(StructuralAttack()(knn, Xte, yte).radii, res.radii)
+
+
+def test_exact_attack_needs_1nn(digits):
+    Xtr, ytr, Xte, yte = digits
+    with pytest.raises(ValueError, match="ExactAttack is for 1-NN only; the model has n_neighbors=3"):
+        ExactAttack()(MahalanobisKNN(3).fit(Xtr, ytr), Xte, yte)
+
+
+# ---------------------------------------------------------------------------- soundness
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_certified_le_exact_le_every_attack_random(seed):
+    X, y, Q, yq, M = small_problem(seed, low_rank=seed % 2 == 1, n_classes=2 + seed % 2)
+    exact = exact_radius_1nn(X, y, Q, yq, metric=M)
+    for k in (1, 3, 5):
+        knn = MahalanobisKNN(k, metric=M).fit(X, y)
+        cert = certified_radius_knn(X, y, Q, yq, n_neighbors=k, metric=M)
+        results = {
+            "structural": StructuralAttack()(knn, Q, yq),
+            "boundary": BoundaryAttack(steps=150, random_state=seed)(knn, Q, yq),
+            "noise": NoiseAttack(n_draws=20, random_state=seed)(knn, Q, yq, eps=[0.5, 1.0, 2.0, 4.0]),
+        }
+        for name, res in results.items():
+            check_result(knn, Q, yq, res, name) if name != "noise" else None
+            assert (cert <= res.radii * (1 + 1e-9)).all(), (name, k)
+            if k == 1:
+                assert (exact <= res.radii * (1 + 1e-9)).all(), name
+        assert np.isfinite(results["structural"].radii).all()
+
+
+@pytest.mark.parametrize("k", [3, 11])
+def test_certified_le_attacks_on_digits(digits, k):
+    Xtr, ytr, Xte, yte = digits
+    L = np.random.default_rng(k).normal(size=(20, 64)) / 8
+    for metric in ("euclidean", L):
+        knn = MahalanobisKNN(k, metric=metric).fit(Xtr, ytr)
+        cert = certified_radius_knn(Xtr, ytr, Xte, yte, n_neighbors=k, metric=metric)
+        res = StructuralAttack()(knn, Xte, yte)
+        check_result(knn, Xte, yte, res, "structural")
+        assert np.isfinite(res.radii).all()
+        assert (cert <= res.radii * (1 + 1e-9)).all()
+        assert (cert > 0).sum() >= 30  # not vacuous
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_structural_against_brute_force(seed):
+    """Never below the true minimal perturbation (it is verified), and equal to it on most points."""
+    X, y, Q, yq, M = small_problem(100 + seed, n=11, d=2 + seed % 2, n_classes=2 + seed % 2, m=6)
+    k = 3
+    knn = MahalanobisKNN(k, metric=M).fit(X, y)
+    res = StructuralAttack()(knn, Q, yq)
+    ref = np.array([exact_knn_radius(X, y, Q[i], yq[i], M, k) for i in range(len(Q))])
+    assert (res.radii >= ref * (1 - 1e-7)).all()
+    pos = ref > 0
+    close = res.radii[pos] <= ref[pos] * (1 + 1e-5)
+    assert close.mean() >= 0.8, (res.radii, ref)
+
+
+def test_structural_beats_boundary(digits):
+    Xtr, ytr, Xte, yte = digits
+    knn = MahalanobisKNN(5).fit(Xtr, ytr)
+    s = StructuralAttack()(knn, Xte, yte).radii
+    b = BoundaryAttack(steps=300, random_state=0)(knn, Xte, yte).radii
+    pos = s > 0
+    assert (s[pos] <= b[pos] * (1 + 1e-9)).mean() >= 0.9
+    eps = np.linspace(0, 2, 21)
+    assert ((s[None, :] <= eps[:, None]).mean(1) >= (b[None, :] <= eps[:, None]).mean(1)).all()
+
+
+# ------------------------------------------------------------------ interface and sweeps
+
+
+def test_eps_sweep_clips_and_recomputes_success(digits):
+    Xtr, ytr, Xte, yte = digits
+    knn = MahalanobisKNN(3).fit(Xtr, ytr)
+    eps = [0.0, 0.3, 0.6, 1.0, 5.0]
+    res = StructuralAttack()(knn, Xte, yte, eps=eps)
+    assert isinstance(res, AttackResult)
+    assert res.clipped.shape == (5,) + Xte.shape and res.success.shape == (5, len(Xte))
+    norms = np.linalg.norm(res.clipped - Xte[None], axis=2)
+    assert (norms <= np.asarray(eps)[:, None] * (1 + 1e-12)).all()
+    for e, r in enumerate(eps):
+        assert (res.success[e] == (knn.predict(res.clipped[e]) != yte)).all()
+        assert res.success[e][res.radii <= r].all()  # within budget: the adversarial point itself
+    np.testing.assert_array_equal(res.success[0], res.radii == 0)
+    single = StructuralAttack()(knn, Xte, yte, eps=0.6)
+    assert single.clipped.shape == Xte.shape and single.success.shape == (len(Xte),)
+    np.testing.assert_array_equal(single.success, res.success[2])
+    raw, clipped, success, radii = StructuralAttack()(knn, Xte, yte)  # foolbox-like unpacking
+    np.testing.assert_array_equal(clipped, raw)
+
+
+def test_misclassified_and_unknown_labels_get_radius_zero(digits):
+    Xtr, ytr, Xte, yte = digits
+    y = yte.copy()
+    y[:3] = (y[:3] + 1) % 10
+    y[3] = 42  # a label the classifier does not know
+    knn = MahalanobisKNN(3).fit(Xtr, ytr)
+    for attack in (StructuralAttack(), BoundaryAttack(steps=20, random_state=0)):
+        res = attack(knn, Xte[:8], y[:8])
+        assert (res.radii[:4] == 0).all() and res.success[:4].all()
+        np.testing.assert_array_equal(res.raw[:4], Xte[:4])
+
+
+def test_string_labels(digits):
+    Xtr, ytr, Xte, yte = digits
+    names = np.array(list("abcdefghij"))
+    a = MahalanobisKNN(3).fit(Xtr, names[ytr]).attack(Xte, names[yte]).radii
+    b = MahalanobisKNN(3).fit(Xtr, ytr).attack(Xte, yte).radii
+    np.testing.assert_array_equal(a, b)
+
+
+def test_method_and_function_entry_points(digits):
+    Xtr, ytr, Xte, yte = digits
+    knn = MahalanobisKNN(3).fit(Xtr, ytr)
+    direct = StructuralAttack()(knn, Xte, yte, eps=[0.5])
+    via_method = knn.attack(Xte, yte, eps=[0.5])
+    via_function = attack_knn(Xtr, ytr, Xte, yte, n_neighbors=3, eps=[0.5])
+    for res in (via_method, via_function):
+        np.testing.assert_array_equal(res.radii, direct.radii)
+        np.testing.assert_array_equal(res.success, direct.success)
+    b = knn.attack(Xte[:10], yte[:10], method=BoundaryAttack(steps=30, random_state=3))
+    np.testing.assert_array_equal(b.radii, BoundaryAttack(steps=30, random_state=3)(knn, Xte[:10], yte[:10]).radii)
+    noisy = knn.attack(Xte, yte, method="uniform", eps=[1.0], random_state=2)
+    np.testing.assert_array_equal(noisy.clipped, NoiseAttack(kind="uniform", random_state=2)(knn, Xte, yte, eps=[1.0]).clipped)
+    assert set(ATTACKS) == {"exact", "structural", "boundary", "gaussian", "uniform"}
+    assert isinstance(get_attack("uniform", n_draws=3), NoiseAttack)
+
+
+def test_boundary_reproducible_and_parallel(digits):
+    Xtr, ytr, Xte, yte = digits
+    knn = MahalanobisKNN(3).fit(Xtr, ytr)
+    a = BoundaryAttack(steps=60, random_state=7, chunk_size=8)(knn, Xte, yte)
+    b = BoundaryAttack(steps=60, random_state=7, chunk_size=8, n_jobs=2)(knn, Xte, yte)
+    np.testing.assert_array_equal(a.raw, b.raw)  # seeds per chunk, not per worker
+    check_result(knn, Xte, yte, a, "boundary")
+    s = StructuralAttack(chunk_size=8, n_jobs=2)(knn, Xte[:16], yte[:16])
+    np.testing.assert_array_equal(s.radii, StructuralAttack()(knn, Xte[:16], yte[:16]).radii)
+
+
+def test_boundary_refines_a_given_start(digits):
+    Xtr, ytr, Xte, yte = digits
+    knn = MahalanobisKNN(5).fit(Xtr, ytr)
+    s = StructuralAttack()(knn, Xte, yte).radii
+    h = BoundaryAttack(steps=50, random_state=0, init_attack=StructuralAttack())(knn, Xte, yte).radii
+    assert (h <= s * (1 + 1e-12)).all()  # the walk only ever accepts shorter adversarial points
+
+
+# ------------------------------------------------------------------------------ noise
+
+
+def test_noise_attack(digits):
+    Xtr, ytr, Xte, yte = digits
+    knn = MahalanobisKNN(3).fit(Xtr, ytr)
+    eps = [0.0, 0.5, 2.0, 8.0]
+    cert = certified_radius_knn(Xtr, ytr, Xte, yte, n_neighbors=3)
+    for kind in ("gaussian", "uniform"):
+        res = NoiseAttack(kind=kind, n_draws=8, random_state=0, chunk_size=16)(knn, Xte, yte, eps=eps)
+        assert res.accuracy.shape == (4,) and 0.0 <= res.accuracy.min() and res.accuracy.max() <= 1.0
+        assert res.accuracy[0] == (knn.predict(Xte) == yte).mean()
+        assert res.accuracy[-1] < res.accuracy[0]
+        norms = np.linalg.norm(res.clipped - Xte[None], axis=2)
+        np.testing.assert_allclose(norms, np.asarray(eps)[:, None] * np.ones((1, len(Xte))), rtol=1e-12, atol=1e-15)
+        for e in range(4):
+            assert (res.success[e] == (knn.predict(res.clipped[e]) != yte)).all()
+        assert (cert <= res.radii).all()
+        again = NoiseAttack(kind=kind, n_draws=8, random_state=0, chunk_size=16, n_jobs=2)(knn, Xte, yte, eps=eps)
+        np.testing.assert_array_equal(again.clipped, res.clipped)
+    free = NoiseAttack(exact_norm=False, n_draws=50, random_state=1)(knn, Xte[:4], yte[:4], eps=[1.0])
+    rms = np.sqrt((np.linalg.norm(free.clipped[0] - Xte[:4], axis=1) ** 2).mean())
+    assert 0.7 < rms < 1.3  # E||noise||^2 = eps^2
+    scalar = knn.attack(Xte, yte, method="gaussian", eps=0.5, random_state=0)
+    assert np.ndim(scalar.accuracy) == 0 and scalar.success.shape == (len(Xte),)
+
+
+# -------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(X=np.array([[np.nan, 0.0]])), "X contains NaN or infinity"),
+        (dict(X=np.zeros(2)), "X must be a 2-D array"),
+        (dict(X=np.zeros((1, 3))), "X has 3 features, the model was fitted on 2"),
+        (dict(y=np.zeros(5)), "y has 5 labels, X has 1 samples"),
+        (dict(y=np.array(["a"])), "y has labels of dtype <U1, the model's classes_ have int64"),
+        (dict(eps=[-0.1]), r"eps must be finite and >= 0, got \[-0.1\]"),
+        (dict(eps=[np.nan]), "eps must be finite"),
+        (dict(attack=StructuralAttack(max_qp=0)), "max_qp must be an integer >= 1, got 0"),
+        (dict(attack=StructuralAttack(line_search="yes")), "line_search must be True or False"),
+        (dict(attack=BoundaryAttack(steps=-1)), "steps must be a non-negative integer, got -1"),
+        (dict(attack=BoundaryAttack(source_step=2.0)), r"source_step must be a number in \(0, 1\), got 2.0"),
+        (dict(attack=NoiseAttack(kind="laplace")), "kind must be 'gaussian' or 'uniform', got 'laplace'"),
+        (dict(attack=NoiseAttack(n_draws=0)), "n_draws must be a positive integer, got 0"),
+        (dict(attack=NoiseAttack()), "eps is required for NoiseAttack"),
+        (dict(attack=StructuralAttack(chunk_size=0)), "chunk_size must be a positive integer, got 0"),
+    ],
+)
+def test_bad_input_clear_errors(kwargs, match):
+    knn = MahalanobisKNN(1).fit(np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 2.0]]), np.array([0, 0, 1, 1]))
+    args = dict(X=np.array([[0.1, 0.1]]), y=np.array([0]), attack=StructuralAttack(), eps=None)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        args["attack"](knn, args["X"], args["y"], eps=args["eps"])
+
+
+def test_bad_model_and_method():
+    with pytest.raises(TypeError, match="model must be a fitted MahalanobisKNN, got KNeighborsClassifier"):
+        from sklearn.neighbors import KNeighborsClassifier
+
+        StructuralAttack()(KNeighborsClassifier(1).fit([[0.0], [1.0]], [0, 1]), [[0.0]], [0])
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        StructuralAttack()(MahalanobisKNN(), [[0.0]], [0])
+    with pytest.raises(ValueError, match="method must be one of 'exact', 'structural'"):
+        get_attack("pgd")
+    with pytest.raises(ValueError, match=r"params \['steps'\] cannot be applied to an attack object"):
+        get_attack(StructuralAttack(), steps=3)
+    with pytest.raises(ValueError, match="X_train contains NaN"):
+        attack_knn([[np.nan], [1.0]], [0, 1], [[0.5]], [0])
+    with pytest.raises(ValueError, match="X has 2 features, X_train has 1"):
+        attack_knn([[0.0], [1.0]], [0, 1], [[0.5, 0.1]], [0])
+    with pytest.raises(ValueError, match="metric has 3 columns, X has 1 features"):
+        attack_knn([[0.0], [1.0]], [0, 1], [[0.5]], [0], metric=np.eye(3))
