@@ -121,13 +121,15 @@ def _region_qp(target: _Target, d: np.ndarray, members: np.ndarray, others: np.n
     """
     geo = target.geo
     MX, MX_sq, L = geo.MX, geo.MX_sq, geo.L
+    n = MX.shape[0]
     d_m = d[members]
     reach0 = float(np.sqrt(d_m.max()))
     root_o = np.sqrt(d[others])
-    MXm, MXo, d_o = MX[members], MX[others], d[others]
-    # |g| screening slack: tau and tol times an upper bound of every pair norm ||M (x_o - x_m)||
+    MXm, d_o = MX[members], d[others]
+    nrm = np.sqrt(MX_sq)
+    # screening slack: tau and tol times an upper bound of every pair norm ||M (x_o - x_m)||
     slack = (tau + tol) * 2.0 * float(np.sqrt(MX_sq.max()))
-    coincident_pairs: set[tuple[int, int]] = set()
+    used = np.zeros((members.size, others.size), dtype=bool)  # in the working set, or coincident
     U = np.zeros((0, MX.shape[1]))
     b = np.zeros(0)
     W_m, W_o = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -135,21 +137,23 @@ def _region_qp(target: _Target, d: np.ndarray, members: np.ndarray, others: np.n
     for _ in range(max_rounds):
         L_delta = float(np.linalg.norm(delta if L is None else L @ delta))
         q = int(np.searchsorted(root_o, (reach0 + 2.0 * L_delta) * (1 + 1e-9), side="right"))
+        near = others[:q]
         # g = (M delta)^T (x_o - x_m) - (d_o - d_m) / 2; the pair needs g <= -tau * ||M (x_o - x_m)||
-        g = ((MXo[:q] @ delta)[None, :] - (MXm @ delta)[:, None]) - 0.5 * (d_o[None, :q] - d_m[:, None])
-        pm, po = np.nonzero(g > -slack)
-        if W_m.size or coincident_pairs:  # drop pairs already in the working set (or ties)
-            known = coincident_pairs | set(zip(W_m.tolist(), W_o.tolist()))
-            keep = np.fromiter(((m, o) not in known for m, o in zip(members[pm].tolist(), others[po].tolist())),
-                               dtype=bool, count=pm.size)
-            pm, po = pm[keep], po[keep]
+        g = -0.5 * (d_o[None, :q] - d_m[:, None])
+        if W_m.size:  # delta != 0: gather the rows, or one pass over all of them
+            g += (MX[near] @ delta if 4 * q < n else (MX @ delta)[near])[None, :] - (MXm @ delta)[:, None]
+        pm, po = np.nonzero((g > -slack) & ~used[:, :q])
         if pm.size == 0:
             return delta, (W_m, W_o, lam)
+        if pm.size > 8 * _PER_ROUND:  # exact norms for a shortlist: the largest g / (norm bound)
+            short = np.argsort(-g[pm, po] / (nrm[members[pm]] + nrm[others[po]]), kind="stable")[:8 * _PER_ROUND]
+            if (g[pm[short], po[short]] > 0).any():  # some surely violated: enough to go on
+                pm, po = pm[short], po[short]
         m_idx, o_idx = members[pm], others[po]
-        dot = np.einsum("ij,ij->i", MXm[pm], MXo[po])
+        dot = np.einsum("ij,ij->i", MXm[pm], MX[o_idx])
         norm = np.sqrt(np.maximum(MX_sq[m_idx] + MX_sq[o_idx] - 2.0 * dot, 0.0))
         coincident = norm <= NORM_FLOOR  # an exact tie under M: the index rule decides, not delta
-        coincident_pairs.update(zip(m_idx[coincident].tolist(), o_idx[coincident].tolist()))
+        used[pm[coincident], po[coincident]] = True
         viol = np.full(pm.size, -np.inf)
         ok = ~coincident
         viol[ok] = g[pm[ok], po[ok]] / norm[ok] + tau
@@ -157,6 +161,7 @@ def _region_qp(target: _Target, d: np.ndarray, members: np.ndarray, others: np.n
         top = top[viol[top] > tol]
         if top.size == 0:
             return delta, (W_m, W_o, lam)
+        used[pm[top], po[top]] = True
         W_m, W_o = np.concatenate([W_m, m_idx[top]]), np.concatenate([W_o, o_idx[top]])
         U = np.vstack([U, (MX[o_idx[top]] - MX[m_idx[top]]) / norm[top, None]])
         b = np.concatenate([b, margin_from_distances(d[m_idx[top]], d[o_idx[top]], norm[top]) - tau])
