@@ -107,6 +107,24 @@ def test_exact_attack_is_the_exact_radius(digits, metric_kind):
     np.testing.assert_array_equal(StructuralAttack()(knn, Xte, yte).radii, res.radii)
 
 
+def test_1nn_with_coincident_points_of_different_classes():
+    """Duplicates with other labels under a rank-1 metric tie forever (the index rule decides):
+    where the exact point cannot be pushed across, the structural search still finds one."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3))
+    y = np.r_[np.zeros(20, int), np.ones(7, int), 2 * np.ones(3, int)]
+    X, y = np.vstack([X, X[:5]]), np.r_[y, (y[:5] + 1) % 3]
+    Q, yq = rng.normal(size=(10, 3)), rng.integers(0, 3, 10)
+    L = rng.normal(size=(1, 3))
+    knn = MahalanobisKNN(metric=L).fit(X, y)
+    res = StructuralAttack()(knn, Q, yq)
+    check_result(knn, Q, yq, res, "structural")
+    assert np.isfinite(res.radii).all()
+    assert (exact_radius_1nn(X, y, Q, yq, metric=L) <= res.radii).all()
+    b = BoundaryAttack(steps=200, random_state=0)(knn, Q, yq).radii
+    assert (res.radii <= b * (1 + 1e-9)).all()
+
+
 def test_exact_attack_needs_1nn(digits):
     Xtr, ytr, Xte, yte = digits
     with pytest.raises(ValueError, match="ExactAttack is for 1-NN only; the model has n_neighbors=3"):

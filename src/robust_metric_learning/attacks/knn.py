@@ -374,8 +374,8 @@ class StructuralAttack(MinimizationAttack):
     ``a < s`` points of ``t`` plus a set of other-class neighbours small enough per class that
     ``t`` wins the vote (ties go to the smallest code). Each choice is a least-distance QP;
     candidates are visited in increasing order of a lower bound, the best is then improved by
-    re-reading the templates at the adversarial point itself. Only perturbations that flip
-    ``predict`` are kept. For K = 1 this is :class:`ExactAttack`.
+    a local search. Only perturbations that flip ``predict`` are kept. For K = 1 this is
+    :class:`ExactAttack` (with this search where the exact point cannot be pushed across).
 
     Parameters
     ----------
@@ -439,9 +439,15 @@ class StructuralAttack(MinimizationAttack):
             raise ValueError(f"line_search must be True or False, got {self.line_search!r}")
 
     def _run(self, target: _Target, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        if target.k == 1:
-            return ExactAttack(n_jobs=self.n_jobs, progress=self.progress)._run(target, X, codes)
-        return super()._run(target, X, codes)
+        if target.k != 1:
+            return super()._run(target, X, codes)
+        out = ExactAttack(n_jobs=self.n_jobs, progress=self.progress)._run(target, X, codes)
+        # the exact point cannot be pushed across where the nearest other-class point ties (under M)
+        # with a same-class one that wins by index: search the other negatives' regions there
+        failed = np.flatnonzero((out == X).all(1))
+        if failed.size:
+            out[failed] = super()._run(target, X[failed], codes[failed])
+        return out
 
     def _run_chunk(self, target, X, codes, rng, extra):
         D = target.geo.sq_dist(X)
