@@ -1,4 +1,4 @@
-"""The ``rml`` command line: ``rml certify`` and ``rml datasets``."""
+"""The ``rml`` command line: ``rml certify``, ``rml reproduce`` and ``rml datasets``."""
 
 from __future__ import annotations
 
@@ -11,20 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-#: Default ε grids (l2, in the [0, 1]-scaled feature space) per dataset.
-DEFAULT_EPS = {
-    "mnist": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
-    "fashion-mnist": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
-    "usps": [0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
-    "digits": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0],
-}
-_LOW_DIM_EPS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
-
-
 def _parser() -> argparse.ArgumentParser:
     from .datasets import DATASET_NAMES
 
-    p = argparse.ArgumentParser(prog="rml", description="Robust metric learning: certify K-NN classifiers.")
+    p = argparse.ArgumentParser(prog="rml", description="Robust metric learning: certify K-NN classifiers, reproduce experiments.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("certify", help="robustness radii and robust error of Mahalanobis K-NN")
@@ -41,6 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--data-home", default=None, help="data folder (default: $RML_DATA, then a user cache)")
     c.add_argument("--out", default=None, help="folder for certify.json and robust_error.png")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    r = sub.add_parser("reproduce", help="rerun a published experiment (cached, resumable)")
+    r.add_argument("name", choices=["arml"], help="experiment")
+    r.add_argument("--datasets", nargs="+", default=None, choices=DATASET_NAMES,
+                   help="default: every Mahalanobis dataset whose files are present (digits always)")
+    r.add_argument("--methods", nargs="+", default=None, help="default: all six")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0], help="learner seeds (default: 0)")
+    r.add_argument("--n-eval", type=int, default=1000, help="test points evaluated (default: 1000)")
+    r.add_argument("--n-jobs", type=int, default=None, help="joblib workers")
+    r.add_argument("--data-home", default=None)
+    r.add_argument("--out", default=None, help="output folder (default: results/NAME)")
 
     d = sub.add_parser("datasets", help="list datasets and whether their files are present")
     d.add_argument("--data-home", default=None)
@@ -74,12 +75,13 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from ._validation import check_eps, check_odd_k
     from .certify import plot_robust_error, robust_error_curve
     from .datasets import load_dataset
+    from .experiments.arml import eps_grid
     from .neighbors import MahalanobisKNN
 
     ks = [check_odd_k(k, name="--k") for k in args.k]
     if args.n_eval < 1:
         raise ValueError(f"--n-eval must be >= 1, got {args.n_eval}")
-    eps = check_eps(args.eps if args.eps is not None else DEFAULT_EPS.get(args.dataset, _LOW_DIM_EPS), name="--eps")
+    eps = check_eps(args.eps if args.eps is not None else eps_grid(args.dataset), name="--eps")
     eps = np.unique(np.concatenate([[0.0], eps]))
     metric, meta = _load_metric_arg(args.metric)
     X_train, y_train, X_test, y_test = load_dataset(args.dataset, data_home=args.data_home)
@@ -118,6 +120,19 @@ def cmd_certify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import reproduce
+
+    out = Path(args.out or Path("results") / args.name)
+    t0 = time.perf_counter()
+    reproduce(args.name, out, datasets=args.datasets, methods=args.methods, seeds=args.seeds,
+              n_eval=args.n_eval, n_jobs=args.n_jobs, data_home=args.data_home)
+    print((out / "report.md").read_text())
+    print(f"wrote {out / 'report.md'}, {out / 'results.json'} and the plots in "
+          f"{time.perf_counter() - t0:.0f} s")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from .datasets import dataset_status, download_dataset, get_data_home
 
@@ -143,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``rml``."""
     args = _parser().parse_args(argv)
     try:
-        return {"certify": cmd_certify, "datasets": cmd_datasets}[args.command](args)
+        commands = {"certify": cmd_certify, "reproduce": cmd_reproduce, "datasets": cmd_datasets}
+        return commands[args.command](args)
     except BrokenPipeError:  # output piped into a reader that stopped early (e.g. `| head`)
         sys.stderr.close()
         return 0

@@ -1,0 +1,170 @@
+"""Run a published experiment task by task, caching each finished (dataset, method, seed)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .._io import atomic_write_text
+from .cache import ResultCache, fingerprint
+
+__all__ = ["reproduce", "EXPERIMENTS"]
+
+EXPERIMENTS = ("arml",)
+#: the K of the K-NN part of the ARML experiment (certified and empirical radii)
+K_CERTIFY = 11
+#: relative slack of the soundness check (radii come from solvers with ~1e-9 tolerance)
+_SOUND_RTOL = 1e-6
+
+
+def _available(datasets: Sequence[str] | None, data_home) -> list[str]:
+    from ..datasets import dataset_status
+    from .arml import ARML_DATASETS
+
+    if datasets:
+        return list(datasets)
+    status = dataset_status(data_home=data_home)
+    return [d for d in ARML_DATASETS if status[d]["available"]]
+
+
+def _eval_points(dataset: str, n_eval: int, seed: int, data_home):
+    from sklearn.utils import shuffle
+
+    from ..datasets import load_dataset
+
+    X_tr, y_tr, X_te, y_te = load_dataset(dataset, data_home=data_home)
+    X_ev, y_ev = shuffle(X_te, y_te, random_state=seed)
+    return X_tr, y_tr, X_ev[:n_eval], y_ev[:n_eval]
+
+
+def _check_sound(name: str, lower: np.ndarray, upper: np.ndarray, what: str) -> None:
+    """Fail loudly if a lower bound exceeds an upper bound on any point."""
+    bad = lower > upper * (1 + _SOUND_RTOL) + 1e-12
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise RuntimeError(f"soundness violated in {name}: {what} on {int(bad.sum())} point(s), "
+                           f"e.g. point {i}: {lower[i]!r} > {upper[i]!r}")
+
+
+def _arml_task(dataset: str, method: str, seed: int, data, n_jobs) -> dict:
+    """Fit one learner, then radii of the evaluation points: exact 1-NN, K-NN certified and
+    K-NN empirical (the structural attack), with the soundness checks."""
+    from ..attacks import StructuralAttack
+    from ..certify import certified_radius_knn, exact_radius_1nn
+    from ..neighbors import MahalanobisKNN
+    from .arml import METHODS
+
+    X_tr, y_tr, X_ev, y_ev = data
+    learner = METHODS[method](seed)
+    t0 = time.perf_counter()
+    learner.fit(X_tr, y_tr)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    exact = exact_radius_1nn(X_tr, y_tr, X_ev, y_ev, metric=learner, n_jobs=n_jobs)
+    cert_1 = certified_radius_knn(X_tr, y_tr, X_ev, y_ev, n_neighbors=1, metric=learner, n_jobs=n_jobs)
+    cert_k = certified_radius_knn(X_tr, y_tr, X_ev, y_ev, n_neighbors=K_CERTIFY, metric=learner, n_jobs=n_jobs)
+    certify_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    knn = MahalanobisKNN(K_CERTIFY, metric=learner).fit(X_tr, y_tr)
+    empirical_k = StructuralAttack(n_jobs=n_jobs, random_state=seed)(knn, X_ev, y_ev).radii
+    attack_s = time.perf_counter() - t0
+    name = f"{dataset}/{method}/seed {seed}"
+    _check_sound(name, cert_1, exact, "1-NN certified bound > exact radius")
+    _check_sound(name, cert_k, np.asarray(empirical_k, dtype=float), f"K={K_CERTIFY} certified > empirical radius")
+    return {"fit_s": fit_s, "certify_s": certify_s, "attack_s": attack_s, "n_eval": int(len(y_ev)),
+            "radius_1nn_exact": exact.tolist(), "radius_knn_certified": cert_k.tolist(),
+            "radius_knn_empirical": np.asarray(empirical_k, dtype=float).tolist()}
+
+
+def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = None,
+              methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,), n_eval: int = 1000,
+              shuffle_seed: int = 42, n_jobs: int | None = None, data_home=None, verbose: bool = True) -> dict:
+    """Run experiment ``name`` into folder ``out``: cached task results under ``out/cache``,
+    then ``report.md``, ``results.json`` and one robust-error plot per dataset.
+
+    Interrupting and rerunning recomputes only the tasks not yet finished; a corrupt or partial
+    cache entry is detected (checksum) and recomputed.
+    """
+    from .arml import METHODS, eps_grid
+
+    if name not in EXPERIMENTS:
+        raise ValueError(f"experiment must be one of {list(EXPERIMENTS)}, got {name!r}")
+    if n_eval < 1:
+        raise ValueError(f"n_eval must be >= 1, got {n_eval}")
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods must be among {list(METHODS)}, got {unknown}")
+    out = Path(out)
+    cache = ResultCache(out / "cache")
+    dsets = _available(datasets, data_home)
+    meths = list(methods or METHODS)
+    results: dict = {}
+    for ds in dsets:
+        data = _eval_points(ds, n_eval, shuffle_seed, data_home)
+        for method in meths:
+            for seed in seeds:
+                params = {k: repr(v) for k, v in METHODS[method](seed).get_params().items()}
+                settings = {"experiment": name, "dataset": ds, "method": method, "seed": seed, "params": params,
+                            "n_eval": n_eval, "shuffle_seed": shuffle_seed, "k": K_CERTIFY}
+                fp = fingerprint(settings)
+                key = (name, ds, method, f"seed{seed}")
+                payload = cache.load(key, fp)
+                status = "cached"
+                if payload is None:
+                    payload = _arml_task(ds, method, seed, data, n_jobs)
+                    cache.store(key, fp, payload)
+                    status = f"fit {payload['fit_s']:.1f} s, certify {payload['certify_s']:.1f} s, " \
+                             f"attack {payload['attack_s']:.1f} s"
+                if verbose:
+                    print(f"{ds} / {method} / seed {seed}: {status}", flush=True)
+                results.setdefault(ds, {}).setdefault(method, {})[seed] = payload
+    return _report(name, out, results, {ds: eps_grid(ds) for ds in dsets})
+
+
+def _curve(radii: list[float], eps: list[float]) -> list[float]:
+    from ..certify import robust_error_curve
+
+    return robust_error_curve(np.asarray(radii, dtype=float), [0.0, *eps]).tolist()
+
+
+def _report(name: str, out: Path, results: dict, grids: dict) -> dict:
+    """Markdown tables, JSON (radii summarised as curves) and PNG plots, written atomically."""
+    from ..certify import plot_robust_error
+
+    summary: dict = {"experiment": name, "k": K_CERTIFY, "datasets": {}}
+    lines = [f"# rml reproduce {name}", ""]
+    kinds = [("radius_1nn_exact", "exact 1-NN"), ("radius_knn_certified", f"K={K_CERTIFY} certified"),
+             ("radius_knn_empirical", f"K={K_CERTIFY} empirical (structural attack)")]
+    for ds, per_method in results.items():
+        eps = grids[ds]
+        block: dict = {"eps": eps, "methods": {}}
+        for method, per_seed in per_method.items():
+            curves = {kind: np.mean([_curve(p[kind], eps) for p in per_seed.values()], axis=0).tolist()
+                      for kind, _ in kinds}
+            block["methods"][method] = {
+                "curves": curves, "seeds": sorted(per_seed),
+                "fit_s": float(np.mean([p["fit_s"] for p in per_seed.values()])),
+                "n_eval": next(iter(per_seed.values()))["n_eval"]}
+        summary["datasets"][ds] = block
+        n_eval = next(iter(block["methods"].values()))["n_eval"]
+        lines += [f"## {ds} ({n_eval} test points)", ""]
+        for kind, label in kinds:
+            lines += [f"{label} robust error (at ε = 0: the clean error; a certified radius of 0 also counts):", "",
+                      "| method | ε=0 | " + " | ".join(f"ε={e:g}" for e in eps) + " |",
+                      "|---|---|" + "---|" * len(eps)]
+            for method, m in block["methods"].items():
+                lines.append(f"| {method} | " + " | ".join(f"{v:.3f}" for v in m["curves"][kind]) + " |")
+            lines.append("")
+            plot_robust_error({m: v["curves"][kind] for m, v in block["methods"].items()}, [0.0, *eps],
+                              path=out / f"{ds}_{kind}.png", title=f"{ds}: {label}")
+        gap = {m: (np.array(v["curves"]["radius_knn_certified"]) - np.array(v["curves"]["radius_knn_empirical"]))
+               .round(4).tolist() for m, v in block["methods"].items()}
+        block["certified_minus_empirical"] = gap
+        lines += ["fit seconds: " + ", ".join(f"{m} {v['fit_s']:.1f}" for m, v in block["methods"].items()), ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=1) + "\n")
+    return summary
