@@ -4,12 +4,14 @@
   :func:`~robust_metric_learning.certify.exact_radius_1nn`, pushed a tiny step past the
   decision boundary so the prediction really flips.
 - :class:`StructuralAttack` (any K): with ``s = K//2 + 1``, pull ``s`` training points of one
-  other class ``t`` into the neighbourhood. "Every chosen point ``a`` is closer (under ``M``)
-  than every point ``o`` of the rival set, except ``K - s`` of them" is a set of linear
-  constraints on the perturbation, so the smallest perturbation is a least-distance QP, solved
-  by constraint generation with certify's dual active-set solver. Candidate sets (nearest,
-  easiest, greedy, clusters; per class) are visited in increasing order of a cheap lower bound
-  on their QP, and the smallest perturbation that really flips ``predict`` is returned.
+  other class ``t`` into the neighbourhood (or, with three or more classes, fewer points of
+  ``t`` plus a neighbourhood in which ``t`` still wins the vote). "Every chosen point is closer
+  (under ``M``) than every rival, except a few excused ones" is a set of linear constraints on
+  the perturbation, so the smallest perturbation is a least-distance QP, solved by constraint
+  generation with certify's NNLS solver. Candidate templates are visited in increasing order
+  of a cheap lower bound, the best is improved by a local search (templates read off the
+  adversarial point, one-point swaps guided by the QP's multipliers), and the smallest
+  perturbation that really flips ``predict`` is returned.
 """
 
 from __future__ import annotations
