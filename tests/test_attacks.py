@@ -6,9 +6,8 @@ import itertools
 import numpy as np
 import pytest
 import quadprog
-from sklearn.datasets import load_digits
-from sklearn.preprocessing import MinMaxScaler
 
+from conftest import random_psd
 from robust_metric_learning import certified_radius_knn, exact_radius_1nn
 from robust_metric_learning.attacks import (
     ATTACKS,
@@ -51,17 +50,6 @@ def exact_knn_radius(X_train, y_train, x, y, M, k):
     return best
 
 
-def random_psd(rng, d, rank=None):
-    A = rng.normal(size=(rank or d, d))
-    return A.T @ A
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X = MinMaxScaler().fit_transform(X)
-    idx = np.random.default_rng(0).permutation(len(X))
-    return X[idx[:300]], y[idx[:300]], X[idx[300:340]], y[idx[300:340]]
 
 
 def small_problem(seed, n=24, d=3, n_classes=3, m=8, low_rank=False):
@@ -92,8 +80,8 @@ def check_result(knn, X, y, res, name):
 
 
 @pytest.mark.parametrize("metric_kind", ["euclidean", "low_rank"])
-def test_exact_attack_is_the_exact_radius(digits, metric_kind):
-    Xtr, ytr, Xte, yte = digits
+def test_exact_attack_is_the_exact_radius(digits_subset, metric_kind):
+    Xtr, ytr, Xte, yte = digits_subset
     M = np.eye(64) if metric_kind == "euclidean" else random_psd(np.random.default_rng(1), 64, rank=20) / 64
     knn = MahalanobisKNN(metric=M).fit(Xtr, ytr)
     exact = exact_radius_1nn(Xtr, ytr, Xte, yte, metric=M)
@@ -125,8 +113,8 @@ def test_1nn_with_coincident_points_of_different_classes():
     assert (res.radii <= b * (1 + 1e-9)).all()
 
 
-def test_exact_attack_needs_1nn(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_exact_attack_needs_1nn(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     with pytest.raises(ValueError, match="ExactAttack is for 1-NN only; the model has n_neighbors=3"):
         ExactAttack()(MahalanobisKNN(3).fit(Xtr, ytr), Xte, yte)
 
@@ -155,8 +143,8 @@ def test_certified_le_exact_le_every_attack_random(seed):
 
 
 @pytest.mark.parametrize("k", [3, 11])
-def test_certified_le_attacks_on_digits(digits, k):
-    Xtr, ytr, Xte, yte = digits
+def test_certified_le_attacks_on_digits(digits_subset, k):
+    Xtr, ytr, Xte, yte = digits_subset
     L = np.random.default_rng(k).normal(size=(20, 64)) / 8
     for metric in ("euclidean", L):
         knn = MahalanobisKNN(k, metric=metric).fit(Xtr, ytr)
@@ -182,8 +170,8 @@ def test_structural_against_brute_force(seed):
     assert close.mean() >= 0.8, (res.radii, ref)
 
 
-def test_structural_beats_boundary(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_structural_beats_boundary(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     knn = MahalanobisKNN(5).fit(Xtr, ytr)
     s = StructuralAttack()(knn, Xte, yte).radii
     b = BoundaryAttack(steps=300, random_state=0)(knn, Xte, yte).radii
@@ -196,8 +184,8 @@ def test_structural_beats_boundary(digits):
 # ------------------------------------------------------------------ interface and sweeps
 
 
-def test_eps_sweep_clips_and_recomputes_success(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_eps_sweep_clips_and_recomputes_success(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     knn = MahalanobisKNN(3).fit(Xtr, ytr)
     eps = [0.0, 0.3, 0.6, 1.0, 5.0]
     res = StructuralAttack()(knn, Xte, yte, eps=eps)
@@ -216,8 +204,8 @@ def test_eps_sweep_clips_and_recomputes_success(digits):
     np.testing.assert_array_equal(clipped, raw)
 
 
-def test_misclassified_and_unknown_labels_get_radius_zero(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_misclassified_and_unknown_labels_get_radius_zero(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     y = yte.copy()
     y[:3] = (y[:3] + 1) % 10
     y[3] = 42  # a label the classifier does not know
@@ -228,16 +216,16 @@ def test_misclassified_and_unknown_labels_get_radius_zero(digits):
         np.testing.assert_array_equal(res.raw[:4], Xte[:4])
 
 
-def test_string_labels(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_string_labels(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     names = np.array(list("abcdefghij"))
     a = MahalanobisKNN(3).fit(Xtr, names[ytr]).attack(Xte, names[yte]).radii
     b = MahalanobisKNN(3).fit(Xtr, ytr).attack(Xte, yte).radii
     np.testing.assert_array_equal(a, b)
 
 
-def test_method_and_function_entry_points(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_method_and_function_entry_points(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     knn = MahalanobisKNN(3).fit(Xtr, ytr)
     direct = StructuralAttack()(knn, Xte, yte, eps=[0.5])
     via_method = knn.attack(Xte, yte, eps=[0.5])
@@ -253,8 +241,8 @@ def test_method_and_function_entry_points(digits):
     assert isinstance(get_attack("uniform", n_draws=3), NoiseAttack)
 
 
-def test_boundary_reproducible_and_parallel(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_boundary_reproducible_and_parallel(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     knn = MahalanobisKNN(3).fit(Xtr, ytr)
     a = BoundaryAttack(steps=60, random_state=7, chunk_size=8)(knn, Xte, yte)
     b = BoundaryAttack(steps=60, random_state=7, chunk_size=8, n_jobs=2)(knn, Xte, yte)
@@ -264,8 +252,8 @@ def test_boundary_reproducible_and_parallel(digits):
     np.testing.assert_array_equal(s.radii, StructuralAttack()(knn, Xte[:16], yte[:16]).radii)
 
 
-def test_boundary_refines_a_given_start(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_boundary_refines_a_given_start(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     knn = MahalanobisKNN(5).fit(Xtr, ytr)
     s = StructuralAttack()(knn, Xte, yte).radii
     h = BoundaryAttack(steps=50, random_state=0, init_attack=StructuralAttack())(knn, Xte, yte).radii
@@ -275,8 +263,8 @@ def test_boundary_refines_a_given_start(digits):
 # ------------------------------------------------------------------------------ noise
 
 
-def test_noise_attack(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_noise_attack(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     knn = MahalanobisKNN(3).fit(Xtr, ytr)
     eps = [0.0, 0.5, 2.0, 8.0]
     cert = certified_radius_knn(Xtr, ytr, Xte, yte, n_neighbors=3)

@@ -5,9 +5,8 @@ import pytest
 import quadprog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sklearn.datasets import load_digits
-from sklearn.preprocessing import MinMaxScaler
 
+from conftest import random_psd
 from robust_metric_learning import certified_radius_knn, exact_radius_1nn, robust_error_curve
 from robust_metric_learning.neighbors import MahalanobisKNN
 
@@ -53,18 +52,6 @@ def brute_bound(X_train, y_train, x, y, M, k):
     return sorted(g)[s - 1]
 
 
-def random_psd(rng, d, rank=None):
-    A = rng.normal(size=(rank or d, d))
-    return A.T @ A
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X = MinMaxScaler().fit_transform(X)
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(X))
-    return X[idx[:300]], y[idx[:300]], X[idx[300:340]], y[idx[300:340]]
 
 
 def predict(X_train, y_train, Q, M, k=1):
@@ -90,8 +77,8 @@ def test_exact_radius_equals_qp_oracle_random(seed, n, d, n_classes, low_rank):
 
 
 @pytest.mark.parametrize("metric_kind", ["euclidean", "random"])
-def test_exact_radius_on_digits(digits, metric_kind):
-    Xtr, ytr, Xte, yte = digits
+def test_exact_radius_on_digits(digits_subset, metric_kind):
+    Xtr, ytr, Xte, yte = digits_subset
     M = np.eye(64) if metric_kind == "euclidean" else random_psd(np.random.default_rng(1), 64) / 64
     metric = "euclidean" if metric_kind == "euclidean" else M
     radii, X_adv = exact_radius_1nn(Xtr, ytr, Xte, yte, metric=metric, return_adversarial=True)
@@ -115,8 +102,8 @@ def test_exact_radius_on_digits(digits, metric_kind):
     assert (kept == yte[pos]).all()
 
 
-def test_zero_radius_exactly_where_misclassified(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_zero_radius_exactly_where_misclassified(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     yte = yte.copy()
     yte[:5] = (yte[:5] + 1) % 10  # wrong labels: the classifier is wrong there
     radii = exact_radius_1nn(Xtr, ytr, Xte, yte)
@@ -128,8 +115,8 @@ def test_zero_radius_exactly_where_misclassified(digits):
 # ----------------------------------------------------------------------- soundness
 
 
-def test_bound_below_exact_for_1nn(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_bound_below_exact_for_1nn(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     M = random_psd(np.random.default_rng(2), 64, rank=20)
     for metric in ("euclidean", M):
         exact = exact_radius_1nn(Xtr, ytr, Xte, yte, metric=metric)
@@ -139,8 +126,8 @@ def test_bound_below_exact_for_1nn(digits):
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 11])
-def test_bound_equals_brute_force_formula_identity(digits, k):
-    Xtr, ytr, Xte, yte = digits
+def test_bound_equals_brute_force_formula_identity(digits_subset, k):
+    Xtr, ytr, Xte, yte = digits_subset
     Xtr, ytr = Xtr[:150], ytr[:150]
     bound = certified_radius_knn(Xtr, ytr, Xte[:15], yte[:15], n_neighbors=k)
     ref = np.array([brute_bound(Xtr, ytr, Xte[i], yte[i], np.eye(64), k) for i in range(15)])
@@ -161,8 +148,8 @@ def adversarial_directions(Xtr, ytr, x, y, M, n_dirs=20):
 
 @pytest.mark.parametrize("k", [3, 5, 11])
 @pytest.mark.parametrize("metric_kind", ["euclidean", "random"])
-def test_perturbations_below_bound_never_flip(digits, k, metric_kind):
-    Xtr, ytr, Xte, yte = digits
+def test_perturbations_below_bound_never_flip(digits_subset, k, metric_kind):
+    Xtr, ytr, Xte, yte = digits_subset
     rng = np.random.default_rng(k)
     M = np.eye(64) if metric_kind == "euclidean" else random_psd(rng, 64) / 64
     metric = "euclidean" if metric_kind == "euclidean" else M
@@ -185,8 +172,8 @@ def test_perturbations_below_bound_never_flip(digits, k, metric_kind):
 
 
 @pytest.mark.parametrize("scale", [1e-3, 7.0, 1e3])
-def test_scaling_M_changes_no_radius(digits, scale):
-    Xtr, ytr, Xte, yte = digits
+def test_scaling_M_changes_no_radius(digits_subset, scale):
+    Xtr, ytr, Xte, yte = digits_subset
     M = random_psd(np.random.default_rng(3), 64) / 64
     e1 = exact_radius_1nn(Xtr, ytr, Xte, yte, metric=M)
     e2 = exact_radius_1nn(Xtr, ytr, Xte, yte, metric=scale * M)
@@ -196,8 +183,8 @@ def test_scaling_M_changes_no_radius(digits, scale):
     np.testing.assert_allclose(b2, b1, rtol=1e-7)
 
 
-def test_metric_forms_agree(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_metric_forms_agree(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     L = np.random.default_rng(4).normal(size=(10, 64))
     via_L = exact_radius_1nn(Xtr, ytr, Xte, yte, metric=L)
     via_M = exact_radius_1nn(Xtr, ytr, Xte, yte, metric=L.T @ L)
@@ -210,8 +197,8 @@ def test_metric_forms_agree(digits):
     np.testing.assert_allclose(knn.certify(Xte, yte), exact_radius_1nn(Xtr, ytr, Xte, yte, metric=M), rtol=1e-7)
 
 
-def test_small_memory_budget_gives_same_radii(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_small_memory_budget_gives_same_radii(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     ref_e = exact_radius_1nn(Xtr, ytr, Xte, yte)
     ref_b = certified_radius_knn(Xtr, ytr, Xte, yte, n_neighbors=3)
     # 4 KiB: no class's pair norms fit, everything is computed on the fly
@@ -220,8 +207,8 @@ def test_small_memory_budget_gives_same_radii(digits):
                                ref_b, rtol=1e-9)
 
 
-def test_string_labels(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_string_labels(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     names = np.array(list("abcdefghij"))
     np.testing.assert_allclose(exact_radius_1nn(Xtr, names[ytr], Xte, names[yte]),
                                exact_radius_1nn(Xtr, ytr, Xte, yte))
@@ -230,18 +217,18 @@ def test_string_labels(digits):
 # --------------------------------------------------------------------- parallel
 
 
-def test_n_jobs_equals_sequential(digits):
-    Xtr, ytr, Xte, yte = digits
+def test_n_jobs_equals_sequential(digits_subset):
+    Xtr, ytr, Xte, yte = digits_subset
     seq = exact_radius_1nn(Xtr, ytr, Xte, yte, chunk_size=8)
     par = exact_radius_1nn(Xtr, ytr, Xte, yte, n_jobs=2, chunk_size=8)
     np.testing.assert_array_equal(seq, par)
 
 
-def test_dask_backend_local_cluster(digits):
+def test_dask_backend_local_cluster(digits_subset):
     distributed = pytest.importorskip("distributed")
     from joblib import parallel_backend
 
-    Xtr, ytr, Xte, yte = digits
+    Xtr, ytr, Xte, yte = digits_subset
     seq = certified_radius_knn(Xtr, ytr, Xte, yte, n_neighbors=3, chunk_size=8)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
