@@ -1,12 +1,16 @@
 """Learners on the shared loop: gradients against finite differences, published behaviour, errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier, NeighborhoodComponentsAnalysis
 
 from robust_metric_learning.datasets import load_dataset
 from robust_metric_learning.learners import ARML, NCA, Euclidean, PerturbationLoss, TripletLearner
+from robust_metric_learning.learners._optim import minimize
 from robust_metric_learning.margin import class_neighbors, margin
 from robust_metric_learning.neighbors import MahalanobisKNN
 
@@ -160,3 +164,79 @@ def test_bad_data():
     fitted = ARML(max_iter=2).fit(X, y)
     with pytest.raises(ValueError, match="X has 2 features, but ARML is expecting 3"):
         fitted.transform(X[:, :2])
+
+
+# -- the shared loop: best iterate and divergence ----------------------------------------------
+
+
+def _recording(f):
+    """``f`` as an objective that also records every iterate it is evaluated at, with its loss."""
+    seen = []
+
+    def objective(param, epoch):
+        loss = f(param)
+        seen.append((param.detach().clone().numpy(), float(loss.detach())))
+        return loss
+
+    return objective, seen
+
+
+def test_minimize_returns_the_best_iterate():
+    # subgradient steps of 0.3 on |x - 1| from 0 overshoot and then cycle: 0, .3, .6, .9, 1.2, .9, ...
+    objective, seen = _recording(lambda x: (x - 1.0).abs().sum())
+    param, n_iter = minimize(objective, np.zeros((1, 1)), solver="sgd", learning_rate=0.3, max_iter=100,
+                             tol=1e-6, n_iter_no_change=4)
+    assert n_iter < 100
+    losses = [v for _, v in seen]
+    assert losses[-1] > min(losses)  # the last iterate is not the best one ...
+    np.testing.assert_array_equal(param, seen[int(np.argmin(losses))][0])  # ... the best one is returned
+    # without early stopping (re-sampled objectives) the last iterate comes back, as a plain loop gives
+    x = 0.0
+    for _ in range(7):
+        x -= 0.3 * np.sign(x - 1.0)
+    param, _ = minimize(lambda p, e: (p - 1.0).abs().sum(), np.zeros((1, 1)), solver="sgd", learning_rate=0.3,
+                        max_iter=7)
+    np.testing.assert_allclose(param, [[x]])
+
+
+@pytest.mark.parametrize("tol, keep_best", [(1e-4, None), (0.0, True)])
+def test_minimize_warns_when_the_steps_diverge(tol, keep_best):
+    # x <- x - 1.5 * 2x = -2x: the loss x^2 quadruples every step and never goes below its start
+    with pytest.warns(ConvergenceWarning, match="never went below its initial value 1 in 5 iterations"):
+        param, _ = minimize(lambda p, e: (p**2).sum(), np.ones((1, 1)), solver="sgd", learning_rate=1.5,
+                            max_iter=5, tol=tol, n_iter_no_change=10, keep_best=keep_best)
+    np.testing.assert_array_equal(param, [[1.0]])  # the initial point, not (-2)^5
+    # without keep_best (losses of re-sampled objectives are not comparable): the last iterate, no check
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        param, _ = minimize(lambda p, e: (p**2).sum(), np.ones((1, 1)), solver="sgd", learning_rate=1.5,
+                            max_iter=5)
+    np.testing.assert_array_equal(param, [[(-2.0) ** 5]])
+
+
+def test_minimize_no_warning_when_flat_or_converging():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        minimize(lambda p, e: (0.0 * p).sum(), np.ones((2, 2)), solver="sgd", learning_rate=1.0, max_iter=50,
+                 tol=1e-4)  # a zero gradient: stationary from the start, not diverging
+        param, _ = minimize(lambda p, e: ((p - 2.0) ** 2).sum(), np.zeros((1, 1)), solver="sgd", learning_rate=0.1,
+                            max_iter=500, tol=1e-9)
+    np.testing.assert_allclose(param, [[2.0]], atol=1e-3)
+
+
+def test_diverging_lmnn_pl_fit_warns_and_keeps_the_identity():
+    from sklearn.datasets import load_wine
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    from robust_metric_learning.learners import LMNNPL
+
+    X, y = load_wine(return_X_y=True)
+    X = Normalizer().fit_transform(StandardScaler().fit_transform(X))
+    # the published step of 50 with lambda = 10, tau = 0.8: every step raises the objective
+    with pytest.warns(ConvergenceWarning, match="LMNNPL: the loss never went below"):
+        m = LMNNPL(perturbation=PerturbationLoss(tau=0.8, weight=10.0), learning_rate=50.0).fit(X, y)
+    np.testing.assert_allclose(m.get_mahalanobis_matrix(), np.eye(13), atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = LMNNPL(perturbation=PerturbationLoss(tau=0.8, weight=10.0), learning_rate=50.0 / 8).fit(X, y)
+    assert np.abs(m.get_mahalanobis_matrix() - np.eye(13)).max() > 0.1

@@ -25,6 +25,7 @@ def minimize(
     on_epoch: Callable[[torch.Tensor, int], None] | None = None,
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
     dtype: torch.dtype = torch.float64,
+    keep_best: bool | None = None,
     verbose: bool = False,
     desc: str = "fit",
 ) -> tuple[np.ndarray, int]:
@@ -49,12 +50,26 @@ def minimize(
         Called with the detached parameter before each epoch (re-sampling triplets, say).
     project : callable, optional
         Applied to the parameter after each step (projected gradient, e.g. onto the PSD cone).
+    keep_best : bool or None, default=None
+        Return the iterate with the lowest loss (the final iterate is evaluated too) instead of
+        the last one, and check for divergence. None means ``tol > 0``: with early stopping the
+        objective is taken to be comparable between epochs; with ``tol = 0`` (objectives that
+        re-sample their triplets every epoch, such as ARML's, whose losses are not comparable)
+        the last iterate is returned.
     verbose : bool
         Progress bar with the loss.
 
     Returns
     -------
     param : ndarray, n_iter : int
+
+    Warns
+    -----
+    ConvergenceWarning
+        When ``max_iter`` is reached without early stopping (``tol > 0``), and (Adam/SGD, with
+        ``keep_best``) when the run ends without any loss below the initial one although the
+        loss moved: the steps diverged (lower ``learning_rate``); the initial parameter is then
+        returned.
     """
     from tqdm.auto import tqdm
 
@@ -70,7 +85,12 @@ def minimize(
         raise ValueError(f"solver must be 'adam', 'lbfgs' or 'sgd', got {solver!r}")
 
     bar = tqdm(total=max_iter, desc=desc, disable=not (verbose and sys.stderr.isatty()), leave=False)
-    best, stall, n_iter = np.inf, 0, 0
+    if keep_best is None:
+        keep_best = tol > 0
+    ref, stall, n_iter = np.inf, 0, 0  # ref: the loss early stopping measures improvement against
+    first = best = worst = np.nan
+    best_param = None
+    diverged = False
     try:
         if solver == "lbfgs":
             if on_epoch is not None:
@@ -88,32 +108,62 @@ def minimize(
             converged = n_iter < max_iter
         else:
             converged = tol <= 0
+
+            def record(value: float) -> None:
+                # the loss of the current iterate: keep the best one (a copy, before the step)
+                nonlocal first, best, worst, best_param
+                if not np.isfinite(value):  # never kept; counts as a rise
+                    worst = np.inf
+                    return
+                if np.isnan(first):
+                    first = worst = value
+                worst = max(worst, value)
+                if not value >= best:  # also when best is NaN (first call)
+                    best = value
+                    if keep_best:
+                        best_param = param.detach().clone()
+
             for epoch in range(max_iter):
                 if on_epoch is not None:
                     on_epoch(param.detach(), epoch)
                 opt.zero_grad()
                 loss = objective(param, epoch)
                 loss.backward()
+                value = float(loss.detach())
+                record(value)
                 opt.step()
                 if project is not None:
                     with torch.no_grad():
                         param.copy_(project(param))
                 n_iter = epoch + 1
-                value = float(loss.detach())
                 bar.update(1)
                 if verbose:
                     bar.set_postfix(loss=f"{value:.5g}")
                 if tol > 0:
-                    if value < best - tol * max(abs(best), 1e-12) if np.isfinite(best) else True:
-                        best, stall = value, 0
+                    if value < ref - tol * max(abs(ref), 1e-12) if np.isfinite(ref) else True:
+                        ref, stall = value, 0
                     else:
                         stall += 1
                         if stall >= n_iter_no_change:
                             converged = True
                             break
+            if keep_best and n_iter:  # the iterate after the last step has not been evaluated yet
+                if on_epoch is not None:
+                    on_epoch(param.detach(), n_iter)
+                with torch.no_grad():
+                    record(float(objective(param, n_iter)))
+            # the loss moved, but never below where it started: the steps diverged (judged only
+            # where losses are comparable between epochs)
+            diverged = keep_best and n_iter > 0 and not best < first and worst > first
     finally:
         bar.close()
-    if not converged:
+    if diverged:
+        warnings.warn(f"{desc}: the loss never went below its initial value {first:.6g} in {n_iter} "
+                      f"iterations (the steps diverge; lower learning_rate); returning the initial parameter",
+                      ConvergenceWarning, stacklevel=3)
+    elif not converged:
         warnings.warn(f"{desc}: stopped after max_iter={max_iter} iterations without converging",
                       ConvergenceWarning, stacklevel=3)
+    if best_param is not None:
+        param = best_param
     return param.detach().cpu().to(torch.float64).numpy(), int(n_iter)

@@ -119,8 +119,10 @@ class LMNN(TripletLearner):
         Epochs (digits stops after about 65; low-dimensional sets with many impostors at the
         identity take a few hundred).
     tol : float, default=1e-3
-        Stop when the objective has not improved by ``tol`` (relative) for 10 epochs; 0 runs
-        every epoch. Not converging raises ``ConvergenceWarning``.
+        Stop when the objective has not improved by ``tol`` (relative) for 10 epochs, and keep
+        the iterate with the lowest objective; 0 runs every epoch and keeps the last. Not
+        converging, or never going below the objective at the start (the steps diverge),
+        raises ``ConvergenceWarning``.
     resample_every : int, default=1
         Search impostors every this many epochs. 1 makes the objective exact every epoch and
         is also the fastest on digits; more keeps the triplets within a slack of 0.5 of the
@@ -288,7 +290,8 @@ class LMNNPL(LMNN):
         data with larger distances.
     max_iter : int, default=300
     tol : float, default=1e-4
-        Relative early-stopping tolerance over 10 epochs; 0 runs every epoch.
+        Relative early-stopping tolerance over 10 epochs (the iterate with the lowest
+        objective is kept); 0 runs every epoch.
     dtype, memory_budget, random_state, verbose
         As in :class:`LMNN`.
 
