@@ -110,7 +110,7 @@ def _push_1nn(target: _Target, X: np.ndarray, Z: np.ndarray, codes: np.ndarray) 
 
 
 def _region_qp(target: _Target, d: np.ndarray, members: np.ndarray, others: np.ndarray, *, tau: float,
-               tol: float, max_rounds: int = 200) -> tuple | None:
+               tol: float, bound: float = np.inf, max_rounds: int = 200) -> tuple | None:
     """``min ||delta||`` such that every ``members`` point is closer to ``x + delta`` (under ``M``)
     than every ``others`` point (given in increasing distance from ``x``), by ``tau`` (l2 units).
 
@@ -173,6 +173,8 @@ def _region_qp(target: _Target, d: np.ndarray, members: np.ndarray, others: np.n
             delta, lam = _least_distance(U, b)
         if not (np.isfinite(delta).all() and np.isfinite(lam).all()) or (b - U @ delta).min() < -10 * tol:
             return None  # the constraints contradict each other: the region is empty
+        if np.linalg.norm(delta) >= bound:
+            return None  # the working set's optimum only grows as constraints are added
     return None
 
 
@@ -471,7 +473,7 @@ class StructuralAttack(MinimizationAttack):
         others = order[mask[order]]
         scale = float(np.linalg.norm(target.geo.X[members] - (x - target.geo.mean), axis=1).max())
         for rel in _TIGHTEN:
-            res = _region_qp(target, d, members, others, tau=rel * scale, tol=1e-10 * scale)
+            res = _region_qp(target, d, members, others, tau=rel * scale, tol=1e-10 * scale, bound=best)
             if res is None or np.linalg.norm(res[0]) >= best:
                 return None
             if target.predict_codes((x + res[0])[None, :])[0] != y:
