@@ -10,6 +10,7 @@ from numbers import Integral
 from typing import Any
 
 import numpy as np
+import torch
 
 from .margin import components_from_metric
 
@@ -21,6 +22,9 @@ __all__ = [
     "check_odd_k",
     "check_eps",
     "resolve_metric",
+    "check_unit_interval",
+    "check_model_output",
+    "check_index",
 ]
 
 
@@ -203,3 +207,64 @@ def validate_params(estimator: Any) -> None:
             raise ValueError(
                 f"The '{name}' parameter of {type(estimator).__name__} must be {allowed}; got {value!r}"
             )
+
+
+# ------------------------------------------------------------ tensors (deep models, attacks)
+
+
+def check_unit_interval(x: Any, *, name: str = "inputs") -> torch.Tensor:
+    """Return ``x`` as a non-empty floating tensor of finite values in [0, 1] (images) or raise.
+
+    Non-floating inputs (uint8 images, ints) are converted to float32 first, so 0-255
+    images get a clear range error instead of a silent rescale.
+    """
+    if x is None:
+        raise ValueError(f"{name} must be a tensor or array of values in [0, 1], got None")
+    try:
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    except Exception as exc:
+        raise ValueError(f"{name} must be a numeric tensor or array: {exc}") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must be real numbers in [0, 1], got dtype {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(torch.float32)
+    if t.ndim < 1 or t.shape[0] == 0 or t[0].numel() == 0:
+        raise ValueError(f"{name} must have at least one sample (first axis) of at least one value, "
+                         f"got shape {tuple(t.shape)}")
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        n_bad = int(bad.reshape(t.shape[0], -1).any(dim=1).sum())
+        raise ValueError(f"{name} contains NaN or infinity in {n_bad} sample(s); all values must be finite")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"{name} must lie in [0, 1] (scale images to [0, 1] first), "
+                         f"got values in [{lo:.6g}, {hi:.6g}]")
+    return t
+
+
+def check_model_output(emb: Any, *, n_rows: int, name: str = "model", dim: int | None = None) -> None:
+    """Raise unless ``emb`` (a model's output on ``n_rows`` inputs) is a 2-D tensor with one row
+    per input (and ``dim`` columns when given)."""
+    if not isinstance(emb, torch.Tensor):
+        raise ValueError(f"{name} must return a tensor of embeddings (n_inputs, dim), got {type(emb).__name__}")
+    if emb.ndim != 2 or emb.shape[0] != n_rows:
+        raise ValueError(f"{name} must return a 2-D tensor of embeddings with one row per input: "
+                         f"expected ({n_rows}, dim), got shape {tuple(emb.shape)}")
+    if dim is not None and emb.shape[1] != dim:
+        raise ValueError(f"{name} returned embeddings of dimension {emb.shape[1]}, "
+                         f"the objective's embeddings have dimension {dim}")
+
+
+def check_index(index: Any, *, n_rows: int, size: int | None, name: str = "index") -> torch.Tensor:
+    """Return ``index`` (rows of a context of ``size`` rows, one per input) as a 1-D int64
+    tensor of length ``n_rows``, or raise."""
+    t = index if isinstance(index, torch.Tensor) else torch.as_tensor(np.asarray(index))
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must hold integer row numbers, got dtype {t.dtype}")
+    if t.ndim != 1 or t.shape[0] != n_rows:
+        raise ValueError(f"{name} must be 1-D with one row number per input ({n_rows}), got shape {tuple(t.shape)}")
+    t = t.to(torch.int64)
+    if size is not None and n_rows and (int(t.min()) < 0 or int(t.max()) >= size):
+        raise ValueError(f"{name} must hold row numbers in [0, {size}), got values in "
+                         f"[{int(t.min())}, {int(t.max())}]")
+    return t

@@ -14,6 +14,12 @@ minimal adversarial perturbation (a certified radius is a lower bound).
 ``BoundaryAttack``        decision-based baseline (Brendel et al. 2018)
 ``NoiseAttack``           Gaussian / uniform noise of given norms; accuracy under noise
 ========================  ==========================================================
+
+Attacks on embedding models (deep metric learning), called as
+``raw, clipped, success = PGD(steps=20)(model, images, objective, eps=[0.01, 0.1])``:
+``PGD``, ``FGSM``, ``RandomSearch`` (gradient-free baseline), the functional core ``perturb``
+(for robust training), norms (``LinfNorm``, ``L2Norm``) and objectives (``EmbeddingShift``,
+``RetrievalObjective``, ``TripletRoleObjective``).
 """
 
 from __future__ import annotations
@@ -26,11 +32,29 @@ from .base import AttackResult, KNNAttack, MinimizationAttack
 from .boundary import BoundaryAttack
 from .knn import ExactAttack, StructuralAttack
 from .noise import NoiseAttack, NoiseResult
+from .gradient import FGSM, PGD, EmbeddingAttack, EmbeddingAttackResult, RandomSearch, perturb
+from .norms import NORMS, L2Norm, LinfNorm, Norm, get_norm
+from .objectives import EmbeddingShift, Objective, RetrievalObjective, TripletRoleObjective
 
 __all__ = [
     "ATTACKS",
     "AttackResult",
     "BoundaryAttack",
+    "EmbeddingAttack",
+    "EmbeddingAttackResult",
+    "EmbeddingShift",
+    "FGSM",
+    "L2Norm",
+    "LinfNorm",
+    "NORMS",
+    "Norm",
+    "Objective",
+    "PGD",
+    "RandomSearch",
+    "RetrievalObjective",
+    "TripletRoleObjective",
+    "get_norm",
+    "perturb",
     "ExactAttack",
     "KNNAttack",
     "MinimizationAttack",
