@@ -1,0 +1,17 @@
+"""Deep metric learning: embedding nets, robust training for mini-batch metric losses,
+retrieval metrics (clean, adversarial, certified)."""
+
+from .lipschitz import certified_input_radius, layer_bounds, lipschitz_bound
+from .metrics import adversarial_retrieval, certified_retrieval, embedding_radius_bound, retrieval_metrics
+from .models import MLP, EmbeddingNet, L2Normalize, SmallCNN
+from .robust import DEFENSES, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, get_defense
+from .sampler import BalancedBatchSampler
+from .training import TrainHistory, embed, train_embedding
+
+__all__ = [
+    "MLP", "EmbeddingNet", "L2Normalize", "SmallCNN", "BalancedBatchSampler",
+    "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "DEFENSES", "get_defense",
+    "TrainHistory", "train_embedding", "embed",
+    "lipschitz_bound", "layer_bounds", "certified_input_radius",
+    "retrieval_metrics", "adversarial_retrieval", "certified_retrieval", "embedding_radius_bound",
+]

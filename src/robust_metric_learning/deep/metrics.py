@@ -1,0 +1,257 @@
+"""Retrieval metrics of embedding models: clean, adversarial and certified (DESIGN §3).
+
+Clean metrics are pytorch-metric-learning's (Recall@1 = ``precision_at_1``, MAP@R, R-precision)
+computed from neighbour lists we build ourselves, so that a query is never its own neighbour
+even when its embedding is attacked (the gallery keeps the clean copy, excluded by index), and
+NMI from scikit-learn's k-means. Adversarial versions attack only the queries correct at R@1,
+against the clean gallery. Certified Recall@1 divides an embedding-space 1-NN margin bound by an
+upper bound on the network's Lipschitz constant (:mod:`.lipschitz`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from pytorch_metric_learning.utils import accuracy_calculator as pml_acc
+from sklearn.cluster import KMeans
+from sklearn.metrics import normalized_mutual_info_score
+
+from ..margin import margin_from_distances, pairwise_sq_distances
+from .lipschitz import _body, certified_input_radius, lipschitz_bound
+from .training import _inputs, embed
+
+__all__ = ["neighbor_lists", "retrieval_metrics", "adversarial_retrieval", "certified_retrieval",
+           "RETRIEVAL_METRICS"]
+
+
+def _sq_dist(Q: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    return pairwise_sq_distances(Q, G).clamp_min(0)
+
+
+def neighbor_lists(query: torch.Tensor, gallery: torch.Tensor, k: int, *, self_index: torch.Tensor | None = None,
+                   batch_size: int = 512) -> torch.Tensor:
+    """Indices of each query's ``k`` nearest gallery rows (l2), its own row excluded.
+
+    ``self_index[i]`` is the gallery row that is query ``i`` (or -1 for none).
+    """
+    out = []
+    for s in range(0, len(query), batch_size):
+        d = _sq_dist(query[s:s + batch_size], gallery)
+        if self_index is not None:
+            rows = torch.arange(len(d))
+            own = self_index[s:s + batch_size]
+            has = own >= 0
+            d[rows[has], own[has]] = float("inf")
+        out.append(torch.topk(d, k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+def _knn_metrics(knn_labels: torch.Tensor, query_labels: torch.Tensor, gallery_labels: torch.Tensor,
+                 self_in_gallery: bool) -> dict[str, float]:
+    counts = pml_acc.get_label_match_counts(query_labels, gallery_labels, pml_acc.EQUALITY)
+    args = (knn_labels, query_labels[:, None])
+    return {
+        "precision_at_1": pml_acc.precision_at_k(*args, 1, False, False, pml_acc.EQUALITY),
+        "mean_average_precision_at_r": pml_acc.mean_average_precision(
+            *args, self_in_gallery, counts, False, False, pml_acc.EQUALITY, at_r=True),
+        "r_precision": pml_acc.r_precision(*args, self_in_gallery, counts, False, False, pml_acc.EQUALITY),
+    }
+
+
+def _nmi(emb: torch.Tensor, labels: torch.Tensor, seed: int) -> float:
+    n_clusters = int(torch.unique(labels).numel())
+    pred = KMeans(n_clusters=n_clusters, n_init=3, random_state=seed).fit_predict(emb.double().numpy())
+    return float(normalized_mutual_info_score(labels.numpy(), pred))
+
+
+#: metric name -> what it is; the selector :func:`retrieval_metrics` computes them all
+RETRIEVAL_METRICS = {
+    "precision_at_1": "Recall@1: the nearest gallery item has the query's label",
+    "mean_average_precision_at_r": "MAP@R, R = number of same-class gallery items",
+    "r_precision": "fraction of same-class items among the R nearest",
+    "NMI": "normalised mutual information of k-means clusters (clean queries only)",
+}
+
+
+def _prepare(query, query_labels, gallery, gallery_labels, self_index):
+    q = torch.as_tensor(query, dtype=torch.float64)
+    g = torch.as_tensor(gallery, dtype=torch.float64)
+    ql = torch.as_tensor(np.asarray(query_labels))
+    gl = torch.as_tensor(np.asarray(gallery_labels))
+    if q.dim() != 2 or g.dim() != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"query and gallery must be 2-D with the same width, got {tuple(q.shape)} and "
+                         f"{tuple(g.shape)}")
+    if len(ql) != len(q) or len(gl) != len(g):
+        raise ValueError(f"labels must match the rows: query {len(q)} vs {len(ql)} labels, gallery {len(g)} "
+                         f"vs {len(gl)} labels")
+    if self_index is not None:
+        self_index = torch.as_tensor(np.asarray(self_index), dtype=torch.long)
+        if self_index.shape != (len(q),) or (len(q) and int(self_index.max()) >= len(g)):
+            raise ValueError(f"self_index must have shape ({len(q)},) with entries < {len(g)}")
+    return q, ql, g, gl, self_index
+
+
+def retrieval_metrics(query, query_labels, gallery, gallery_labels, *, self_index=None,
+                      nmi: bool = False, seed: int = 0) -> dict[str, float]:
+    """Recall@1, MAP@R and R-precision of ``query`` against ``gallery`` (and NMI if asked).
+
+    Parameters
+    ----------
+    query : array or tensor of shape (n, dim)
+    query_labels : array of shape (n,)
+    gallery : array or tensor of shape (m, dim)
+    gallery_labels : array of shape (m,)
+    self_index : array of int of shape (n,), default=None
+        ``self_index[i]`` is the gallery row of query i itself (never its neighbour), -1 if
+        none. Queries whose class has no other gallery item are left out (as in
+        pytorch-metric-learning).
+    nmi : bool, default=False
+        Also NMI of a k-means clustering of the queries.
+    seed : int, default=0
+        k-means seed.
+    """
+    q, ql, g, gl, self_index = _prepare(query, query_labels, gallery, gallery_labels, self_index)
+    same = (ql[:, None] == gl[None, :]).sum(1)
+    if self_index is not None:
+        same = same - (self_index >= 0).long()
+    keep = same > 0
+    if not bool(keep.any()):
+        raise ValueError("no query has a same-class item in the gallery")
+    k = int(same.max())
+    idx = neighbor_lists(q[keep], g, k, self_index=None if self_index is None else self_index[keep])
+    out = _knn_metrics(gl[idx], ql[keep], gl, self_index is not None)
+    if nmi:
+        out["NMI"] = _nmi(q, ql, seed)
+    return out
+
+
+def _recall_at_1_mask(q, ql, g, gl, self_index) -> torch.Tensor:
+    return gl[neighbor_lists(q, g, 1, self_index=self_index)[:, 0]] == ql
+
+
+def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
+                          attack: Any = None, batch_size: int = 1024) -> dict[str, Any]:
+    """Recall@1 and MAP@R with attacked queries against the clean gallery (leave-one-out).
+
+    Every row of ``X`` is a query and a gallery item. Only queries correct at R@1 are
+    attacked (the others stay as they are, counted as wrong); the attack pushes each away from
+    its nearest same-class gallery item and towards the nearest other-class one
+    (:class:`~robust_metric_learning.attacks.objectives.RetrievalObjective`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    X : array or tensor of shape (n, ...), values in [0, 1]
+    y : array of shape (n,)
+    eps : float or list of float
+        Budgets, in the attack's norm.
+    attack : attack object, default=PGD(norm="linf", steps=20)
+        Called as ``attack(model, inputs, objective, eps=e)`` returning ``(raw, clipped, success)``.
+
+    Returns
+    -------
+    dict
+        ``eps``, and per eps lists ``precision_at_1``, ``mean_average_precision_at_r``,
+        ``success`` (fraction of attacked queries whose R@1 flipped), plus the clean values and
+        ``attacked`` (boolean mask of the queries attacked).
+    """
+    from ..attacks.gradient import PGD
+    from ..attacks.objectives import RetrievalObjective
+
+    X = _inputs(model, X)
+    labels = torch.as_tensor(np.asarray(y))
+    if labels.shape != (len(X),):
+        raise ValueError(f"y must have shape ({len(X)},), got {tuple(labels.shape)}")
+    eps_list = [float(e) for e in np.atleast_1d(np.asarray(eps, dtype=np.float64))]
+    attack = PGD(norm="linf", steps=20) if attack is None else attack
+    gallery = embed(model, X, batch_size=batch_size).double()
+    self_index = torch.arange(len(X))
+    correct = _recall_at_1_mask(gallery, labels, gallery, labels, self_index)
+    clean = retrieval_metrics(gallery, labels, gallery, labels, self_index=self_index)
+    rows = torch.nonzero(correct).flatten()
+    out: dict[str, Any] = {"eps": eps_list, "clean": clean, "attacked": correct.numpy(),
+                           "precision_at_1": [], "mean_average_precision_at_r": [], "success": [],
+                           "flipped": []}
+    objective = RetrievalObjective(gallery.float(), labels, labels[rows], query_in_gallery=rows)
+    for e in eps_list:
+        queries = gallery.clone()
+        flipped = torch.zeros(len(X), dtype=torch.bool)
+        if e > 0 and len(rows):
+            _, clipped, success = attack(model, X[rows], objective, eps=e)
+            adv = embed(model, clipped, batch_size=batch_size).double()
+            queries[rows] = adv
+            flipped[rows] = ~_recall_at_1_mask(adv, labels[rows], gallery, labels, rows)
+        m = retrieval_metrics(queries, labels, gallery, labels, self_index=self_index)
+        out["precision_at_1"].append(m["precision_at_1"])
+        out["mean_average_precision_at_r"].append(m["mean_average_precision_at_r"])
+        out["success"].append(float(flipped[rows].float().mean()) if len(rows) else 0.0)
+        out["flipped"].append(flipped.numpy())
+    return out
+
+
+def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positives: int = 5,
+                           batch_size: int = 256) -> torch.Tensor:
+    """Lower bound on each item's leave-one-out 1-NN radius in embedding space (l2, float64).
+
+    ``min over other-class j of max over the n_positives nearest same-class p of
+    margin(z; g_p, g_j)`` (DESIGN §2 with M = I, a subset of the positives), clipped at 0:
+    0 when the query is already wrong at R@1.
+    """
+    G = emb.double()
+    sq = (G * G).sum(1)
+    n = len(G)
+    out = torch.empty(n, dtype=torch.float64)
+    for s in range(0, n, batch_size):
+        Q = G[s:s + batch_size]
+        rows = torch.arange(s, s + len(Q))
+        d = _sq_dist(Q, G)
+        d[torch.arange(len(Q)), rows] = float("inf")
+        same = labels[rows][:, None] == labels[None, :]
+        d_pos_all = d.masked_fill(~same, float("inf"))
+        k = min(n_positives, int(same.sum(1).min()) - 1) if bool(same.any()) else 0
+        if k <= 0:
+            out[rows] = float("inf") if not bool((~same).any()) else 0.0
+            continue
+        d_pos, p_idx = torch.topk(d_pos_all, k, dim=1, largest=False)  # (b, k)
+        P = G[p_idx]  # (b, k, dim)
+        # ||g_p - g_j|| for every positive p of the query and every gallery row j
+        pair = ((P * P).sum(-1, keepdim=True) + sq[None, None, :] - 2 * P @ G.T).clamp_min(0).sqrt()
+        m = margin_from_distances(d_pos[:, :, None], d[:, None, :], pair)  # (b, k, n)
+        best = m.max(dim=1).values.masked_fill(same, float("inf"))
+        best[torch.arange(len(Q)), rows] = float("inf")
+        out[rows] = best.min(dim=1).values.clamp_min(0)
+    return out
+
+
+def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
+                        norm: str = "linf", lipschitz: float | None = None, n_positives: int = 5,
+                        batch_size: int = 1024) -> dict[str, Any]:
+    """Certified Recall@1: the fraction of queries whose R@1 no perturbation of norm <= eps
+    can change (leave-one-out on ``X``, clean gallery).
+
+    The certified input radius of a query is its embedding-space margin bound
+    (:func:`embedding_radius_bound`) converted by :func:`~.lipschitz.certified_input_radius`
+    with ``lipschitz`` (default: :func:`~.lipschitz.lipschitz_bound` of the model).
+
+    Returns
+    -------
+    dict
+        ``eps``, ``certified_recall_at_1`` (one per eps), ``radii`` (per query, input norm),
+        ``lipschitz``.
+    """
+    X = _inputs(model, X)
+    labels = torch.as_tensor(np.asarray(y))
+    if labels.shape != (len(X),):
+        raise ValueError(f"y must have shape ({len(X)},), got {tuple(labels.shape)}")
+    eps_list = [float(e) for e in np.atleast_1d(np.asarray(eps, dtype=np.float64))]
+    _, normalized = _body(model)
+    L = lipschitz_bound(model) if lipschitz is None else float(lipschitz)
+    emb = embed(model, X, batch_size=batch_size).double()
+    R = embedding_radius_bound(emb, labels, n_positives=n_positives)
+    norms = embed(model, X, batch_size=batch_size, body=True).double().norm(dim=1).numpy() if normalized else None
+    radii = certified_input_radius(R.numpy(), norms, lipschitz=L,
+                                   n_features=int(np.prod(X.shape[1:])), norm=norm, normalized=normalized)
+    return {"eps": eps_list, "certified_recall_at_1": [float(np.mean(radii > e)) for e in eps_list],
+            "radii": radii, "lipschitz": L}

@@ -1,0 +1,125 @@
+"""Embedding networks: inputs in [0, 1] to L2-normalised embeddings.
+
+Every model here is ``body`` (an ``nn.Sequential`` of layers whose Lipschitz constant
+:func:`~robust_metric_learning.deep.lipschitz.lipschitz_bound` can bound) followed by
+:class:`L2Normalize`. Any other ``torch.nn.Module`` mapping a batch of inputs to a
+``(batch, dim)`` tensor is accepted by the training loop and the attacks as well.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from .._validation import check_positive_int
+
+__all__ = ["L2Normalize", "EmbeddingNet", "SmallCNN", "MLP"]
+
+
+class L2Normalize(nn.Module):
+    """Rows scaled to unit l2 norm (rows of norm below ``eps`` are divided by ``eps``)."""
+
+    def __init__(self, eps: float = 1e-12):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z / z.norm(dim=1, keepdim=True).clamp_min(self.eps)
+
+
+class EmbeddingNet(nn.Module):
+    """``body`` then, if ``normalize``, :class:`L2Normalize`.
+
+    Parameters
+    ----------
+    body : nn.Sequential
+        The un-normalised network; its output has shape ``(batch, embedding_dim)``.
+    normalize : bool, default=True
+        Whether embeddings are scaled to unit l2 norm.
+    spectral_norm : bool, default=False
+        Reparametrise every ``Linear``/``Conv2d`` weight by its spectral norm
+        (``torch.nn.utils.parametrizations.spectral_norm``), which keeps the network's
+        Lipschitz constant, and so its certified radii, under control.
+    """
+
+    def __init__(self, body: nn.Sequential, *, normalize: bool = True, spectral_norm: bool = False):
+        super().__init__()
+        if spectral_norm:
+            for i, layer in enumerate(body):
+                if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                    body[i] = _spectral_norm(layer)
+        self.body = body
+        self.head = L2Normalize() if normalize else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def _dims(embedding_dim, name: str = "embedding_dim") -> int:
+    return check_positive_int(embedding_dim, name=name)
+
+
+class SmallCNN(EmbeddingNet):
+    """Two 3x3 conv blocks (32, 64 channels, ReLU, 2x2 max-pool) and a 128-unit hidden layer,
+    for ``(batch, 1, 28, 28)`` images (flat ``(batch, 784)`` rows are reshaped).
+
+    Parameters
+    ----------
+    embedding_dim : int, default=64
+    in_channels : int, default=1
+    image_size : int, default=28
+        Height and width of the images (a multiple of 4).
+    normalize, spectral_norm : bool
+        See :class:`EmbeddingNet`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> SmallCNN(embedding_dim=16)(torch.rand(2, 784)).shape
+    torch.Size([2, 16])
+    """
+
+    def __init__(self, embedding_dim: int = 64, *, in_channels: int = 1, image_size: int = 28,
+                 normalize: bool = True, spectral_norm: bool = False):
+        dim = _dims(embedding_dim)
+        c = check_positive_int(in_channels, name="in_channels")
+        size = check_positive_int(image_size, name="image_size")
+        if size % 4:
+            raise ValueError(f"image_size must be a multiple of 4, got {size}")
+        body = nn.Sequential(
+            nn.Unflatten(1, (c, size, size)),
+            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU(),
+            nn.Linear(128, dim),
+        )
+        super().__init__(body, normalize=normalize, spectral_norm=spectral_norm)
+        self.input_shape = (c, size, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(x.shape[0], -1))
+
+
+class MLP(EmbeddingNet):
+    """Fully connected ReLU network on flat inputs.
+
+    Parameters
+    ----------
+    in_features : int
+    hidden : tuple of int, default=(256,)
+    embedding_dim : int, default=64
+    normalize, spectral_norm : bool
+        See :class:`EmbeddingNet`.
+    """
+
+    def __init__(self, in_features: int, *, hidden: tuple[int, ...] = (256,), embedding_dim: int = 64,
+                 normalize: bool = True, spectral_norm: bool = False):
+        sizes = [check_positive_int(in_features, name="in_features")]
+        sizes += [check_positive_int(h, name="hidden") for h in hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], _dims(embedding_dim)))
+        super().__init__(nn.Sequential(*layers), normalize=normalize, spectral_norm=spectral_norm)

@@ -1,0 +1,235 @@
+"""Training steps: natural, and three adversarial defences for mini-batch metric losses.
+
+A defence is a small object with ``step_loss(model, x, y, loss_fn, miner, generator)``
+returning the scalar loss of one mini-batch (attached to the graph) and the number of
+adversarial inputs it made. ``loss_fn`` and ``miner`` are any pytorch-metric-learning loss and
+miner (``miner=None``: every triplet of the batch).
+
+* :class:`Natural`: ``loss_fn(f(x), y, miner(f(x), y))``.
+* :class:`RobustTriplets` (ours, the published formulation for mini-batch-dependent losses):
+  mine triplets once on the clean embeddings; for a fraction ``rate`` of them perturb exactly
+  one role (positive by default) by PGD against the detached clean embeddings of the other two;
+  append the adversarial copies to the batch, point those triplets at them, and minimise the
+  loss on the combined batch.
+* :class:`NaiveAdversarial`: every input perturbed by PGD to maximise the batch loss on the
+  clean-mined tuples (each sample against its own loss terms); the loss on the perturbed batch.
+* :class:`EmbeddingShiftTriplets` (EST): every input perturbed to maximise its own embedding
+  shift ``||f(x') - f(x)||``; the loss on the perturbed batch with the clean-mined tuples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
+
+from ..attacks.gradient import perturb
+from ..attacks.norms import get_norm
+from ..attacks.objectives import EmbeddingShift, TripletRoleObjective
+
+__all__ = ["Defense", "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets",
+           "get_defense", "DEFENSES"]
+
+
+def mine_triplets(emb: torch.Tensor, y: torch.Tensor, miner: Any) -> tuple[torch.Tensor, ...]:
+    """Triplets (a, p, n) of the batch: the miner's (pairs converted), or all of them."""
+    if miner is None:
+        return lmu.get_all_triplets_indices(y)
+    mined = miner(emb, y)
+    if len(mined) == 4:
+        return lmu.convert_to_triplets(mined, y, t_per_anchor="all")
+    return tuple(mined)
+
+
+def _check_batch(y: torch.Tensor) -> None:
+    n_classes = int(torch.unique(y).numel())
+    if n_classes < 2:
+        raise ValueError(f"a mini-batch needs at least 2 classes for a metric loss, got {n_classes}")
+
+
+class Defense:
+    """Base class: how one mini-batch's training loss is formed."""
+
+    name = "natural"
+
+    def __init__(self, *, eps: float = 0.1, steps: int = 10, norm: str = "linf", step_size: float | None = None):
+        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        if not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        self.eps, self.steps, self.norm, self.step_size = float(eps), steps, get_norm(norm), step_size
+
+    def _perturb(self, model, x, objective, generator) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            return perturb(model, x, objective, norm=self.norm, eps=self.eps, steps=self.steps,
+                           step_size=self.step_size, random_start=True, restarts=1,
+                           generator=generator).detach()
+        finally:
+            model.train(was_training)
+
+    def step_loss(self, model, x, y, loss_fn, miner, generator) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, norm={self.norm!r})"
+
+
+class Natural(Defense):
+    """No adversarial examples."""
+
+    name = "natural"
+
+    def __init__(self):
+        super().__init__(eps=0.0, steps=1)
+
+    def step_loss(self, model, x, y, loss_fn, miner, generator):
+        _check_batch(y)
+        emb = model(x)
+        return loss_fn(emb, y, None if miner is None else miner(emb, y)), 0
+
+    def __repr__(self) -> str:
+        return "Natural()"
+
+
+#: which triplet members the adversarial copy depends on, per role (for de-duplication)
+_KEYS = {"positive": (0, 1), "negative": (0, 2), "anchor": (0, 1, 2)}
+_MEMBER = {"anchor": 0, "positive": 1, "negative": 2}
+
+
+class RobustTriplets(Defense):
+    """Ours: one role per chosen triplet perturbed against the clean others; combined batch.
+
+    Parameters
+    ----------
+    eps : float, default=0.1
+        Perturbation budget, in ``norm`` on inputs in [0, 1].
+    steps : int, default=10
+        PGD steps (step size ``2 eps / steps`` unless ``step_size``).
+    rate : float, default=0.5
+        Fraction of the mined triplets that get an adversarial member.
+    role : {"positive", "negative", "anchor"}, default="positive"
+        The member perturbed: positive pushed away from the anchor, negative pulled towards
+        it, or anchor moved to close the gap (``d(a', p) - d(a', n)`` maximised).
+    max_adversarial : int, default=None
+        At most this many adversarial copies per batch (default: the batch size), which
+        bounds a step's cost by ``(steps + 2)`` natural steps. Triplets sharing the inputs the
+        attack depends on (anchor and positive for the positive role) share one copy.
+    norm : {"linf", "l2"}, default="linf"
+    """
+
+    name = "ours"
+
+    def __init__(self, *, eps: float = 0.1, steps: int = 10, rate: float = 0.5, role: str = "positive",
+                 max_adversarial: int | None = None, norm: str = "linf", step_size: float | None = None):
+        super().__init__(eps=eps, steps=steps, norm=norm, step_size=step_size)
+        if not (isinstance(rate, (int, float)) and 0 < rate <= 1):
+            raise ValueError(f"rate must be in (0, 1], got {rate!r}")
+        if role not in _KEYS:
+            raise ValueError(f"role must be one of {sorted(_KEYS)}, got {role!r}")
+        if max_adversarial is not None and not (isinstance(max_adversarial, int) and max_adversarial >= 1):
+            raise ValueError(f"max_adversarial must be a positive integer or None, got {max_adversarial!r}")
+        self.rate, self.role, self.max_adversarial = float(rate), role, max_adversarial
+
+    def choose(self, triplets: tuple[torch.Tensor, ...], n: int, generator) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                      torch.Tensor]:
+        """Chosen triplet positions, their copy's index, and the triplets of the unique copies."""
+        T = len(triplets[0])
+        device = triplets[0].device
+        picked = torch.randperm(T, generator=generator)[: math.ceil(self.rate * T)].to(device)
+        keys = torch.stack([triplets[k][picked] for k in _KEYS[self.role]], dim=1)
+        unique, copy_of = torch.unique(keys, dim=0, return_inverse=True)
+        cap = self.max_adversarial or n
+        if len(unique) > cap:
+            keep = torch.randperm(len(unique), generator=generator)[:cap].to(device)
+            kept = torch.full((len(unique),), -1, dtype=torch.long, device=device)
+            kept[keep] = torch.arange(cap, device=device)
+            copy_of = kept[copy_of]
+            picked, copy_of = picked[copy_of >= 0], copy_of[copy_of >= 0]
+            unique = unique[keep]
+        # one representative triplet per copy (for the other members' clean embeddings)
+        rep = torch.zeros(len(unique), dtype=torch.long, device=device)
+        rep[copy_of] = picked
+        return picked, copy_of, rep
+
+    def step_loss(self, model, x, y, loss_fn, miner, generator):
+        _check_batch(y)
+        emb = model(x)
+        triplets = mine_triplets(emb.detach(), y, miner)
+        if len(triplets[0]) == 0:
+            return loss_fn(emb, y, triplets), 0
+        picked, copy_of, rep = self.choose(triplets, len(x), generator)
+        a, p, n = (t[rep] for t in triplets)
+        member = (a, p, n)[_MEMBER[self.role]]
+        clean = emb.detach()
+        objective = TripletRoleObjective(clean[a], clean[p], clean[n], role=self.role)
+        x_adv = self._perturb(model, x[member], objective, generator)
+        emb_all = torch.cat([emb, model(x_adv)])
+        y_all = torch.cat([y, y[member]])
+        new = [t.clone() for t in triplets]
+        new[_MEMBER[self.role]][picked] = len(x) + copy_of
+        return loss_fn(emb_all, y_all, tuple(new)), len(x_adv)
+
+    def __repr__(self) -> str:
+        return (f"RobustTriplets(eps={self.eps}, steps={self.steps}, rate={self.rate}, role={self.role!r}, "
+                f"norm={self.norm!r})")
+
+
+class _BatchLoss:
+    """Objective for the naive attack: the batch loss on fixed tuples, shared by every row."""
+
+    def __init__(self, loss_fn, y, triplets):
+        self.loss_fn, self.y, self.triplets = loss_fn, y, triplets
+
+    def __call__(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(emb_adv, self.y[index], self.triplets).expand(len(index))
+
+    def success(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(index), dtype=torch.bool, device=emb_adv.device)
+
+
+class NaiveAdversarial(Defense):
+    """Classifier-style adversarial training: the whole batch perturbed to maximise its loss
+    (clean-mined tuples), then the loss on the perturbed batch."""
+
+    name = "naive"
+
+    def step_loss(self, model, x, y, loss_fn, miner, generator):
+        _check_batch(y)
+        with torch.no_grad():
+            clean = model(x)
+        triplets = mine_triplets(clean, y, miner)
+        x_adv = self._perturb(model, x, _BatchLoss(loss_fn, y, triplets), generator)
+        return loss_fn(model(x_adv), y, triplets), len(x_adv)
+
+
+class EmbeddingShiftTriplets(Defense):
+    """EST: every input perturbed to maximise its own embedding shift; loss on the perturbed
+    batch with the clean-mined tuples."""
+
+    name = "est"
+
+    def step_loss(self, model, x, y, loss_fn, miner, generator):
+        _check_batch(y)
+        with torch.no_grad():
+            clean = model(x)
+        triplets = mine_triplets(clean, y, miner)
+        x_adv = self._perturb(model, x, EmbeddingShift(clean), generator)
+        return loss_fn(model(x_adv), y, triplets), len(x_adv)
+
+
+DEFENSES: dict[str, type[Defense]] = {
+    "natural": Natural, "ours": RobustTriplets, "naive": NaiveAdversarial, "est": EmbeddingShiftTriplets,
+}
+
+
+def get_defense(name: str | Defense, **params: Any) -> Defense:
+    """A defence by name (``natural``, ``ours``, ``naive``, ``est``) with its parameters."""
+    if isinstance(name, Defense):
+        return name
+    if name not in DEFENSES:
+        raise ValueError(f"defense must be one of {sorted(DEFENSES)}, got {name!r}")
+    return DEFENSES[name](**params)

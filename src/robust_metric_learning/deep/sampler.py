@@ -1,0 +1,92 @@
+"""Class-balanced mini-batches: ``classes_per_batch`` classes, ``m`` samples of each."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from .._validation import check_positive_int
+
+__all__ = ["BalancedBatchSampler"]
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Yields lists of indices, each ``m`` samples from each of ``classes_per_batch`` classes.
+
+    Every batch has at least two classes and at least two samples per class, so every
+    sample of a batch has a positive and a negative (what triplet and pair losses need).
+    Within a class, samples are drawn without replacement until the class is exhausted,
+    then reshuffled. Deterministic given ``seed`` and the epoch (:meth:`set_epoch`), so a
+    resumed run sees the same batches.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n,)
+    m : int, default=4
+        Samples per class in a batch (>= 2).
+    classes_per_batch : int, default=None
+        Classes per batch (>= 2); default: all classes.
+    n_batches : int, default=None
+        Batches per epoch; default: about one pass over the data, ``n // (m * classes_per_batch)``.
+    seed : int, default=0
+
+    Examples
+    --------
+    >>> s = BalancedBatchSampler([0, 0, 1, 1, 2, 2], m=2, classes_per_batch=2, n_batches=3)
+    >>> [len(b) for b in s]
+    [4, 4, 4]
+    """
+
+    def __init__(self, labels, *, m: int = 4, classes_per_batch: int | None = None,
+                 n_batches: int | None = None, seed: int = 0):
+        y = np.asarray(labels)
+        if y.ndim != 1 or y.size == 0:
+            raise ValueError(f"labels must be a non-empty 1-D array, got shape {y.shape}")
+        self.m = check_positive_int(m, name="m")
+        if self.m < 2:
+            raise ValueError(f"m must be >= 2 (each sample needs a positive), got {m}")
+        classes, codes = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"labels must contain at least 2 classes, got {len(classes)}")
+        c = len(classes) if classes_per_batch is None else check_positive_int(classes_per_batch,
+                                                                             name="classes_per_batch")
+        if not 2 <= c <= len(classes):
+            raise ValueError(f"classes_per_batch must be between 2 and the number of classes "
+                             f"({len(classes)}), got {c}")
+        counts = np.bincount(codes)
+        if counts.min() < 2:
+            raise ValueError(f"every class needs at least 2 samples; class {classes[counts.argmin()]!r} "
+                             f"has {counts.min()}")
+        self.classes_per_batch = c
+        self.members = [np.flatnonzero(codes == k) for k in range(len(classes))]
+        self.n_batches = (max(1, len(y) // (self.m * c)) if n_batches is None
+                          else check_positive_int(n_batches, name="n_batches"))
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        pools = [rng.permutation(idx) for idx in self.members]
+        pos = [0] * len(pools)
+        for _ in range(self.n_batches):
+            batch: list[int] = []
+            for k in rng.choice(len(pools), size=self.classes_per_batch, replace=False):
+                pool = pools[k]
+                if len(pool) < self.m:  # fewer than m samples: draw with repetition
+                    batch.extend(rng.choice(pool, size=self.m).tolist())
+                    continue
+                if pos[k] + self.m > len(pool):
+                    pools[k] = pool = rng.permutation(self.members[k])
+                    pos[k] = 0
+                batch.extend(pool[pos[k]:pos[k] + self.m].tolist())
+                pos[k] += self.m
+            yield batch

@@ -1,0 +1,170 @@
+"""deep/: models, Lipschitz bounds, the batch sampler and the retrieval metrics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robust_metric_learning.certify import exact_radius_1nn
+from robust_metric_learning.deep import (
+    MLP, BalancedBatchSampler, L2Normalize, SmallCNN, certified_input_radius, embedding_radius_bound,
+    layer_bounds, lipschitz_bound, retrieval_metrics,
+)
+
+
+def _power_norm(f, shape, iters=200, seed=0):
+    """Largest singular value of the linear map f (power iteration, a lower estimate)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    for _ in range(iters):
+        y = f(x)
+        (grad,) = torch.autograd.grad((y * y).sum() / 2, x)
+        x = (grad / grad.norm()).detach().requires_grad_()
+    with torch.no_grad():
+        return float(f(x.detach()).norm())
+
+
+@pytest.mark.parametrize("stride,padding,size", [(1, 1, 9), (2, 1, 10), (1, 0, 8), (2, 0, 7), (3, 2, 11)])
+def test_conv_bound_is_an_upper_bound_and_tight_for_stride_one(stride, padding, size):
+    torch.manual_seed(stride * 10 + padding)
+    conv = nn.Conv2d(3, 4, 3, stride=stride, padding=padding, bias=False).double()
+    (_, bound), = [b for b in layer_bounds(nn.Sequential(conv), input_shape=(3, size, size))]
+    true = _power_norm(conv, (1, 3, size, size))
+    assert bound >= true * (1 - 1e-9)
+    if stride == 1:
+        assert bound <= 1.25 * true
+
+
+def test_linear_bound_is_exact():
+    torch.manual_seed(0)
+    lin = nn.Linear(7, 5)
+    (_, bound), = layer_bounds(nn.Sequential(lin))
+    assert bound == pytest.approx(float(torch.linalg.svdvals(lin.weight.double())[0]), rel=1e-8)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SmallCNN(8),
+    lambda: SmallCNN(8, spectral_norm=True),
+    lambda: MLP(784, hidden=(32, 16), embedding_dim=8),
+    lambda: nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 4, 5, stride=2), nn.BatchNorm2d(4),
+                          nn.LeakyReLU(0.1), nn.AvgPool2d(2), nn.MaxPool2d(3, stride=1), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 6), nn.Tanh(), nn.Linear(6, 3), L2Normalize()),
+])
+def test_lipschitz_bound_never_beaten_by_gradient_ascent(make):
+    torch.manual_seed(1)
+    model = make()
+    for module in model.modules():  # non-trivial batch-norm statistics
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var.uniform_(0.2, 3.0)
+            module.weight.data.uniform_(-2, 2)
+    model.eval()
+    bound = lipschitz_bound(model, input_shape=(784,))
+    body = model.body if hasattr(model, "body") else model[:-1]
+    # the local gain along the steepest direction: power iteration on the Jacobian at x
+    x0 = torch.rand(4, 784)
+    for i in range(len(x0)):
+        jac = torch.autograd.functional.jacobian(lambda v: body(v[None].float())[0], x0[i])
+        assert float(torch.linalg.matrix_norm(jac.double(), ord=2)) <= bound * (1 + 1e-6)
+    with torch.no_grad():
+        d = 0.05 * torch.randn(64, 784)
+        ratio = (body(x0[:1] + d) - body(x0[:1])).norm(dim=1) / d.norm(dim=1)
+    assert float(ratio.max()) <= bound
+
+
+def test_unsupported_layer_is_named():
+    with pytest.raises(TypeError, match="GELU"):
+        lipschitz_bound(nn.Sequential(nn.Linear(3, 3), nn.GELU()))
+
+
+def test_certified_input_radius_accounts_for_normalisation():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        u = rng.normal(size=5)
+        R = rng.uniform(0.01, 1.5)
+        (rho,) = certified_input_radius([R], [np.linalg.norm(u)], lipschitz=1.0, n_features=1, norm="l2")
+        v = u + rho * (d := rng.normal(size=5)) / np.linalg.norm(d)
+        moved = np.linalg.norm(u / np.linalg.norm(u) - v / np.linalg.norm(v))
+        assert moved <= R + 1e-12
+    r = certified_input_radius([0.2, 0.0, np.inf], [2.0, 2.0, 2.0], lipschitz=4.0, n_features=784)
+    assert r[0] == pytest.approx(0.2 * 2 / 1.2 / (4 * 28)) and r[1] == 0 and np.isinf(r[2])
+
+
+def test_sampler_is_balanced_deterministic_and_checks_input():
+    y = np.repeat(np.arange(5), [10, 12, 3, 8, 20])
+    s = BalancedBatchSampler(y, m=3, classes_per_batch=4, n_batches=20, seed=3)
+    batches = list(s)
+    assert len(batches) == 20
+    for b in batches:
+        labels, counts = np.unique(y[b], return_counts=True)
+        assert len(labels) == 4 and set(counts) == {3}
+    assert batches == list(s)
+    s.set_epoch(1)
+    assert list(s) != batches
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        BalancedBatchSampler(np.zeros(10), m=2)
+    with pytest.raises(ValueError, match="m must be >= 2"):
+        BalancedBatchSampler(y, m=1)
+    with pytest.raises(ValueError, match="classes_per_batch"):
+        BalancedBatchSampler(y, classes_per_batch=6)
+
+
+def _brute_metrics(E, y):
+    """Leave-one-out R@1 and MAP@R from the definitions."""
+    n = len(E)
+    D = ((E[:, None] - E[None]) ** 2).sum(-1)
+    np.fill_diagonal(D, np.inf)
+    r1, maps = [], []
+    for i in range(n):
+        order = np.argsort(D[i], kind="stable")[: n - 1]
+        rel = y[order] == y[i]
+        R = int((y == y[i]).sum()) - 1
+        r1.append(rel[0])
+        hits = np.cumsum(rel[:R])
+        maps.append(np.sum(hits / np.arange(1, R + 1) * rel[:R]) / R)
+    return np.mean(r1), np.mean(maps)
+
+
+def test_retrieval_metrics_match_definitions_and_exclude_self():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 60)
+    E = rng.normal(size=(60, 3)) + y[:, None]
+    got = retrieval_metrics(E, y, E, y, self_index=np.arange(60), nmi=True)
+    r1, map_r = _brute_metrics(E, y)
+    assert got["precision_at_1"] == pytest.approx(r1)
+    assert got["mean_average_precision_at_r"] == pytest.approx(map_r)
+    assert 0 <= got["NMI"] <= 1
+    # a query is never its own neighbour, even with an exact duplicate of another class
+    E2 = np.vstack([E, E[:1]])
+    y2 = np.append(y, (y[0] + 1) % 4)
+    got2 = retrieval_metrics(E2[:1], y2[:1], E2, y2, self_index=[0])
+    assert got2["precision_at_1"] == 0.0
+
+
+def test_embedding_radius_bound_is_sound_against_the_exact_radius():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 40)
+    E = rng.normal(size=(40, 4)) + 0.8 * y[:, None]
+    bound = embedding_radius_bound(torch.as_tensor(E), torch.as_tensor(y), n_positives=3).numpy()
+    for i in range(len(E)):
+        rest = np.delete(np.arange(len(E)), i)
+        exact = exact_radius_1nn(E[rest], y[rest], E[i:i + 1], y[i:i + 1])[0]
+        assert bound[i] <= exact + 1e-9
+    # with all positives the bound is the K=1 bound; it is 0 exactly where 1-NN is wrong
+    D = ((E[:, None] - E[None]) ** 2).sum(-1)
+    np.fill_diagonal(D, np.inf)
+    wrong = y[D.argmin(1)] != y
+    assert np.all(bound[wrong] == 0) and np.all(bound[~wrong] > 0)
+
+
+def test_models_shapes_and_normalisation():
+    x = torch.rand(3, 784)
+    for model in (SmallCNN(16), MLP(784, embedding_dim=16)):
+        z = model(x)
+        assert z.shape == (3, 16)
+        assert torch.allclose(z.norm(dim=1), torch.ones(3), atol=1e-6)
+    assert SmallCNN(16)(x.reshape(3, 1, 28, 28)).shape == (3, 16)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        SmallCNN(0)
+    assert math.isfinite(lipschitz_bound(SmallCNN(4)))
