@@ -263,13 +263,13 @@ class RetrievalObjective(Objective):
             if wrong.any():
                 i = int(np.flatnonzero(wrong)[0])
                 raise ValueError(f"query_in_gallery[{i}] = {qig[i]} points at a gallery item labelled "
-                                 f"{gl[qig[i]]!r}, but query {i} is labelled {ql[i]!r}")
+                                 f"{gl[qig[i]].tolist()!r}, but query {i} is labelled {ql[i].tolist()!r}")
         counts = np.bincount(g_codes, minlength=classes.size)
         no_other = counts.sum() - counts[q_codes] == 0
         if no_other.any():
-            raise ValueError(f"the gallery has no item of another class than query {int(np.flatnonzero(no_other)[0])} "
-                             f"(label {ql[int(np.flatnonzero(no_other)[0])]!r}); a retrieval attack needs at least "
-                             "two classes in the gallery")
+            i = int(np.flatnonzero(no_other)[0])
+            raise ValueError(f"the gallery has no item of another class than query {i} (label "
+                             f"{ql[i].tolist()!r}); a retrieval attack needs at least two classes in the gallery")
         self.distance = distance
         self._dist = _Distance(distance)
         self.n_samples, self.embedding_dim = n_queries, g.shape[1]
