@@ -61,12 +61,16 @@ def _dims(embedding_dim, name: str = "embedding_dim") -> int:
 
 
 class SmallCNN(EmbeddingNet):
-    """Two 3x3 conv blocks (32, 64 channels, ReLU, 2x2 max-pool) and a 128-unit hidden layer,
-    for ``(batch, 1, 28, 28)`` images (flat ``(batch, 784)`` rows are reshaped).
+    """Two 3x3 conv blocks (ReLU, 2x2 max-pool) and a hidden layer, for ``(batch, 1, 28, 28)``
+    images (flat ``(batch, 784)`` rows are reshaped).
 
     Parameters
     ----------
     embedding_dim : int, default=64
+    channels : tuple of two int, default=(32, 64)
+        Channels of the two conv blocks.
+    hidden : int, default=128
+        Width of the hidden fully connected layer.
     in_channels : int, default=1
     image_size : int, default=28
         Height and width of the images (a multiple of 4).
@@ -80,20 +84,24 @@ class SmallCNN(EmbeddingNet):
     torch.Size([2, 16])
     """
 
-    def __init__(self, embedding_dim: int = 64, *, in_channels: int = 1, image_size: int = 28,
-                 normalize: bool = True, spectral_norm: bool = False):
+    def __init__(self, embedding_dim: int = 64, *, channels: tuple[int, int] = (32, 64), hidden: int = 128,
+                 in_channels: int = 1, image_size: int = 28, normalize: bool = True, spectral_norm: bool = False):
         dim = _dims(embedding_dim)
+        if len(channels) != 2:
+            raise ValueError(f"channels must be a pair of ints, got {channels!r}")
+        c1, c2 = (check_positive_int(v, name="channels") for v in channels)
+        h = check_positive_int(hidden, name="hidden")
         c = check_positive_int(in_channels, name="in_channels")
         size = check_positive_int(image_size, name="image_size")
         if size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {size}")
         body = nn.Sequential(
             nn.Unflatten(1, (c, size, size)),
-            nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(64 * (size // 4) ** 2, 128), nn.ReLU(),
-            nn.Linear(128, dim),
+            nn.Linear(c2 * (size // 4) ** 2, h), nn.ReLU(),
+            nn.Linear(h, dim),
         )
         super().__init__(body, normalize=normalize, spectral_norm=spectral_norm)
         self.input_shape = (c, size, size)
