@@ -17,10 +17,9 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ..certify import _least_distance, _norms, exact_radius_1nn
-from ..margin import NORM_FLOOR, margin_from_distances, pairwise_sq_distances, smallest_k, vote
+from ..certify import _least_distance, exact_radius_1nn
+from ..margin import NORM_FLOOR, margin_from_distances, smallest_k, vote
 from .base import MinimizationAttack, _Target
 
 __all__ = ["ExactAttack", "StructuralAttack"]
@@ -106,66 +105,127 @@ def _push_1nn(target: _Target, X: np.ndarray, Z: np.ndarray, codes: np.ndarray) 
     return out
 
 
+# ------------------------------------------------------------------- one point's view
+
+
+class _Point:
+    """A test point against the training set: squared distances ``d``, the training points
+    in (distance, index) order, and on demand the rival lists of templates, in the same order.
+
+    A rival *kind* is ``(c, False)``: every training point not of class ``c``, or ``(c, True)``:
+    the points of class ``c``.
+    """
+
+    def __init__(self, target: _Target, x: np.ndarray, d: np.ndarray, y: int, mx_norm: np.ndarray):
+        self.target, self.x, self.d, self.y = target, x, d, y
+        self.xc = x - target.geo.mean
+        self.order = np.argsort(d, kind="stable")
+        self.codes_o = target.geo.codes[self.order]
+        self.mx_norm = mx_norm  # ||M x_i|| of the centred training points
+        self._rivals: dict[tuple, tuple] = {}
+
+    def rivals(self, kind: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """The rivals of ``kind`` in (distance, index) order, and their (unsquared) distances."""
+        got = self._rivals.get(kind)
+        if got is None:
+            c, same = kind
+            riv = self.order[(self.codes_o == c) if same else (self.codes_o != c)]
+            got = self._rivals[kind] = (riv, np.sqrt(self.d[riv]))
+        return got
+
+    def nearest(self, kind: tuple, m: int, excused: np.ndarray | None = None) -> np.ndarray:
+        """The ``m`` nearest rivals of ``kind`` that are not ``excused``."""
+        c, same = kind
+        if kind in self._rivals or same:
+            head = self.rivals(kind)[0]
+        else:  # the first m non-c points lie among the first m + |c| + |excused| points
+            lim = m + int(self.target.class_index[c].size) + (0 if excused is None else excused.size)
+            head = self.order[:lim][self.codes_o[:lim] != c]
+        if excused is not None and excused.size:
+            head = head[:m + excused.size]
+            head = head[~np.isin(head, excused)]
+        return head[:m]
+
+    def half_space(self, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+        """``[distance from x to {z : z at least as close to x_p as to x_q}]_+`` (l2), all pairs:
+        minus the margin (DESIGN §2), clipped at 0."""
+        return np.clip(-margin_from_distances(self.d[P][:, None], self.d[Q][None, :],
+                                              _pair_norms(self.target.geo, P, Q)), 0.0, None)
+
+
+def _pair_norms(geo, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """``||M (x_p - x_q)||`` for all pairs (one small GEMM)."""
+    sq = geo.MX_sq[P][:, None] + geo.MX_sq[Q][None, :] - 2.0 * (geo.MX[P] @ geo.MX[Q].T)
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
 # ----------------------------------------------------------------------- the region QP
 
 
-def _region_qp(target: _Target, d: np.ndarray, members: np.ndarray, others: np.ndarray, *, tau: float,
-               tol: float, bound: float = np.inf, max_rounds: int = 200) -> tuple | None:
+def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray, *, tau: float, tol: float,
+               bound: float = np.inf, max_rounds: int = 200) -> tuple | None:
     """``min ||delta||`` such that every ``members`` point is closer to ``x + delta`` (under ``M``)
-    than every ``others`` point (given in increasing distance from ``x``), by ``tau`` (l2 units).
+    than every rival of ``kind`` outside ``excused``, by ``tau`` (l2 units).
 
     Pair ``(m, o)``: ``u^T delta <= margin(x; x_m, x_o) - tau`` with the unit row
     ``u = M (x_o - x_m) / ||M (x_o - x_m)||``. Constraint generation: only violated pairs enter
-    the working set, whose least-distance problem is certify's NNLS solver. ``d`` holds the
-    squared distances from ``x`` to every training point. A rival with
+    the working set, whose least-distance problem is certify's NNLS solver. A rival with
     ``sqrt(d_o) > max_m sqrt(d_m) + 2 ||L delta||`` is farther from ``x + delta`` than every
-    member (triangle inequality), so each round scans only the rivals nearer than that; pair
-    norms are computed for violated pairs only. Returns ``(delta, (m, o, lam))`` with the working
-    set's pairs (training indices) and multipliers, or None when the region is empty.
+    member (triangle inequality), so each round scans only the rivals nearer than that (a prefix
+    of the sorted rival list); pair norms are computed for violated pairs only. The working
+    set's optimum only grows as pairs are added, so the QP stops (None) once it reaches
+    ``bound``. Returns ``(delta, (m, o, lam))`` with the working set's pairs (training indices)
+    and multipliers, or None when the region is empty or its optimum is ``>= bound``.
     """
-    geo = target.geo
+    geo = pt.target.geo
     MX, MX_sq, L = geo.MX, geo.MX_sq, geo.L
-    n = MX.shape[0]
+    n, d = MX.shape[0], pt.d
+    riv, root = pt.rivals(kind)
     d_m = d[members]
     reach0 = float(np.sqrt(d_m.max()))
-    root_o = np.sqrt(d[others])
-    MXm, d_o = MX[members], d[others]
-    nrm = np.sqrt(MX_sq)
+    MXm = MX[members]
+    nrm_m = pt.mx_norm[members]
     # screening slack: tau and tol times an upper bound of every pair norm ||M (x_o - x_m)||
-    slack = (tau + tol) * 2.0 * float(np.sqrt(MX_sq.max()))
-    used = np.zeros((members.size, others.size), dtype=bool)  # in the working set, or coincident
+    slack = (tau + tol) * 2.0 * float(pt.mx_norm.max())
+    used_m = np.zeros(0, dtype=np.int64)  # pairs (positions in members, in riv) already in the
+    used_o = np.zeros(0, dtype=np.int64)  # working set, or coincident under M
     U = np.zeros((0, MX.shape[1]))
     b = np.zeros(0)
     W_m, W_o = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     delta, lam = np.zeros(MX.shape[1]), np.zeros(0)
     for _ in range(max_rounds):
         L_delta = float(np.linalg.norm(delta if L is None else L @ delta))
-        q = int(np.searchsorted(root_o, (reach0 + 2.0 * L_delta) * (1 + 1e-9), side="right"))
-        near = others[:q]
+        q = int(np.searchsorted(root, (reach0 + 2.0 * L_delta) * (1 + 1e-9), side="right"))
+        near = riv[:q]
         # g = (M delta)^T (x_o - x_m) - (d_o - d_m) / 2; the pair needs g <= -tau * ||M (x_o - x_m)||
-        g = -0.5 * (d_o[None, :q] - d_m[:, None])
+        g = -0.5 * (d[near][None, :] - d_m[:, None])
         if W_m.size:  # delta != 0: gather the rows, or one pass over all of them
             g += (MX[near] @ delta if 4 * q < n else (MX @ delta)[near])[None, :] - (MXm @ delta)[:, None]
-        pm, po = np.nonzero((g > -slack) & ~used[:, :q])
+        if excused.size:
+            g[:, np.isin(near, excused)] = -np.inf
+        if used_m.size:
+            sel = used_o < q
+            g[used_m[sel], used_o[sel]] = -np.inf
+        pm, po = np.nonzero(g > -slack)
         if pm.size == 0:
             return delta, (W_m, W_o, lam)
         if pm.size > 8 * _PER_ROUND:  # exact norms for a shortlist: the largest g / (norm bound)
-            short = np.argsort(-g[pm, po] / (nrm[members[pm]] + nrm[others[po]]), kind="stable")[:8 * _PER_ROUND]
+            short = np.argsort(-g[pm, po] / (nrm_m[pm] + pt.mx_norm[near[po]]), kind="stable")[:8 * _PER_ROUND]
             if (g[pm[short], po[short]] > 0).any():  # some surely violated: enough to go on
                 pm, po = pm[short], po[short]
-        m_idx, o_idx = members[pm], others[po]
+        m_idx, o_idx = members[pm], near[po]
         dot = np.einsum("ij,ij->i", MXm[pm], MX[o_idx])
         norm = np.sqrt(np.maximum(MX_sq[m_idx] + MX_sq[o_idx] - 2.0 * dot, 0.0))
         coincident = norm <= NORM_FLOOR  # an exact tie under M: the index rule decides, not delta
-        used[pm[coincident], po[coincident]] = True
         viol = np.full(pm.size, -np.inf)
         ok = ~coincident
         viol[ok] = g[pm[ok], po[ok]] / norm[ok] + tau
         top = np.argsort(-viol, kind="stable")[:_PER_ROUND]
         top = top[viol[top] > tol]
+        new = np.concatenate([np.flatnonzero(coincident), top])
+        used_m, used_o = np.concatenate([used_m, pm[new]]), np.concatenate([used_o, po[new]])
         if top.size == 0:
             return delta, (W_m, W_o, lam)
-        used[pm[top], po[top]] = True
         W_m, W_o = np.concatenate([W_m, m_idx[top]]), np.concatenate([W_o, o_idx[top]])
         U = np.vstack([U, (MX[o_idx[top]] - MX[m_idx[top]]) / norm[top, None]])
         b = np.concatenate([b, margin_from_distances(d[m_idx[top]], d[o_idx[top]], norm[top]) - tau])
@@ -187,7 +247,8 @@ def _region_qp(target: _Target, d: np.ndarray, members: np.ndarray, others: np.n
 #              per class that t wins the vote A + B), rivals = all points not of class t,
 #              excused = B (then the neighbourhood is A, B's survivors and more points of t).
 # With rivals = the true class only (majority), the template is cheaper but not a guarantee;
-# its result is kept only if ``predict`` flips, like every other.
+# its result is kept only if ``predict`` flips, like every other. Rivals are given by kind:
+# (t, False) = every point not of class t, (y, True) = the points of the true class y.
 
 
 def _top_positions(values: np.ndarray, n: int) -> np.ndarray:
@@ -200,132 +261,153 @@ def _top_positions(values: np.ndarray, n: int) -> np.ndarray:
 
 
 def _kth_largest(w: np.ndarray, k: int) -> np.ndarray:
-    """The ``k``-th largest (1-based) of each row of ``w``; 0 for rows with fewer entries."""
-    if k > w.shape[1]:
-        return np.zeros(w.shape[0])
-    return -np.partition(-w, k - 1, axis=1)[:, k - 1]
+    """The ``k``-th largest (1-based) along the last axis of ``w``; 0 where it has fewer entries."""
+    if k > w.shape[-1]:
+        return np.zeros(w.shape[:-1])
+    return -np.partition(-w, k - 1, axis=-1)[..., k - 1]
 
 
 def _greedy(viol: np.ndarray, size: int, n_keep: int, base: np.ndarray | None = None) -> np.ndarray:
-    """Grow a set of rows of ``viol`` one at a time, each time the row that keeps the bound
-    (``n_keep + 1``-th largest column-wise maximum) smallest."""
-    cur = np.zeros(viol.shape[1]) if base is None else base
-    chosen: list[int] = []
-    for _ in range(size):
-        lb = _kth_largest(np.maximum(cur[None, :], viol), n_keep + 1)
-        lb[chosen] = np.inf
-        nxt = int(np.argmin(lb))
-        chosen.append(nxt)
-        cur = np.maximum(cur, viol[nxt])
-    return np.sort(np.asarray(chosen))
+    """Grow a set of rows of ``viol`` (shape ``(..., P, S)``: one problem per leading index) one
+    at a time, each time the row that keeps the bound (``n_keep + 1``-th largest column-wise
+    maximum) smallest; ties go to the smaller row. Returns the sorted rows, shape ``(..., size)``."""
+    lead = viol.shape[:-2]
+    cur = np.zeros(lead + viol.shape[-1:]) if base is None else np.broadcast_to(base, lead + viol.shape[-1:])
+    chosen = np.zeros(lead + (size,), dtype=np.int64)
+    taken = np.zeros(lead + viol.shape[-2:-1], dtype=bool)
+    for i in range(size):
+        lb = _kth_largest(np.maximum(cur[..., None, :], viol), n_keep + 1)
+        lb[taken] = np.inf
+        nxt = lb.argmin(-1)
+        chosen[..., i] = nxt
+        np.put_along_axis(taken, nxt[..., None], True, axis=-1)
+        cur = np.maximum(cur, np.take_along_axis(viol, nxt[..., None, None], axis=-2)[..., 0, :])
+    return np.sort(chosen, axis=-1)
 
 
-def _member_sets(viol: np.ndarray, pool_d2: np.ndarray, s: int, n_keep: int, n_clusters: int) -> list[np.ndarray]:
-    """Candidate sets of ``s`` pool positions: nearest, easiest, greedy, and clusters."""
-    sets = [np.arange(s)]
+def _member_sets(viol: np.ndarray, pool_d2: np.ndarray, s: int, n_keep: int, n_clusters: int,
+                 greedy: np.ndarray | None = None) -> np.ndarray:
+    """Candidate sets of ``s`` pool positions, one per row: nearest, easiest, greedy (given or
+    computed), and clusters (a pool point and its ``s - 1`` nearest pool neighbours)."""
     h = _kth_largest(viol, n_keep + 1)  # each point alone, its worst n_keep rivals excused
-    sets.append(np.sort(np.argsort(h, kind="stable")[:s]))
-    sets.append(_greedy(viol, s, n_keep))
-    for a in range(min(n_clusters, viol.shape[0])):  # a pool point and its s - 1 nearest pool neighbours
-        sets.append(np.sort(_top_positions(pool_d2[a], s)))
-    return sets
+    sets = [np.arange(s), np.sort(np.argsort(h, kind="stable")[:s]),
+            _greedy(viol, s, n_keep) if greedy is None else greedy]
+    n_c = min(n_clusters, viol.shape[0])
+    clusters = np.sort(np.argsort(pool_d2[:n_c], axis=1, kind="stable")[:, :s], axis=1)
+    return np.vstack([np.stack(sets), clusters])
 
 
-def _capped_fill(codes: np.ndarray, t: int, a: int, need: int) -> np.ndarray | None:
+def _capped_fill(codes: np.ndarray, t: int, a: int, need: int, n_classes: int) -> np.ndarray | None:
     """First ``need`` positions (in order) whose classes stay below the caps that let class ``t``
     with ``a`` votes win (ties go to the smaller code); None if they run out."""
-    taken: dict[int, int] = {}
-    out = []
-    for pos, c in enumerate(codes.tolist()):
-        cap = a - 1 if c < t else a
-        if taken.get(c, 0) < cap:
-            taken[c] = taken.get(c, 0) + 1
-            out.append(pos)
-            if len(out) == need:
-                return np.asarray(out)
-    return None
+    by = np.argsort(codes, kind="stable")
+    first = np.r_[0, np.cumsum(np.bincount(codes, minlength=n_classes))]
+    rank = np.empty(codes.size, dtype=np.int64)
+    rank[by] = np.arange(codes.size) - first[codes[by]]  # earlier points of the same class
+    caps = np.where(np.arange(n_classes) < t, a - 1, a)
+    out = np.flatnonzero(rank < caps[codes])[:need]
+    return out if out.size == need else None
 
 
-def _half_space_dist(target: _Target, d: np.ndarray, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """``[distance from x to {z : z closer to P_i than to Q_j}]_+`` for all pairs: the margin."""
-    geo = target.geo
-    norms = _norms(np.ascontiguousarray(geo.MX[P]), np.ascontiguousarray(geo.MX[Q]), geo.MX_sq[P], geo.MX_sq[Q])
-    return np.clip(-margin_from_distances(d[P][:, None], d[Q][None, :], norms), 0.0, None)
-
-
-def _candidates(target: _Target, d: np.ndarray, y: int, s: int, n_pool: int, n_screen: int, n_targets: int):
-    """Templates ``(lower bound, members, rivals, excused)`` for a point of class ``y``, by
+def _candidates(pt: _Point, s: int, n_pool: int, n_screen: int, n_targets: int) -> list[tuple]:
+    """Templates ``(lower bound, members, kind, excused)`` for a point of class ``y``, by
     increasing lower bound (the distance from ``x`` to the farthest single half-space among the
-    nearest ``n_screen`` rivals). Only the ``n_targets`` classes with the smallest greedy bound
-    get every kind of template."""
+    nearest ``n_screen + K`` rivals). Only the ``n_targets`` classes with the smallest greedy
+    bound get every kind of template. One GEMM gives the half-spaces of every class's pool
+    against every screen; the greedy bounds of all classes run as one batch."""
+    target, y = pt.target, pt.y
     geo, K, C = target.geo, target.k, target.n_classes
-    n_keep = K - s
+    n_keep, m = K - s, n_screen + K
     out: dict[tuple, tuple] = {}
 
-    def add(lb, members, rivals, excused, tag):
-        key = (tuple(np.sort(members)), tuple(np.sort(excused)), tag)
+    def add(lb, members, kind, excused, tag):
+        key = (np.sort(members).tobytes(), np.sort(excused).tobytes(), tag)
         if key not in out or out[key][0] > lb:
-            out[key] = (lb, members, rivals, excused)
+            out[key] = (lb, members, kind, excused)
 
-    per_class = []
-    for t in range(C):
-        T = target.class_index[t]
-        if t == y or T.size == 0:
-            continue
-        pool = T[_top_positions(d[T], max(n_pool, s))]
-        modes = []
-        for tag, rivals in [("all", target.other_index[t])] + ([("y", target.class_index[y])] if C > 2 else []):
-            screen = rivals[_top_positions(d[rivals], n_screen + K)]
-            modes.append((tag, rivals, screen, _half_space_dist(target, d, pool, screen)))
-        viol = modes[-1][3]  # the cheapest rivals: a bound for both
-        score = float(_kth_largest(viol[_greedy(viol, s, n_keep)].max(0)[None, :], n_keep + 1)[0]) \
-            if pool.size >= s else 0.0
-        per_class.append((score, t, pool, modes))
-    per_class.sort(key=lambda c: c[0])
-    for score, t, pool, modes in per_class[:n_targets]:
-        Zp = np.ascontiguousarray(geo.Z[pool])
-        pool_d2 = pairwise_sq_distances(torch.from_numpy(Zp), torch.from_numpy(Zp)).numpy()
-        for tag, rivals, screen, viol in modes:
+    # each class's points in distance order: positions of ``order`` grouped by class
+    by_class = np.argsort(pt.codes_o, kind="stable")
+    first = np.r_[0, np.cumsum(np.bincount(pt.codes_o, minlength=C))]
+    classes = [t for t in range(C) if t != y and first[t + 1] > first[t]]
+    if not classes:
+        return []
+    pools = [pt.order[by_class[first[t]:min(first[t + 1], first[t] + max(n_pool, s))]] for t in classes]
+    screens = [pt.nearest((t, False), m) for t in classes]
+    screen_y = pt.order[by_class[first[y]:min(first[y + 1], first[y] + m)]] if C > 2 else None
+    cols, inv = np.unique(np.concatenate(screens + ([screen_y] if C > 2 else [])), return_inverse=True)
+    H = pt.half_space(np.concatenate(pools), cols)
+    row0 = np.r_[0, np.cumsum([p.size for p in pools])]
+    col0 = np.r_[0, np.cumsum([sc.size for sc in screens])]
+    modes = []  # per class: [(tag, kind, screen, viol)], the cheapest (last) bounds both
+    for i, t in enumerate(classes):
+        rows = H[row0[i]:row0[i + 1]]
+        mode = [("all", (t, False), screens[i], rows[:, inv[col0[i]:col0[i + 1]]])]
+        if C > 2:
+            mode.append(("y", (y, True), screen_y, rows[:, inv[col0[-1]:]]))
+        modes.append(mode)
+    # greedy bound of every class at once (pools padded with never-chosen rows)
+    P = max(p.size for p in pools)
+    V = np.full((len(classes), P, modes[0][-1][3].shape[1]), np.inf)
+    for i, mode in enumerate(modes):
+        V[i, :pools[i].size] = mode[-1][3]  # one screen width: screen_y, or the only class's
+    ok = np.array([p.size >= s for p in pools])
+    greedy = _greedy(V, s, n_keep) if ok.any() and P >= s else np.zeros((len(classes), s), dtype=np.int64)
+    cur = np.take_along_axis(V, greedy[:, :, None], axis=1).max(1)
+    score = np.where(ok, _kth_largest(cur, n_keep + 1), 0.0)
+    for i in np.argsort(score, kind="stable")[:n_targets]:
+        t, pool = classes[i], pools[i]
+        Zp = geo.Z[pool]
+        pool_d2 = np.maximum((Zp * Zp).sum(1)[:, None] + (Zp * Zp).sum(1)[None, :] - 2.0 * (Zp @ Zp.T), 0.0)
+        for tag, kind, screen, viol in modes[i]:
             if pool.size >= s:  # majority templates
-                for A in _member_sets(viol, pool_d2, s, n_keep, n_clusters=8):
-                    w = viol[A].max(0)
-                    for excused in (np.argsort(-w, kind="stable")[:n_keep], np.arange(min(n_keep, w.size))):
-                        keep = np.ones(w.size, dtype=bool)
-                        keep[excused] = False
-                        add(float(w[keep].max()) if keep.any() else 0.0, pool[A], rivals, screen[excused], tag)
+                sets = _member_sets(viol, pool_d2, s, n_keep, n_clusters=8,
+                                    greedy=greedy[i] if tag == modes[i][-1][0] else None)
+                w = viol[sets].max(1)  # (n_sets, |screen|)
+                n_ex = min(n_keep, w.shape[1])
+                worst = np.argsort(-w, axis=1, kind="stable")[:, :n_keep]
+                nearest = np.broadcast_to(np.arange(n_ex), (len(sets), n_ex))
+                members = pool[sets]
+                lbs = []
+                for ex in (worst, nearest):
+                    kept = w.copy()
+                    np.put_along_axis(kept, ex, -np.inf, axis=1)
+                    lbs.append(np.maximum(kept.max(1), 0.0) if w.shape[1] > n_ex else np.zeros(len(sets)))
+                for j in range(len(sets)):
+                    add(float(lbs[0][j]), members[j], kind, screen[worst[j]], tag)
+                    add(float(lbs[1][j]), members[j], kind, screen[nearest[j]], tag)
             if tag != "all" or C < 3:
                 continue
             for a in range(1, min(s, pool.size + 1)):  # plurality templates
-                B = _capped_fill(geo.codes[screen], t, a, K - a)
+                B = _capped_fill(geo.codes[screen], t, a, K - a, C)
                 if B is None:
                     continue
                 keep = np.ones(screen.size, dtype=bool)
                 keep[B] = False
-                base = _half_space_dist(target, d, screen[B], screen[keep]).max(0)
+                base = pt.half_space(screen[B], screen[keep]).max(0)
                 vk = viol[:, keep]
                 for A in (np.arange(a), _greedy(vk, a, 0, base)):
                     lb = float(np.maximum(base, vk[A].max(0)).max()) if keep.any() else 0.0
-                    add(lb, np.concatenate([pool[A], screen[B]]), rivals, screen[B], "p")
+                    add(lb, np.concatenate([pool[A], screen[B]]), kind, screen[B], "p")
     return sorted(out.values(), key=lambda c: c[0])
 
 
-def _recentred(target: _Target, z: np.ndarray, y: int, s: int) -> list[tuple]:
-    """Templates read off an adversarial point ``z``: its own nearest sets. Each region holds
-    ``z`` (up to ties), so its QP is never worse than ``||z - x||``."""
+def _recentred(pt: _Point, z: np.ndarray, dz: np.ndarray, s: int) -> list[tuple]:
+    """Templates read off an adversarial point ``z`` (``dz``: its squared distances): its own
+    nearest sets. Each region holds ``z`` (up to ties), so its QP is never worse than ``||z - x||``."""
+    target = pt.target
     geo, K = target.geo, target.k
-    dz = geo.sq_dist(z[None, :])[0]
     nb = smallest_k(dz, K)
     t = int(vote(geo.codes[nb][None, :], target.n_classes)[0])
     T, NT = target.class_index[t], target.other_index[t]
     A = T[_top_positions(dz[T], s)]
     out = []
     if A.size == s:
-        out.append((A, NT, NT[_top_positions(dz[NT], K - s)]))
+        out.append((A, (t, False), NT[_top_positions(dz[NT], K - s)]))
         if target.n_classes > 2:
-            Y = target.class_index[y]
-            out.append((A, Y, Y[_top_positions(dz[Y], K - s)]))
+            Y = target.class_index[pt.y]
+            out.append((A, (pt.y, True), Y[_top_positions(dz[Y], K - s)]))
     if (geo.codes[nb] == t).sum() < s:
-        out.append((nb, NT, nb[geo.codes[nb] != t]))
+        out.append((nb, (t, False), nb[geo.codes[nb] != t]))
     return out
 
 
@@ -335,7 +417,7 @@ def _swaps(target: _Target, dz: np.ndarray, tmpl: tuple, duals: tuple, n_swap: i
     farthest from the adversarial point (same class in a plurality template, so the vote is
     unchanged), or replace a binding chosen point by one of the ``n_swap`` points of its class
     nearest to the adversarial point (``dz``: squared distances from it). Most promising first."""
-    members, rivals, excused = tmpl
+    members, kind, excused = tmpl
     W_m, W_o, lam = duals
     codes = target.geo.codes
     in_exc = np.isin(members, excused)
@@ -355,14 +437,14 @@ def _swaps(target: _Target, dz: np.ndarray, tmpl: tuple, duals: tuple, n_swap: i
             if rank < same.size:
                 e = same[rank]
                 ex = np.where(excused == e, o, excused)
-                excuse_moves.append((np.where(members == e, o, members) if plural else members, rivals, ex))
+                excuse_moves.append((np.where(members == e, o, members) if plural else members, kind, ex))
     chosen = set(members[~in_exc].tolist())
     T = target.class_index[int(codes[members[~in_exc][0]])]
     free_t = T[~np.isin(T, members)]
     alternatives = free_t[_top_positions(dz[free_t], n_swap)]
     for m, _ in sorted(weight_m.items(), key=lambda kv: -kv[1])[:2]:
         if m in chosen:
-            member_moves += [(np.where(members == m, c, members), rivals, excused) for c in alternatives]
+            member_moves += [(np.where(members == m, c, members), kind, excused) for c in alternatives]
     out = []  # alternate the two kinds, each most promising first
     for i in range(max(len(excuse_moves), len(member_moves))):
         out += [moves[i] for moves in (excuse_moves, member_moves) if i < len(moves)]
@@ -455,66 +537,57 @@ class StructuralAttack(MinimizationAttack):
 
     def _run_chunk(self, target, X, codes, rng, extra):
         D = target.geo.sq_dist(X)
+        mx_norm = np.sqrt(target.geo.MX_sq)
         out = X.copy()
         for r in range(len(X)):
-            delta = self._attack_point(target, X[r], D[r], int(codes[r]))
+            delta = self._attack_point(_Point(target, X[r], D[r], int(codes[r]), mx_norm))
             if delta is not None:
                 out[r] = X[r] + delta
         return out
 
     @staticmethod
-    def _solve(target: _Target, x: np.ndarray, d: np.ndarray, order: np.ndarray, y: int, members, rivals,
-               excused, best: float) -> tuple | None:
-        """The template's QP: ``(delta, duals)`` if shorter than ``best`` and ``predict`` flips.
-        ``order`` sorts the training points by distance from ``x``."""
-        mask = np.zeros(d.size, dtype=bool)
-        mask[rivals] = True
-        mask[excused] = False
-        others = order[mask[order]]
-        scale = float(np.linalg.norm(target.geo.X[members] - (x - target.geo.mean), axis=1).max())
+    def _solve(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray, best: float) -> tuple | None:
+        """The template's QP: ``(delta, duals)`` if shorter than ``best`` and ``predict`` flips."""
+        scale = float(np.linalg.norm(pt.target.geo.X[members] - pt.xc, axis=1).max())
         for rel in _TIGHTEN:
-            res = _region_qp(target, d, members, others, tau=rel * scale, tol=1e-10 * scale, bound=best)
+            res = _region_qp(pt, members, kind, excused, tau=rel * scale, tol=1e-10 * scale, bound=best)
             if res is None or np.linalg.norm(res[0]) >= best:
                 return None
-            if target.predict_codes((x + res[0])[None, :])[0] != y:
+            if pt.target.predict_codes((pt.x + res[0])[None, :])[0] != pt.y:
                 return res
         return None
 
-    def _promising(self, target: _Target, d: np.ndarray, order: np.ndarray, moves: list, r: float) -> list:
+    def _promising(self, pt: _Point, moves: list, r: float) -> list:
         """The first ``n_swap_qp`` of ``moves`` whose lower bound (over each template's nearest
         rivals) is below ``r``."""
         out = []
-        for members, rivals, excused in moves[:3 * self.n_swap_qp]:
+        for members, kind, excused in moves[:3 * self.n_swap_qp]:
             if len(out) >= self.n_swap_qp:
                 break
-            mask = np.zeros(d.size, dtype=bool)
-            mask[rivals] = True
-            mask[excused] = False
-            near = order[mask[order]][:self.n_screen]
-            if near.size == 0 or _half_space_dist(target, d, members, near).max() < r * (1 - 1e-7):
-                out.append((members, rivals, excused))
+            near = pt.nearest(kind, self.n_screen, excused)
+            if near.size == 0 or pt.half_space(members, near).max() < r * (1 - 1e-7):
+                out.append((members, kind, excused))
         return out
 
-    def _attack_point(self, target: _Target, x: np.ndarray, d: np.ndarray, y: int) -> np.ndarray | None:
+    def _attack_point(self, pt: _Point) -> np.ndarray | None:
+        target, x, y = pt.target, pt.x, pt.y
         s = target.k // 2 + 1
-        order = np.argsort(d, kind="stable")
         seen: set = set()
         starts: list[tuple] = []  # verified solutions: (radius, delta, duals, template)
 
         def key(tmpl):
-            return tuple(np.sort(tmpl[0])), tuple(np.sort(tmpl[2])), tmpl[1].size
+            return np.sort(tmpl[0]).tobytes(), np.sort(tmpl[2]).tobytes(), tmpl[1]
 
         def best_r():
             return starts[0][0] if starts else np.inf
 
-        for n_solved, (lb, *tmpl) in enumerate(
-                _candidates(target, d, y, s, self.n_pool, self.n_screen, self.n_targets)):
+        for n_solved, (lb, *tmpl) in enumerate(_candidates(pt, s, self.n_pool, self.n_screen, self.n_targets)):
             slack = _RESTART if self.n_starts > 1 else 1.0
             if n_solved >= self.max_qp or lb * (1 - 1e-9) >= slack * best_r():
                 break
             seen.add(key(tmpl))
             bound = starts[self.n_starts - 1][0] if len(starts) >= self.n_starts else np.inf
-            res = self._solve(target, x, d, order, y, *tmpl, min(bound, slack * best_r()))
+            res = self._solve(pt, *tmpl, min(bound, slack * best_r()))
             if res is not None:
                 starts.append((float(np.linalg.norm(res[0])), res[0], res[1], tuple(tmpl)))
                 starts.sort(key=lambda v: v[0])
@@ -527,14 +600,14 @@ class StructuralAttack(MinimizationAttack):
             for _ in range(self.n_refine):
                 z = x + delta
                 dz = target.geo.sq_dist(z[None, :])[0]
-                tried = [tuple(t) for t in _recentred(target, z, y, s)]
-                tried += self._promising(target, d, order, _swaps(target, dz, tmpl, duals, self.n_swap), r)
+                tried = _recentred(pt, z, dz, s)
+                tried += self._promising(pt, _swaps(target, dz, tmpl, duals, self.n_swap), r)
                 improved = False
                 for t in tried:
                     if key(t) in seen:
                         continue
                     seen.add(key(t))
-                    res = self._solve(target, x, d, order, y, *t, r * (1 - 1e-7))
+                    res = self._solve(pt, *t, r * (1 - 1e-7))
                     if res is not None:
                         r, (delta, duals), tmpl, improved = float(np.linalg.norm(res[0])), res, t, True
                 if not improved:
