@@ -14,7 +14,7 @@ from .cache import ResultCache, fingerprint
 
 __all__ = ["reproduce", "EXPERIMENTS"]
 
-EXPERIMENTS = ("arml",)
+EXPERIMENTS = ("arml", "lmnn-pl")
 #: the K of the K-NN part of the ARML experiment (certified and empirical radii)
 K_CERTIFY = 11
 #: relative slack of the soundness check (radii come from solvers with ~1e-9 tolerance)
@@ -80,19 +80,47 @@ def _arml_task(dataset: str, method: str, seed: int, data, n_jobs) -> dict:
             "radius_knn_empirical": np.asarray(empirical_k, dtype=float).tolist()}
 
 
+def _cached(cache: ResultCache, key: tuple, settings: dict, compute, verbose: bool, label: str, describe) -> dict:
+    """The cached payload of ``key`` if valid under ``settings``, else ``compute()``, stored."""
+    fp = fingerprint(settings)
+    payload = cache.load(key, fp)
+    status = "cached"
+    if payload is None:
+        payload = compute()
+        cache.store(key, fp, payload)
+        status = describe(payload)
+    if verbose:
+        print(f"{label}: {status}", flush=True)
+    return payload
+
+
 def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = None,
-              methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,), n_eval: int = 1000,
+              methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, n_eval: int | None = None,
               shuffle_seed: int = 42, n_jobs: int | None = None, data_home=None, verbose: bool = True) -> dict:
     """Run experiment ``name`` into folder ``out``: cached task results under ``out/cache``,
-    then ``report.md``, ``results.json`` and one robust-error plot per dataset.
+    then ``report.md``, ``results.json`` and plots per dataset.
 
+    ``"arml"``: ``seeds`` are learner seeds (default 0), ``n_eval`` test points (default 1000)
+    after a shuffle with ``shuffle_seed``. ``"lmnn-pl"``: ``seeds`` are the seeds of the random
+    70/30 splits (default 0-19), every test point is evaluated (``n_eval`` must stay None).
     Interrupting and rerunning recomputes only the tasks not yet finished; a corrupt or partial
     cache entry is detected (checksum) and recomputed.
     """
-    from .arml import METHODS, eps_grid
-
     if name not in EXPERIMENTS:
         raise ValueError(f"experiment must be one of {list(EXPERIMENTS)}, got {name!r}")
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
+            raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    if name == "lmnn-pl":
+        if n_eval is not None:
+            raise ValueError(f"n_eval is for the 'arml' experiment ('lmnn-pl' evaluates every test point), got {n_eval}")
+        return _reproduce_lmnn_pl(name, Path(out), datasets=datasets, methods=methods, seeds=seeds, n_jobs=n_jobs,
+                                  data_home=data_home, verbose=verbose)
+    from .arml import METHODS, eps_grid
+
+    n_eval = 1000 if n_eval is None else n_eval
+    seeds = [0] if seeds is None else seeds
     if n_eval < 1:
         raise ValueError(f"n_eval must be >= 1, got {n_eval}")
     unknown = sorted(set(methods or ()) - set(METHODS))
@@ -110,19 +138,52 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
                 params = {k: repr(v) for k, v in METHODS[method](seed).get_params().items()}
                 settings = {"experiment": name, "dataset": ds, "method": method, "seed": seed, "params": params,
                             "n_eval": n_eval, "shuffle_seed": shuffle_seed, "k": K_CERTIFY}
-                fp = fingerprint(settings)
-                key = (name, ds, method, f"seed{seed}")
-                payload = cache.load(key, fp)
-                status = "cached"
-                if payload is None:
-                    payload = _arml_task(ds, method, seed, data, n_jobs)
-                    cache.store(key, fp, payload)
-                    status = f"fit {payload['fit_s']:.1f} s, certify {payload['certify_s']:.1f} s, " \
-                             f"attack {payload['attack_s']:.1f} s"
-                if verbose:
-                    print(f"{ds} / {method} / seed {seed}: {status}", flush=True)
+                payload = _cached(
+                    cache, (name, ds, method, f"seed{seed}"), settings,
+                    lambda: _arml_task(ds, method, seed, data, n_jobs), verbose, f"{ds} / {method} / seed {seed}",
+                    lambda p: f"fit {p['fit_s']:.1f} s, certify {p['certify_s']:.1f} s, attack {p['attack_s']:.1f} s")
                 results.setdefault(ds, {}).setdefault(method, {})[seed] = payload
     return _report(name, out, results, {ds: eps_grid(ds) for ds in dsets})
+
+
+def _lmnn_pl_task(X, y, seed: int, method: str, n_jobs, name: str) -> dict:
+    from .lmnn_pl import run_split
+
+    return run_split(X, y, seed, method, n_jobs=n_jobs, name=name)
+
+
+def _reproduce_lmnn_pl(name: str, out: Path, *, datasets, methods, seeds, n_jobs, data_home, verbose) -> dict:
+    """The perturbation-loss protocol (experiments/lmnn_pl.py), one cached task per split."""
+    from ..datasets import dataset_status
+    from . import lmnn_pl
+
+    unknown = sorted(set(methods or ()) - set(lmnn_pl.METHODS))
+    if unknown:
+        raise ValueError(f"methods must be among {list(lmnn_pl.METHODS)}, got {unknown}")
+    if datasets:
+        dsets = list(datasets)
+    else:
+        status = dataset_status(data_home=data_home)
+        dsets = [d for d in lmnn_pl.DATASETS if status[d]["available"]]
+    meths = [m for m in lmnn_pl.METHODS if m in (methods or lmnn_pl.METHODS)]
+    seeds = list(lmnn_pl.DEFAULT_SEEDS) if seeds is None else seeds
+    proto = lmnn_pl.protocol()
+    cache = ResultCache(out / "cache")
+    results: dict = {}
+    for ds in dsets:
+        X, y = lmnn_pl.load_all(ds, data_home)
+        for method in meths:
+            for seed in seeds:
+                label = f"{ds} / {method} / split {seed}"
+                settings = {"experiment": name, "dataset": ds, "method": method, "seed": seed, "protocol": proto,
+                            "n_rows": int(len(y))}
+                payload = _cached(
+                    cache, (name, ds, method, f"seed{seed}"), settings,
+                    lambda: _lmnn_pl_task(X, y, seed, method, n_jobs, label), verbose, label,
+                    lambda p: (f"fit {p['fit_s']:.1f} s, acc3 {p['acc3']:.4f}, median radius {p['median_radius']:.4f}"
+                               + (f", {p['params']}" if "params" in p else "")))
+                results.setdefault(ds, {}).setdefault(method, {})[seed] = payload
+    return lmnn_pl.report(name, out, results)
 
 
 def _curve(radii: list[float], eps: list[float]) -> list[float]:
