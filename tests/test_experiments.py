@@ -67,3 +67,99 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="methods must be among"):
         reproduce("arml", tmp_path, methods=["SVM"])
     assert main(["reproduce", "arml", "--methods", "SVM", "--out", str(tmp_path)]) == 2
+
+
+# -- rml reproduce lmnn-pl ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_lmnn_pl(monkeypatch):
+    """The lmnn-pl protocol at toy size: one mu, lambda in {0, 1}, short fits, one noise norm."""
+    from robust_metric_learning.experiments import lmnn_pl
+
+    monkeypatch.setattr(lmnn_pl, "GRID", {"mu": [0.3], "lam": [0.0, 1.0], "tau": [0.2]})
+    monkeypatch.setattr(lmnn_pl, "LEARNER", {**lmnn_pl.LEARNER, "max_iter": 15})
+    monkeypatch.setattr(lmnn_pl, "NOISE_EPS", [0.5])
+    monkeypatch.setattr(lmnn_pl, "NOISE_DRAWS", 2)
+    return lmnn_pl
+
+
+def test_lmnn_pl_resumes_recomputes_corrupt_entries_and_reports(tmp_path, monkeypatch, tiny_lmnn_pl):
+    calls = []
+    real = runner._lmnn_pl_task
+
+    def counting(X, y, seed, method, n_jobs, name):
+        calls.append((method, seed))
+        return real(X, y, seed, method, n_jobs, name)
+
+    monkeypatch.setattr(runner, "_lmnn_pl_task", counting)
+    kw = dict(datasets=["iris"], seeds=[0, 1], verbose=False)
+    summary = reproduce("lmnn-pl", tmp_path, **kw)
+    assert sorted(calls) == sorted((m, s) for m in ("Euclidean", "LMNN", "LMNN-PL") for s in (0, 1))
+    for name in ("report.md", "results.json", "iris_noise_accuracy.png", "iris_radius_1nn_exact.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| LMNN-PL |" in report and "LMNN-PL (ties at random)" in report and "acc, noise 0.5" in report
+    block = summary["datasets"]["iris"]
+    for m in ("Euclidean", "LMNN", "LMNN-PL"):
+        s = block["methods"][m]
+        assert s["n_splits"] == 2 and 0.5 < s["acc3_mean"] <= 1 and s["median_radius"] >= 0
+        assert len(s["noise_acc3"]) == 1 and 0 <= s["noise_acc3"][0] <= 1
+    assert set(block["methods"]["LMNN-PL"]["chosen"]["lam"]) <= {"0", "1"}
+    assert block["paired"]["seeds"] == [0, 1]
+    # every finished task is cached: a rerun computes nothing and gives the same summary
+    assert reproduce("lmnn-pl", tmp_path, **kw) == json.loads((tmp_path / "results.json").read_text())
+    assert len(calls) == 6
+    # a truncated entry is detected and recomputed, the others reused
+    path = ResultCache(tmp_path / "cache").path(("lmnn-pl", "iris", "LMNN-PL", "seed1"))
+    path.write_text(path.read_text()[:200])
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        reproduce("lmnn-pl", tmp_path, **kw)
+    assert calls[6:] == [("LMNN-PL", 1)]
+    # another protocol (here: another grid) invalidates the entries instead of reusing them
+    monkeypatch.setattr(tiny_lmnn_pl, "GRID", {"mu": [0.5], "lam": [0.0], "tau": [0.2]})
+    reproduce("lmnn-pl", tmp_path, datasets=["iris"], seeds=[0], methods=["Euclidean"], verbose=False)
+    assert calls[7:] == [("Euclidean", 0)]
+
+
+def test_lmnn_pl_split_payload(tiny_lmnn_pl):
+    X, y = tiny_lmnn_pl.load_all("iris")
+    out = tiny_lmnn_pl.run_split(X, y, 3, "LMNN-PL")
+    assert out["n_train"] + out["n_test"] == 150 and out["n_test"] == 45
+    assert len(out["cv"]) == 2 and {c["lam"] for c in out["cv"]} == {0.0, 1.0}  # the full (toy) grid
+    assert out["params"] in [{k: c[k] for k in ("mu", "lam", "tau", "lr")} for c in out["cv"]]
+    radii = np.array(out["radii"])
+    correct = np.array(out["correct1"], dtype=bool)
+    assert radii.shape == (45,) and np.all(radii[~correct] == 0) and np.all(radii[correct] > 0)
+    assert out["acc1"] == correct.mean() and out["median_radius"] == np.median(radii)
+    assert set(out["ties_at_random"]) >= {"params", "acc3", "radii"}
+
+
+def test_lmnn_pl_search_space_and_selection():
+    from robust_metric_learning.experiments import lmnn_pl
+
+    def candidates(method):
+        from sklearn.model_selection import ParameterGrid
+
+        return [{k.split("__")[-1]: v for k, v in p.items()} for p in ParameterGrid(lmnn_pl.search_space(method))]
+
+    lmnn, pl = candidates("LMNN"), candidates("LMNN-PL")
+    assert all(c in pl for c in lmnn)  # lambda = 0: LMNN-PL's search space contains LMNN's
+    n_grid = len(lmnn_pl.GRID["mu"]) * (1 + (len(lmnn_pl.GRID["lam"]) - 1) * len(lmnn_pl.GRID["tau"]))
+    assert len(pl) == n_grid
+    assert all(c["learning_rate"] == lmnn_pl.BASE_LR / max(1, c["weight"] * c["tau"]) for c in pl if "tau" in c)
+    # selection: best accuracy (to 1e-9), then the larger validation radius, then the first drawn
+    res = {"mean_test_accuracy": np.array([0.9, 0.95, 0.95 - 1e-12, 0.95, 0.8]),
+           "mean_test_radius": np.array([0.9, 0.20, 0.30, 0.30, 0.9])}
+    assert lmnn_pl.first_best(res) == 1
+    assert lmnn_pl.select(res) == 2
+
+
+def test_lmnn_pl_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="n_eval is for the 'arml' experiment"):
+        reproduce("lmnn-pl", tmp_path, n_eval=10)
+    with pytest.raises(ValueError, match=r"methods must be among \['Euclidean', 'LMNN', 'LMNN-PL'\]"):
+        reproduce("lmnn-pl", tmp_path, methods=["ARML"])
+    with pytest.raises(ValueError, match="seeds must be a non-empty list of non-negative integers"):
+        reproduce("lmnn-pl", tmp_path, seeds=[-1])
+    assert main(["reproduce", "lmnn-pl", "--methods", "NCA", "--out", str(tmp_path)]) == 2
