@@ -587,3 +587,23 @@ def test_embedding_shift_threshold(cnn, digits):
     res = PGD(steps=5, random_state=0)(cnn, x[:30], obj, eps=[0.01, 0.1])
     torch.testing.assert_close(res.success, res.scores >= 0.3)
     assert res.success[1].sum() > res.success[0].sum()
+
+
+@pytest.mark.parametrize("role", ["anchor", "positive", "negative"])
+def test_triplet_role_groups_average_the_ungrouped_terms(role):
+    g = torch.Generator().manual_seed(3)
+    a, p, n = (torch.randn(7, 4, generator=g) for _ in range(3))
+    groups = torch.tensor([2, 0, 1, 0, 2, 2, 1])
+    member = torch.randn(3, 4, generator=g)
+    grouped = TripletRoleObjective(a, p, n, role=role, groups=groups)
+    single = TripletRoleObjective(a, p, n, role=role)
+    per_triplet = single(member[groups], torch.arange(7))
+    expect = torch.stack([per_triplet[groups == c].mean() for c in range(3)])
+    assert torch.allclose(grouped(member, torch.arange(3)), expect)
+    # a batch holding only some inputs, in another order
+    assert torch.allclose(grouped(member[[2, 0]], torch.tensor([2, 0])), expect[[2, 0]])
+    hit = single.success(member[groups], torch.arange(7))
+    assert torch.equal(grouped.success(member, torch.arange(3)),
+                       torch.stack([hit[groups == c].any() for c in range(3)]))
+    with pytest.raises(ValueError, match="groups"):
+        TripletRoleObjective(a, p, n, role=role, groups=torch.tensor([0, 2, 2, 2, 2, 2, 2]))

@@ -316,15 +316,17 @@ _ROLES = ("anchor", "positive", "negative")
 class TripletRoleObjective(Objective):
     """Perturb one member (role) of each triplet against the clean other two (robust training).
 
-    The attack is called on the inputs of the perturbed role, one per triplet, with ``index``
-    the triplet rows. Scores to maximise, with ``d`` the distance:
+    Scores to maximise, per triplet, with ``d`` the distance:
 
     - ``role="positive"``: ``d(a, p')``
     - ``role="negative"``: ``-d(a, n')``
     - ``role="anchor"``: ``d(a', p) - d(a', n)``
 
-    Success: the triplet is violated, ``d(a, p) >= d(a, n)`` with the perturbed member
-    (float64).
+    The attack is called on the inputs of the perturbed members, ``index`` giving each input's
+    row. By default there is one input per triplet; with ``groups``, triplet ``t`` is served by
+    input ``groups[t]`` (several triplets can share one perturbed member, e.g. a positive with
+    several anchors), whose score is the mean of its triplets' terms. Success: one of the
+    input's triplets is violated, ``d(a, p) >= d(a, n)`` with the perturbed member (float64).
 
     Parameters
     ----------
@@ -335,6 +337,8 @@ class TripletRoleObjective(Objective):
     distance : str or pytorch-metric-learning distance, default="euclidean"
         Use the loss's distance (pytorch-metric-learning's default ``LpDistance`` is euclidean
         on L2-normalised embeddings).
+    groups : array of int of shape (n_triplets,), default=None
+        Input row of each triplet's perturbed member; every row 0..max must serve a triplet.
 
     Examples
     --------
@@ -345,7 +349,7 @@ class TripletRoleObjective(Objective):
     """
 
     def __init__(self, anchor: Any, positive: Any, negative: Any, *, role: str = "positive",
-                 distance: Any = "euclidean"):
+                 distance: Any = "euclidean", groups: Any = None):
         if not isinstance(role, str) or role not in _ROLES:
             raise ValueError(f"role must be one of {', '.join(map(repr, _ROLES))}, got {role!r}")
         a = _embeddings(anchor, name="anchor")
@@ -354,26 +358,49 @@ class TripletRoleObjective(Objective):
         if not (a.shape == p.shape == n.shape):
             raise ValueError(f"anchor, positive and negative must have the same shape (n_triplets, dim), got "
                              f"{tuple(a.shape)}, {tuple(p.shape)} and {tuple(n.shape)}")
+        if groups is None:
+            g = torch.arange(len(a))
+        else:
+            g = torch.as_tensor(np.asarray(groups))
+            if g.dtype == torch.bool or g.is_floating_point() or g.shape != (len(a),):
+                raise ValueError(f"groups must be integers of shape ({len(a)},), got dtype {g.dtype} and "
+                                 f"shape {tuple(g.shape)}")
+            g = g.to(torch.int64)
+            if len(g) and (int(g.min()) < 0 or torch.bincount(g).min() == 0):
+                raise ValueError("groups must number the inputs 0..n_inputs-1, each serving a triplet")
         self.role = role
         self.distance = distance
         self._dist = _Distance(distance)
-        self.n_samples, self.embedding_dim = a.shape
-        self._set_context(anchor=a, positive=p, negative=n)
+        self.n_samples = int(g.max()) + 1 if len(g) else 0
+        self.embedding_dim = a.shape[1]
+        self._set_context(anchor=a, positive=p, negative=n, groups=g)
 
-    def _members(self, emb_adv: torch.Tensor, index: torch.Tensor, dtype: torch.dtype | None = None):
+    def _terms(self, emb_adv: torch.Tensor, index: torch.Tensor, dtype: torch.dtype | None = None):
+        """Per-triplet (a, p, n) with the perturbed member, for the triplets served by ``index``,
+        and the batch row of each."""
         e = emb_adv if dtype is None else emb_adv.to(dtype)
-        get = {r: (e if r == self.role else self._ctx(r, e)[index]) for r in _ROLES}
-        return get["anchor"], get["positive"], get["negative"]
+        groups = self._ctx("groups", e)
+        pos = torch.full((self.n_samples,), -1, dtype=torch.int64, device=e.device)
+        pos[index] = torch.arange(len(index), device=e.device)
+        t = torch.nonzero(pos[groups] >= 0).flatten()
+        rows = pos[groups[t]]
+        get = {r: (e[rows] if r == self.role else self._ctx(r, e)[t]) for r in _ROLES}
+        return get["anchor"], get["positive"], get["negative"], rows
 
     def __call__(self, emb_adv, index):
-        a, p, n = self._members(emb_adv, index)
+        a, p, n, rows = self._terms(emb_adv, index)
         if self.role == "positive":
-            return self._dist.pairs(a, p)
-        if self.role == "negative":
-            return -self._dist.pairs(a, n)
-        return self._dist.pairs(a, p) - self._dist.pairs(a, n)
+            term = self._dist.pairs(a, p)
+        elif self.role == "negative":
+            term = -self._dist.pairs(a, n)
+        else:
+            term = self._dist.pairs(a, p) - self._dist.pairs(a, n)
+        total = torch.zeros(len(index), dtype=term.dtype, device=term.device).index_add(0, rows, term)
+        count = torch.zeros(len(index), dtype=term.dtype, device=term.device).index_add(0, rows, torch.ones_like(term))
+        return total / count.clamp_min(1)
 
     def success(self, emb_adv, index):
         with torch.no_grad():
-            a, p, n = self._members(emb_adv.detach(), index, torch.float64)
-            return self._dist.pairs(a, p) >= self._dist.pairs(a, n)
+            a, p, n, rows = self._terms(emb_adv.detach(), index, torch.float64)
+            hit = (self._dist.pairs(a, p) >= self._dist.pairs(a, n)).to(torch.int64)
+            return torch.zeros(len(index), dtype=torch.int64, device=hit.device).index_add(0, rows, hit) > 0

@@ -95,8 +95,6 @@ class Natural(Defense):
         return "Natural()"
 
 
-#: which triplet members the adversarial copy depends on, per role (for de-duplication)
-_KEYS = {"positive": (0, 1), "negative": (0, 2), "anchor": (0, 1, 2)}
 _MEMBER = {"anchor": 0, "positive": 1, "negative": 2}
 
 
@@ -112,48 +110,36 @@ class RobustTriplets(Defense):
     rate : float, default=0.5
         Fraction of the mined triplets that get an adversarial member.
     role : {"positive", "negative", "anchor"}, default="positive"
-        The member perturbed: positive pushed away from the anchor, negative pulled towards
-        it, or anchor moved to close the gap (``d(a', p) - d(a', n)`` maximised).
-    max_adversarial : int, default=None
-        At most this many adversarial copies per batch (default: the batch size), which
-        bounds a step's cost by ``(steps + 2)`` natural steps. Triplets sharing the inputs the
-        attack depends on (anchor and positive for the positive role) share one copy.
+        The member perturbed: positive pushed away from its anchors, negative pulled towards
+        them, or anchor moved to close the gap (``d(a', p) - d(a', n)`` maximised).
     norm : {"linf", "l2"}, default="linf"
+
+    Notes
+    -----
+    Chosen triplets that share their perturbed member share one adversarial copy, attacked
+    against the mean of their terms (:class:`~robust_metric_learning.attacks.objectives.TripletRoleObjective`
+    with ``groups``). So there are at most as many copies as batch inputs, and a step costs
+    at most about ``steps + 2`` natural steps whatever the number of triplets.
     """
 
     name = "ours"
 
     def __init__(self, *, eps: float = 0.1, steps: int = 10, rate: float = 0.5, role: str = "positive",
-                 max_adversarial: int | None = None, norm: str = "linf", step_size: float | None = None):
+                 norm: str = "linf", step_size: float | None = None):
         super().__init__(eps=eps, steps=steps, norm=norm, step_size=step_size)
         if not (isinstance(rate, (int, float)) and 0 < rate <= 1):
             raise ValueError(f"rate must be in (0, 1], got {rate!r}")
-        if role not in _KEYS:
-            raise ValueError(f"role must be one of {sorted(_KEYS)}, got {role!r}")
-        if max_adversarial is not None and not (isinstance(max_adversarial, int) and max_adversarial >= 1):
-            raise ValueError(f"max_adversarial must be a positive integer or None, got {max_adversarial!r}")
-        self.rate, self.role, self.max_adversarial = float(rate), role, max_adversarial
+        if role not in _MEMBER:
+            raise ValueError(f"role must be one of {sorted(_MEMBER)}, got {role!r}")
+        self.rate, self.role = float(rate), role
 
-    def choose(self, triplets: tuple[torch.Tensor, ...], n: int, generator) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                      torch.Tensor]:
-        """Chosen triplet positions, their copy's index, and the triplets of the unique copies."""
+    def choose(self, triplets: tuple[torch.Tensor, ...], generator) -> tuple[torch.Tensor, torch.Tensor,
+                                                                             torch.Tensor]:
+        """Chosen triplet positions, each one's copy number, and the batch input of each copy."""
         T = len(triplets[0])
-        device = triplets[0].device
-        picked = torch.randperm(T, generator=generator)[: math.ceil(self.rate * T)].to(device)
-        keys = torch.stack([triplets[k][picked] for k in _KEYS[self.role]], dim=1)
-        unique, copy_of = torch.unique(keys, dim=0, return_inverse=True)
-        cap = self.max_adversarial or n
-        if len(unique) > cap:
-            keep = torch.randperm(len(unique), generator=generator)[:cap].to(device)
-            kept = torch.full((len(unique),), -1, dtype=torch.long, device=device)
-            kept[keep] = torch.arange(cap, device=device)
-            copy_of = kept[copy_of]
-            picked, copy_of = picked[copy_of >= 0], copy_of[copy_of >= 0]
-            unique = unique[keep]
-        # one representative triplet per copy (for the other members' clean embeddings)
-        rep = torch.zeros(len(unique), dtype=torch.long, device=device)
-        rep[copy_of] = picked
-        return picked, copy_of, rep
+        picked = torch.randperm(T, generator=generator)[: math.ceil(self.rate * T)].to(triplets[0].device)
+        member, copy_of = torch.unique(triplets[_MEMBER[self.role]][picked], return_inverse=True)
+        return picked, copy_of, member
 
     def step_loss(self, model, x, y, loss_fn, miner, generator):
         _check_batch(y)
@@ -161,11 +147,10 @@ class RobustTriplets(Defense):
         triplets = mine_triplets(emb.detach(), y, miner)
         if len(triplets[0]) == 0:
             return loss_fn(emb, y, triplets), 0
-        picked, copy_of, rep = self.choose(triplets, len(x), generator)
-        a, p, n = (t[rep] for t in triplets)
-        member = (a, p, n)[_MEMBER[self.role]]
+        picked, copy_of, member = self.choose(triplets, generator)
+        a, p, n = (t[picked] for t in triplets)
         clean = emb.detach()
-        objective = TripletRoleObjective(clean[a], clean[p], clean[n], role=self.role)
+        objective = TripletRoleObjective(clean[a], clean[p], clean[n], role=self.role, groups=copy_of)
         x_adv = self._perturb(model, x[member], objective, generator)
         emb_all = torch.cat([emb, model(x_adv)])
         y_all = torch.cat([y, y[member]])
