@@ -163,3 +163,50 @@ def test_lmnn_pl_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="seeds must be a non-empty list of non-negative integers"):
         reproduce("lmnn-pl", tmp_path, seeds=[-1])
     assert main(["reproduce", "lmnn-pl", "--methods", "NCA", "--out", str(tmp_path)]) == 2
+
+
+@pytest.fixture
+def tiny_dml(monkeypatch):
+    from robust_metric_learning.experiments import dml
+
+    monkeypatch.setattr(dml, "N_TRAIN", 300)
+    monkeypatch.setattr(dml, "N_EVAL", 120)
+    monkeypatch.setattr(dml, "TRAIN", {"epochs": 1, "m": 6, "lr": 1e-3})
+    monkeypatch.setattr(dml, "TRAIN_STEPS", 2)
+    monkeypatch.setattr(dml, "EVAL_STEPS", 2)
+    monkeypatch.setattr(dml, "N_SHIFT_CHECK", 20)
+    return dml
+
+
+def test_dml_resumes_recomputes_corrupt_entries_and_reports(tmp_path, monkeypatch, tiny_dml):
+    calls = []
+    real = tiny_dml.run_task
+
+    def counting(dataset, loss, defense, seed, data, *, checkpoint=None):
+        calls.append((loss, defense))
+        return real(dataset, loss, defense, seed, data, checkpoint=checkpoint)
+
+    monkeypatch.setattr(tiny_dml, "run_task", counting)
+    kw = dict(datasets=["digits"], methods=["natural", "ours"], verbose=False)
+    summary = reproduce("dml", tmp_path, **kw)
+    assert sorted(calls) == sorted((lo, d) for lo in ("triplet", "contrastive") for d in ("natural", "ours"))
+    for name in ("report.md", "results.json", "digits_triplet_adv_recall.png", "digits_contrastive_adv_recall.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    p = summary["results"]["digits"]["triplet"]["ours"]
+    assert p["n_train"] == 300 and p["n_eval"] == 120
+    assert 0 < p["clean"]["precision_at_1"] <= 1
+    # robust accuracy never exceeds clean, and shrinks with eps
+    adv = [p["clean"]["precision_at_1"], *p["adv_recall_at_1"]]
+    assert all(a >= b - 1e-12 for a, b in zip(adv, adv[1:]))
+    assert all(c <= p["clean"]["precision_at_1"] + 1e-12 for c in p["certified_recall_at_1"])
+    assert "| ours |" in (tmp_path / "report.md").read_text()
+    # a rerun computes nothing; a corrupt entry is recomputed alone
+    reproduce("dml", tmp_path, **kw)
+    assert len(calls) == 4
+    path = ResultCache(tmp_path / "cache").path(("dml", "digits", "contrastive", "ours", "seed0"))
+    path.write_text(path.read_text()[:100])
+    with pytest.warns(RuntimeWarning, match="unreadable"):
+        reproduce("dml", tmp_path, **kw)
+    assert calls[4:] == [("contrastive", "ours")]
+    with pytest.raises(ValueError, match="methods must be among"):
+        reproduce("dml", tmp_path, datasets=["digits"], methods=["madry"], verbose=False)

@@ -33,12 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("reproduce", help="rerun a published experiment (cached, resumable)")
-    r.add_argument("name", choices=["arml", "lmnn-pl"],
-                   help="arml: the ARML experiments; lmnn-pl: the perturbation-loss protocol (LMNN vs LMNN-PL)")
+    r.add_argument("name", choices=["arml", "lmnn-pl", "dml"],
+                   help="arml: the ARML experiments; lmnn-pl: the perturbation-loss protocol (LMNN vs LMNN-PL); "
+                        "dml: robust deep metric learning (natural, naive, EST, ours) on MNIST/Fashion-MNIST")
     r.add_argument("--datasets", nargs="+", default=None, choices=DATASET_NAMES,
                    help="default: arml, every Mahalanobis dataset whose files are present (digits always); "
-                        "lmnn-pl, wine, breast_cancer, iris and splice if present")
-    r.add_argument("--methods", nargs="+", default=None, help="default: all of the experiment's methods")
+                        "lmnn-pl, wine, breast_cancer, iris and splice if present; dml, mnist and fashion_mnist "
+                        "if present, else digits")
+    r.add_argument("--methods", nargs="+", default=None,
+                   help="default: all of the experiment's methods (dml: the defences natural naive est ours)")
     r.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19)")
     r.add_argument("--n-eval", type=int, default=None, help="arml only: test points evaluated (default: 1000)")

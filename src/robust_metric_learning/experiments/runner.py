@@ -14,7 +14,7 @@ from .cache import ResultCache, fingerprint
 
 __all__ = ["reproduce", "EXPERIMENTS"]
 
-EXPERIMENTS = ("arml", "lmnn-pl")
+EXPERIMENTS = ("arml", "lmnn-pl", "dml")
 #: the K of the K-NN part of the ARML experiment (certified and empirical radii)
 K_CERTIFY = 11
 #: relative slack of the soundness check (radii come from solvers with ~1e-9 tolerance)
@@ -112,6 +112,9 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
         seeds = list(seeds)
         if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
             raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    if name == "dml":
+        return _reproduce_dml(name, Path(out), datasets=datasets, methods=methods, seeds=seeds, n_eval=n_eval,
+                              data_home=data_home, verbose=verbose)
     if name == "lmnn-pl":
         if n_eval is not None:
             raise ValueError(f"n_eval is for the 'arml' experiment ('lmnn-pl' evaluates every test point), got {n_eval}")
@@ -184,6 +187,51 @@ def _reproduce_lmnn_pl(name: str, out: Path, *, datasets, methods, seeds, n_jobs
                                + (f", {p['params']}" if "params" in p else "")))
                 results.setdefault(ds, {}).setdefault(method, {})[seed] = payload
     return lmnn_pl.report(name, out, results)
+
+
+def _reproduce_dml(name: str, out: Path, *, datasets, methods, seeds, n_eval, data_home, verbose) -> dict:
+    """Robust deep metric learning (experiments/dml.py): one cached task per (dataset, loss,
+    defence, seed); training checkpoints under ``out/checkpoints`` let an interrupted task
+    resume mid-training."""
+    from ..datasets import dataset_status
+    from . import dml
+
+    unknown = sorted(set(methods or ()) - set(dml.DEFENSES))
+    if unknown:
+        raise ValueError(f"methods must be among {list(dml.DEFENSES)} for dml, got {unknown}")
+    if n_eval is not None:
+        raise ValueError(f"n_eval is fixed by the dml protocol ({dml.N_EVAL}), got {n_eval}")
+    if datasets:
+        dsets = list(datasets)
+    else:
+        status = dataset_status(data_home=data_home)
+        dsets = [d for d in dml.DATASETS if status[d]["available"]] or ["digits"]
+        if dsets == ["digits"] and verbose:
+            print("dml: neither MNIST nor Fashion-MNIST is in the data home; running on the bundled digits",
+                  flush=True)
+    defs = [d for d in dml.DEFENSES if d in (methods or dml.DEFENSES)]
+    seeds = [0] if seeds is None else seeds
+    proto = dml.protocol()
+    cache = ResultCache(out / "cache")
+    results: dict = {}
+    for ds in dsets:
+        for seed in seeds:
+            data = dml.load_task_data(ds, seed, data_home)
+            for loss in dml.LOSSES:
+                for d in defs:
+                    label = f"{ds} / {loss} / {d} / seed {seed}"
+                    key = (name, ds, loss, d, f"seed{seed}")
+                    settings = {"experiment": name, "dataset": ds, "loss": loss, "defense": d, "seed": seed,
+                                "protocol": proto}
+                    ckpt = out / "checkpoints" / ("-".join(key) + ".pt")
+                    payload = _cached(
+                        cache, key, settings, lambda: dml.run_task(ds, loss, d, seed, data, checkpoint=ckpt),
+                        verbose, label,
+                        lambda p: (f"train {p['train_s']:.0f} s, eval {p['eval_s']:.0f} s, R@1 "
+                                   f"{p['clean']['precision_at_1']:.3f}, adv R@1 "
+                                   + "/".join(f"{v:.3f}" for v in p["adv_recall_at_1"])))
+                    results.setdefault(ds, {}).setdefault(loss, {})[d] = payload
+    return dml.report(name, out, results)
 
 
 def _curve(radii: list[float], eps: list[float]) -> list[float]:

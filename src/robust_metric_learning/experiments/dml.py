@@ -1,0 +1,254 @@
+"""Adversarially robust deep metric learning (``rml reproduce dml``) as a declarative config.
+
+Protocol
+--------
+For each dataset (MNIST, Fashion-MNIST; the bundled 8x8 ``digits`` when asked for or when
+neither file set is present), each loss and each defence: an embedding net is trained on
+``N_TRAIN`` images of classes 0-4 of the training part and evaluated by retrieval on
+``N_EVAL`` images of the unseen classes 5-9 of the test part, every image a query against all
+the others (leave-one-out; DESIGN §3). Both subsets are drawn with the task's seed.
+
+* Model: :class:`~robust_metric_learning.deep.SmallCNN` (``MODEL``) for 28x28 images,
+  :class:`~robust_metric_learning.deep.MLP` for ``digits``; L2-normalised embeddings.
+* Losses (pytorch-metric-learning, ``LOSSES``): triplet margin and contrastive, both with the
+  same semi-hard triplet miner (a pair loss gets the triplets as pairs).
+* Defences (``DEFENSES``, :mod:`~robust_metric_learning.deep.robust`): natural training; naive
+  adversarial training; EST; ours. Attacks in training: PGD, l_inf, ``TRAIN_EPS``,
+  ``TRAIN_STEPS`` steps of ``2 eps / steps`` from a random start.
+* Training (``TRAIN``): Adam, class-balanced batches (all 5 classes x ``m``), ``epochs``.
+
+Evaluation: clean Recall@1, MAP@R, NMI; adversarial Recall@1 and MAP@R at ``EVAL_EPS`` (l_inf,
+PGD-``EVAL_STEPS``, retrieval objective, only queries correct at R@1 attacked, clean gallery);
+certified Recall@1 at the same l_inf radii and at ``CERT_L2_EPS`` (l2), from the embedding
+margin bound and the network's Lipschitz bound. Checks on every model, failing loudly:
+certified-robust queries are never broken by PGD (soundness); and, at the training eps, recorded
+for the report: PGD with 2.5x the steps and with 3 restarts against PGD-``EVAL_STEPS``
+(adversarial R@1 must not be higher), and PGD's embedding shift against random search with the
+same number of forward passes on ``N_SHIFT_CHECK`` queries (PGD must find at least as much on
+every query).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DATASETS", "DEFENSES", "LOSSES", "EVAL_EPS", "protocol", "load_task_data", "run_task", "report"]
+
+DATASETS = ("mnist", "fashion_mnist")
+DEFENSES = ("natural", "naive", "est", "ours")
+LOSSES = ("triplet", "contrastive")
+#: training split: classes seen in training; the others are retrieved at test time
+TRAIN_CLASSES = (0, 1, 2, 3, 4)
+N_TRAIN = 10000
+N_EVAL = 1000
+#: model and optimiser
+MODEL: dict[str, Any] = {"embedding_dim": 64, "channels": (16, 32), "hidden": 128}
+TRAIN: dict[str, Any] = {"epochs": 6, "m": 20, "lr": 1e-3}
+#: the attack used in training, l_inf on [0, 1] pixels
+TRAIN_EPS = 0.1
+TRAIN_STEPS = 5
+#: ours: fraction of the mined triplets attacked, and the role perturbed
+OURS: dict[str, Any] = {"rate": 0.5, "role": "positive"}
+#: evaluation
+EVAL_EPS = (0.01, 0.03, 0.1, 0.3)
+EVAL_STEPS = 20
+CERT_L2_EPS = (0.01, 0.03, 0.1, 0.3)
+N_SHIFT_CHECK = 200
+
+
+def _loss(name: str):
+    from pytorch_metric_learning import losses, miners
+
+    miner = miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
+    if name == "triplet":
+        return losses.TripletMarginLoss(margin=0.2), miner
+    if name == "contrastive":
+        return losses.ContrastiveLoss(pos_margin=0.0, neg_margin=0.5), miner
+    raise ValueError(f"loss must be one of {list(LOSSES)}, got {name!r}")
+
+
+def _defense(name: str):
+    from ..deep import EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets
+
+    makers = {
+        "natural": lambda: Natural(),
+        "naive": lambda: NaiveAdversarial(eps=TRAIN_EPS, steps=TRAIN_STEPS),
+        "est": lambda: EmbeddingShiftTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS),
+        "ours": lambda: RobustTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS, **OURS),
+    }
+    if name not in makers:
+        raise ValueError(f"defense must be one of {list(DEFENSES)}, got {name!r}")
+    return makers[name]()
+
+
+def _model(dataset: str, seed: int):
+    import torch
+
+    from ..deep import MLP, SmallCNN
+
+    torch.manual_seed(seed)
+    if dataset == "digits":
+        return MLP(64, hidden=(128,), embedding_dim=MODEL["embedding_dim"])
+    return SmallCNN(**MODEL)
+
+
+def protocol() -> dict[str, Any]:
+    """Every setting a cached result depends on (its fingerprint covers this)."""
+    return {"train_classes": TRAIN_CLASSES, "n_train": N_TRAIN, "n_eval": N_EVAL, "model": MODEL, "train": TRAIN,
+            "train_eps": TRAIN_EPS, "train_steps": TRAIN_STEPS, "ours": OURS, "eval_eps": EVAL_EPS,
+            "eval_steps": EVAL_STEPS, "cert_l2_eps": CERT_L2_EPS, "n_shift_check": N_SHIFT_CHECK,
+            "losses": {n: [repr(x) for x in _loss(n)] for n in LOSSES}}
+
+
+def load_task_data(dataset: str, seed: int, data_home=None) -> tuple[np.ndarray, ...]:
+    """Training images of the seen classes and evaluation images of the unseen ones."""
+    from ..datasets import load_dataset
+
+    if dataset == "digits":  # pixels 0..16: scale by the range, not per feature, so test images stay in [0, 1]
+        X_tr, y_tr, X_te, y_te = load_dataset(dataset, scale=False)
+        X_tr, X_te = X_tr / 16.0, X_te / 16.0
+    else:
+        X_tr, y_tr, X_te, y_te = load_dataset(dataset, data_home=data_home)
+    rng = np.random.default_rng(seed)
+    seen_tr = np.flatnonzero(np.isin(y_tr, TRAIN_CLASSES))
+    unseen_te = np.flatnonzero(~np.isin(y_te, TRAIN_CLASSES))
+    tr = np.sort(rng.choice(seen_tr, min(N_TRAIN, len(seen_tr)), replace=False))
+    te = np.sort(rng.choice(unseen_te, min(N_EVAL, len(unseen_te)), replace=False))
+    return (X_tr[tr].astype(np.float32), y_tr[tr], X_te[te].astype(np.float32), y_te[te])
+
+
+def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoint=None) -> dict[str, Any]:
+    """Train one model, evaluate it, run the checks; a JSON-ready payload."""
+    import torch
+
+    from ..attacks import PGD, EmbeddingShift, RandomSearch
+    from ..deep import adversarial_retrieval, certified_retrieval, embed, retrieval_metrics, train_embedding
+
+    X_tr, y_tr, X_ev, y_ev = data
+    loss_fn, miner = _loss(loss)
+    model = _model(dataset, seed)
+    t0 = time.perf_counter()
+    hist = train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=_defense(defense), seed=seed,
+                           checkpoint=checkpoint, **TRAIN)
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    emb = embed(model, X_ev)
+    clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), nmi=True, seed=seed)
+    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS),
+                                attack=PGD(norm="linf", steps=EVAL_STEPS, random_state=seed))
+    cert = certified_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), norm="linf")
+    cert_l2 = certified_retrieval(model, X_ev, y_ev, eps=list(CERT_L2_EPS), norm="l2")
+    # soundness: a query certified at eps is never broken by the attack at eps
+    for e, flipped in zip(EVAL_EPS, adv["flipped"]):
+        broken = flipped & (cert["radii"] > e)
+        if broken.any():
+            raise RuntimeError(f"soundness violated in dml {dataset}/{loss}/{defense}: {int(broken.sum())} "
+                               f"queries certified at eps={e} were broken by PGD")
+    eval_s = time.perf_counter() - t0
+    # attack strength at the training eps
+    t0 = time.perf_counter()
+    i = EVAL_EPS.index(TRAIN_EPS)
+    stronger = {}
+    for label, attack in (("steps", PGD(norm="linf", steps=int(2.5 * EVAL_STEPS), random_state=seed)),
+                          ("restarts", PGD(norm="linf", steps=EVAL_STEPS, restarts=3, random_state=seed))):
+        r = adversarial_retrieval(model, X_ev, y_ev, eps=[TRAIN_EPS], attack=attack)
+        stronger[label] = r["precision_at_1"][0]
+    pgd = PGD(norm="linf", steps=EVAL_STEPS, random_state=seed)
+    xq = torch.as_tensor(X_ev[:N_SHIFT_CHECK])
+    objective = EmbeddingShift(emb[:N_SHIFT_CHECK])
+    s_pgd = pgd(model, xq, objective, eps=TRAIN_EPS).scores
+    s_rs = RandomSearch(norm="linf", n_queries=pgd.n_forward, random_state=seed)(model, xq, objective,
+                                                                                eps=TRAIN_EPS).scores
+    check_s = time.perf_counter() - t0
+    return {
+        "dataset": dataset, "loss": loss, "defense": defense, "seed": seed,
+        "n_train": int(len(y_tr)), "n_eval": int(len(y_ev)),
+        "train_loss": hist.loss, "epoch_s": hist.seconds, "n_adversarial": hist.n_adversarial,
+        "clean": clean, "eps": list(EVAL_EPS),
+        "adv_recall_at_1": adv["precision_at_1"], "adv_map_at_r": adv["mean_average_precision_at_r"],
+        "attack_success": adv["success"],
+        "certified_recall_at_1": cert["certified_recall_at_1"], "lipschitz": cert["lipschitz"],
+        "cert_l2_eps": list(CERT_L2_EPS), "certified_recall_at_1_l2": cert_l2["certified_recall_at_1"],
+        "median_certified_radius_l2": float(np.median(cert_l2["radii"])),
+        "strength": {"eps": TRAIN_EPS, "pgd": adv["precision_at_1"][i], **stronger,
+                     "monotone": bool(max(stronger.values()) <= adv["precision_at_1"][i] + 1e-12),
+                     "shift_pgd_mean": float(s_pgd.mean()), "shift_random_mean": float(s_rs.mean()),
+                     "shift_pgd_below_random": int((s_pgd < s_rs - 1e-6).sum())},
+        "train_s": train_s, "eval_s": eval_s, "check_s": check_s,
+    }
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]]) -> dict[str, Any]:
+    """``report.md``, ``results.json`` and one plot per (dataset, loss): adversarial R@1 vs eps."""
+    import io
+    import json
+
+    from matplotlib.figure import Figure
+
+    from .._io import atomic_write_bytes, atomic_write_text
+
+    summary: dict[str, Any] = {"experiment": name, "protocol": protocol(), "results": results}
+    lines = [f"# rml reproduce {name}", "",
+             f"Embedding nets trained on classes {TRAIN_CLASSES[0]}-{TRAIN_CLASSES[-1]}, retrieval on the unseen "
+             "classes (test images, leave-one-out). Adversarial R@1: "
+             f"PGD-{EVAL_STEPS}, l_inf, attacked queries against the clean gallery. Training attacks: "
+             f"PGD-{TRAIN_STEPS}, l_inf eps = {TRAIN_EPS}. Certified R@1: embedding margin bound / "
+             "Lipschitz bound of the network.", ""]
+    for ds, per_loss in results.items():
+        for loss, per_def in per_loss.items():
+            first = next(iter(per_def.values()))
+            lines += [f"## {ds}, {loss} loss ({first['n_train']} training images, {first['n_eval']} queries)", "",
+                      "| defence | clean R@1 | MAP@R | NMI | " + " | ".join(f"adv R@1 {e:g}" for e in EVAL_EPS)
+                      + " | " + " | ".join(f"cert R@1 l2 {e:g}" for e in CERT_L2_EPS)
+                      + " | cert R@1 linf 0.01 | train s |",
+                      "|---|---|---|---|" + "---|" * (len(EVAL_EPS) + len(CERT_L2_EPS)) + "---|---|"]
+            for d, p in per_def.items():
+                lines.append(f"| {d} | {_fmt(p['clean']['precision_at_1'])} | "
+                             f"{_fmt(p['clean']['mean_average_precision_at_r'])} | {_fmt(p['clean']['NMI'])} | "
+                             + " | ".join(map(_fmt, p["adv_recall_at_1"])) + " | "
+                             + " | ".join(map(_fmt, p["certified_recall_at_1_l2"])) + " | "
+                             + f"{_fmt(p['certified_recall_at_1'][0])} | {p['train_s']:.0f} |")
+            lines.append("")
+            i = EVAL_EPS.index(TRAIN_EPS)
+            nat = per_def.get("natural")
+            ours = per_def.get("ours")
+            if nat and ours:
+                gain = ours["adv_recall_at_1"][i] / max(nat["adv_recall_at_1"][i], 1e-12)
+                others = {d: p["adv_recall_at_1"][i] for d, p in per_def.items() if d not in ("ours", "natural")}
+                drop = nat["clean"]["precision_at_1"] - ours["clean"]["precision_at_1"]
+                lines.append(f"- at eps = {TRAIN_EPS}: ours / natural adversarial R@1 = {gain:.1f}x; "
+                             + ", ".join(f"ours {'>' if ours['adv_recall_at_1'][i] > v else '<='} {d} ({v:.3f})"
+                                         for d, v in others.items())
+                             + f"; clean R@1 cost {100 * drop:+.1f} points")
+            for d, p in per_def.items():
+                s = p["strength"]
+                lines.append(f"- {d}: attack checks at eps {s['eps']}: R@1 PGD-{EVAL_STEPS} {s['pgd']:.3f}, "
+                             f"{int(2.5 * EVAL_STEPS)} steps {s['steps']:.3f}, 3 restarts {s['restarts']:.3f} "
+                             f"({'monotone' if s['monotone'] else 'NOT monotone'}); embedding shift PGD "
+                             f"{s['shift_pgd_mean']:.3f} vs random search {s['shift_random_mean']:.3f} "
+                             f"(PGD below on {s['shift_pgd_below_random']} of {N_SHIFT_CHECK} queries); "
+                             f"Lipschitz bound {p['lipschitz']:.3g}; epoch {np.mean(p['epoch_s']):.1f} s")
+            lines.append("")
+            fig = Figure(figsize=(5, 3.5))
+            ax = fig.add_subplot()
+            for d, p in per_def.items():
+                ax.plot([0.0, *EVAL_EPS], [p["clean"]["precision_at_1"], *p["adv_recall_at_1"]], marker="o", label=d)
+            ax.set_xscale("symlog", linthresh=0.01)
+            ax.set_xlabel("l_inf eps")
+            ax.set_ylabel("adversarial Recall@1")
+            ax.set_title(f"{ds}, {loss} loss")
+            ax.legend()
+            fig.tight_layout()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100)
+            atomic_write_bytes(out / f"{ds}_{loss}_adv_recall.png", buf.getvalue())
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=1, default=float))
+    return summary
