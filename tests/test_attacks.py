@@ -181,6 +181,173 @@ def test_structural_beats_boundary(digits_subset):
     assert ((s[None, :] <= eps[:, None]).mean(1) >= (b[None, :] <= eps[:, None]).mean(1)).all()
 
 
+# ------------------------------------------------- compiled parts against their references
+
+
+def _point(knn, x, y):
+    from robust_metric_learning.attacks.base import _Target
+    from robust_metric_learning.attacks.knn import _Point
+
+    target = _Target(knn)
+    d = target.geo.sq_dist(x[None, :])[0]
+    return target, _Point(target, x, d, int(y), np.sqrt(target.geo.MX_sq))
+
+
+def region_qp_quadprog(target, pt, members, kind, excused, tau):
+    """The template's QP with every constraint written out, solved by quadprog (None if empty)."""
+    geo, d = target.geo, pt.d
+    c, same = kind
+    rivals = np.flatnonzero((geo.codes == c) if same else (geo.codes != c))
+    rivals = rivals[~np.isin(rivals, excused)]
+    A, b = [], []
+    for m in members:
+        for o in rivals:
+            u = geo.MX[o] - geo.MX[m]
+            nrm = np.linalg.norm(u)
+            if nrm > 1e-12:
+                A.append(u / nrm)
+                b.append((d[o] - d[m]) / (2 * nrm) - tau)
+    A, b = np.array(A), np.array(b)
+    try:
+        return quadprog.solve_qp(np.eye(A.shape[1]), np.zeros(A.shape[1]), -A.T, -b, 0)[0]
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("case", ["random", "digits_low_rank"])
+def test_compiled_region_qp_matches_reference_and_quadprog(case, digits_subset):
+    """The compiled constraint generation (own NNLS) against the reference (scipy's NNLS) and
+    against quadprog on the QP with all constraints; templates of both rival kinds."""
+    from robust_metric_learning.attacks.knn import _region_qp, _region_qp_fast
+
+    rng = np.random.default_rng(3)
+    if case == "random":
+        X, y = rng.normal(size=(60, 4)), np.arange(60) % 3
+        Q, yq, metric, s = rng.normal(size=(6, 4)), rng.integers(0, 3, 6), random_psd(rng, 4), 3
+    else:
+        X, y, Q, yq = digits_subset
+        Q, yq, metric, s = Q[:6], yq[:6], random_psd(rng, 64, rank=12) / 64, 6
+    knn = MahalanobisKNN(2 * s - 1, metric=metric).fit(X, y)
+    n_checked = n_empty = 0
+    for x, yy in zip(Q, yq):
+        target, pt = _point(knn, x, yy)
+        for t in range(3):
+            if t == yy:
+                continue
+            T = np.flatnonzero(target.geo.codes == t)
+            near_t = T[np.argsort(pt.d[T], kind="stable")]
+            for members in (near_t[:s], near_t[1:s + 1], near_t[[0, 2, 4]]):
+                for kind in ((t, False), (int(yy), True)):
+                    riv = pt.rivals(kind)[0]
+                    for excused in (riv[:0], riv[:s - 1], riv[1:3]):
+                        tau = 1e-6
+                        ref = _region_qp(pt, members, kind, excused, tau=tau, tol=1e-12)
+                        fast = _region_qp_fast(pt, members, kind, excused, tau=tau, tol=1e-12)
+                        qp = region_qp_quadprog(target, pt, members, kind, excused, tau)
+                        if qp is None:
+                            assert ref is None and fast is None
+                            n_empty += 1
+                            continue
+                        r_qp = np.linalg.norm(qp)
+                        if r_qp > 20.0:  # a far, thin sliver (data scale ~1): no attack needs it
+                            continue
+                        for res in (ref, fast):
+                            assert res is not None
+                            np.testing.assert_allclose(np.linalg.norm(res[0]), r_qp, rtol=1e-6, atol=1e-10)
+                        np.testing.assert_allclose(fast[0], qp, atol=1e-6 * max(1.0, r_qp))
+                        n_checked += 1
+                        if r_qp > 0:  # a bound at or below the optimum stops the QP (None); above, same
+                            args = (pt, members, kind, excused)
+                            assert _region_qp_fast(*args, tau=tau, tol=1e-12, bound=r_qp * (1 - 1e-5)) is None
+                            again = _region_qp_fast(*args, tau=tau, tol=1e-12, bound=r_qp * 1.01)
+                            np.testing.assert_allclose(again[0], fast[0], rtol=1e-12, atol=1e-15)
+    assert n_checked >= 40 and n_empty >= 1
+
+
+def test_nnls_ldp_matches_scipy():
+    """Least-distance NNLS with dependent working rows (pairs (m, o) over shared members and
+    rivals are dependent by construction) and empty regions: the residual E u - f is unique."""
+    from scipy.optimize import nnls
+
+    from robust_metric_learning.attacks.knn import _nnls_ldp
+
+    rng = np.random.default_rng(0)
+    n_dependent = n_empty = 0
+    for trial in range(300):
+        dim = int(rng.integers(2, 40))
+        P = rng.normal(size=(int(rng.integers(2, 6)), dim))  # members
+        O = rng.normal(size=(int(rng.integers(2, 6)), dim))  # rivals
+        z = rng.normal(size=dim) * 0.5
+        rows, b = [], []
+        for m in P:
+            for o in O:
+                nrm = np.linalg.norm(o - m)
+                rows.append((o - m) / nrm)
+                b.append((np.sum((z - o) ** 2) - np.sum((z - m) ** 2)) / (2 * nrm) - rng.uniform(0, 0.3))
+        U, b = np.array(rows), np.array(b)
+        if trial % 5 == 0:  # contradictory pair: the region is empty
+            U, b = np.vstack([U, -U[:1]]), np.r_[b, -b[0] - 1.0]
+        n_dependent += np.linalg.matrix_rank(U) < len(U)
+        E = np.vstack([-U.T, -b[None]])
+        f = np.zeros(dim + 1)
+        f[-1] = 1.0
+        u_ref, _ = nnls(E, f, maxiter=50 * E.shape[1] + 100)
+        u, ok = _nnls_ldp(U, b, np.zeros(len(b)), 5 * len(b) + 100)
+        assert ok and (u >= 0).all()
+        np.testing.assert_allclose(E @ u - f, E @ u_ref - f, atol=1e-9)
+        n_empty += np.linalg.norm(E @ u_ref - f) < 1e-9
+    assert n_dependent >= 100 and n_empty >= 30
+
+
+def test_compiled_predict_one_matches_predict():
+    """Including exact distance ties (a coarse grid: the index rule decides) and tied votes; the
+    attacks' batched predict too (it once worked on centred data, where rounding broke ties)."""
+    from robust_metric_learning.attacks.knn import _predict_one_compiled
+
+    rng = np.random.default_rng(1)
+    # a coarse grid with duplicates of different labels, queried on the half-grid: every
+    # distance is exact in floating point, so ties are real and only the index rule decides
+    grid = (rng.integers(0, 4, size=(80, 2)).astype(float), rng.integers(0, 4, 80),
+            rng.integers(0, 4, size=(100, 2)) + 0.5 * rng.integers(0, 2, size=(100, 2)))
+    spread = (rng.normal(size=(80, 2)), rng.integers(0, 4, 80), rng.normal(size=(100, 2)) * 2)
+    n_tied = 0
+    for (X, y, Q), k, metric in itertools.product((grid, spread), (1, 2, 4, 5), ("euclidean", np.array([[2.0, 1.0]]))):
+        knn = MahalanobisKNN(k, metric=metric).fit(X, y)
+        target, _ = _point(knn, Q[0], 0)
+        Zu, Zu_sq, L = target.Zu.numpy(), target.Zu_sq.numpy(), target.geo.L
+        mine = [_predict_one_compiled(Zu, Zu_sq, target.geo.codes, q if L is None else L @ q, k, 4) for q in Q]
+        np.testing.assert_array_equal(knn.classes_[np.array(mine)], knn.predict(Q))
+        np.testing.assert_array_equal(knn.classes_[target.predict_codes(Q)], knn.predict(Q))
+        dist = np.sort(knn.kneighbors(Q, n_neighbors=k + 1)[0], axis=1)
+        n_tied += (dist[:, k - 1] == dist[:, k]).sum()
+    assert n_tied >= 100
+
+
+def test_batched_greedy_matches_loop():
+    from robust_metric_learning.attacks.knn import _greedy
+
+    def loop(viol, size, n_keep, base):
+        cur, chosen = base.copy(), []
+        for _ in range(size):
+            lb = []
+            for r in range(viol.shape[0]):
+                w = np.sort(np.maximum(cur, viol[r]))[::-1]
+                lb.append(np.inf if r in chosen else (w[n_keep] if n_keep < w.size else 0.0))
+            nxt = int(np.argmin(lb))
+            chosen.append(nxt)
+            cur = np.maximum(cur, viol[nxt])
+        return np.sort(chosen)
+
+    rng = np.random.default_rng(2)
+    V = np.round(rng.uniform(0, 1, size=(5, 9, 7)), 1)  # rounded: ties between rows
+    base = rng.uniform(0, 0.5, size=(5, 7))
+    for size, n_keep in ((3, 2), (4, 0), (2, 9)):
+        got = _greedy(V, size, n_keep, base)
+        for i in range(5):
+            np.testing.assert_array_equal(got[i], loop(V[i], size, n_keep, base[i]))
+        np.testing.assert_array_equal(_greedy(V[0], size, n_keep), loop(V[0], size, n_keep, np.zeros(7)))
+
+
 # ------------------------------------------------------------------ interface and sweeps
 
 
@@ -250,6 +417,18 @@ def test_boundary_reproducible_and_parallel(digits_subset):
     check_result(knn, Xte, yte, a, "boundary")
     s = StructuralAttack(chunk_size=8, n_jobs=2)(knn, Xte[:16], yte[:16])
     np.testing.assert_array_equal(s.radii, StructuralAttack()(knn, Xte[:16], yte[:16]).radii)
+
+
+def test_boundary_walk_only_improves(digits_subset):
+    """For one seed, a longer walk repeats the shorter one and then only accepts adversarial
+    points that are closer: never a larger radius on any point."""
+    Xtr, ytr, Xte, yte = digits_subset
+    knn = MahalanobisKNN(3).fit(Xtr, ytr)
+    short = BoundaryAttack(steps=100, random_state=5)(knn, Xte, yte)
+    long = BoundaryAttack(steps=700, random_state=5)(knn, Xte, yte)
+    check_result(knn, Xte, yte, long, "boundary")
+    assert (long.radii <= short.radii).all() and (long.radii < short.radii).mean() > 0.25
+    assert BoundaryAttack().steps == 25000  # foolbox 3's default, used by the ARML experiments
 
 
 def test_boundary_refines_a_given_start(digits_subset):

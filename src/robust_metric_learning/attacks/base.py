@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_array_2d, check_eps, check_labels, check_n_features, check_positive_int
 from ..certify import _Geometry
-from ..margin import row_blocks, smallest_k, vote
+from ..margin import pairwise_sq_distances, row_blocks, smallest_k, vote
 
 __all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
 
@@ -68,6 +68,12 @@ class _Target:
         self.geo = _Geometry.build(knn._fit_X, knn._y_codes, self.n_classes, knn._L, self.memory_budget)
         self.class_index = [np.flatnonzero(self.geo.codes == c) for c in range(self.n_classes)]
         self.other_index = [np.flatnonzero(self.geo.codes != c) for c in range(self.n_classes)]
+        # predictions use the coordinates and arithmetic of ``knn.kneighbors`` (not centred), so
+        # that exact distance ties resolve as in ``knn.predict``
+        self._L_t = None if knn._L is None else torch.as_tensor(knn._L, dtype=torch.float64)
+        Zu = torch.as_tensor(knn._fit_X, dtype=torch.float64)
+        self.Zu = Zu if self._L_t is None else Zu @ self._L_t.T
+        self.Zu_sq = (self.Zu * self.Zu).sum(1)
 
     @property
     def n_features(self) -> int:
@@ -78,7 +84,8 @@ class _Target:
         geo, k = self.geo, self.k
         out = np.empty(len(Q), dtype=np.int64)
         for sl in row_blocks(len(Q), 2 * geo.X.shape[0], memory_budget=self.memory_budget):
-            D = torch.from_numpy(geo.sq_dist(Q[sl]))
+            Qt = torch.as_tensor(np.ascontiguousarray(Q[sl]), dtype=torch.float64)
+            D = pairwise_sq_distances(Qt if self._L_t is None else Qt @ self._L_t.T, self.Zu, B_sq=self.Zu_sq)
             vals, idx = torch.topk(D, k, dim=1, largest=False)
             kth = vals[:, -1:]
             # rows where another point ties the k-th distance need the index tie rule

@@ -4,12 +4,17 @@ It needs only the classifier's decisions. Start from an adversarial point (the n
 other-class training point that the classifier does not label as the true class, or uniform
 noise), bisect towards the input, then walk along the decision boundary: a random step
 orthogonal to the direction of the input, kept on the sphere around it, followed by a step
-towards it; both step sizes adapt to their success rates. All points of a chunk move in
-lockstep so that each iteration is one batched ``predict``.
+towards it; a proposal is kept when it is adversarial and closer. Both step sizes adapt to
+success rates. All points of a chunk move in lockstep, so each step is one batched ``predict``.
 
-foolbox 3.3.4 installs beside our stack, but its attack works in a box (``bounds``) with
-float32 models and fails on points that are already misclassified; this one follows the
-paper in float64, without a box (DESIGN §3's threat model), seeded per chunk.
+The schedule and defaults are foolbox 3's ``BoundaryAttack`` (the baseline of the ARML
+experiments, which called ``BoundaryAttack()`` with its defaults: 25000 steps, spherical and
+source steps 0.01, adaptation factor 1.5, convergence at a source step of 1e-7, statistics
+every 10 steps over the last 100 spherical and 30 full proposals). Differences: float64, no
+box (DESIGN §3's threat model; the ARML code clipped to [0, 1]), an independent Gaussian
+direction per point (foolbox 3 shares one per batch), points already misclassified are
+skipped (foolbox fails on them), and the start is the nearest adversarial training point
+(foolbox blends in uniform noise), seeded per chunk.
 """
 
 from __future__ import annotations
@@ -22,22 +27,25 @@ __all__ = ["BoundaryAttack"]
 
 
 class BoundaryAttack(MinimizationAttack):
-    """Decision-based attack on a K-NN classifier (any K, any metric).
+    """Decision-based attack on a K-NN classifier (any K, any metric), foolbox 3's schedule.
 
     Parameters
     ----------
-    steps : int, default=1000
-        Iterations of the boundary walk.
-    n_candidates : int, default=4
-        Random proposals per point and iteration (evaluated in one batch).
+    steps : int, default=25000
+        Most steps of the boundary walk (one proposal per point and step).
     spherical_step : float, default=0.01
         Initial orthogonal step, relative to the current distance.
     source_step : float, default=0.01
         Initial step towards the input, relative to the current distance.
-    step_adaptation : float, default=1.5
-        Factor by which step sizes grow or shrink every 10 iterations.
     source_step_convergence : float, default=1e-7
         A point stops once its source step falls below this.
+    step_adaptation : float, default=1.5
+        Factor by which step sizes grow or shrink.
+    update_stats_every_k : int, default=10
+        Every k steps the orthogonal proposal is also checked and the success statistics
+        updated: both steps grow when more than half of the last 100 orthogonal proposals were
+        adversarial and shrink below 20%; the source step grows when more than 25% of the last
+        30 full proposals were adversarial and shrinks below 10%.
     n_init : int, default=32
         Nearest other-class training points tried as starting points.
     init_attack : MinimizationAttack or None, default=None
@@ -57,22 +65,23 @@ class BoundaryAttack(MinimizationAttack):
 
     name = "boundary"
 
-    def __init__(self, *, steps: int = 1000, n_candidates: int = 4, spherical_step: float = 0.01,
-                 source_step: float = 0.01, step_adaptation: float = 1.5, source_step_convergence: float = 1e-7,
-                 n_init: int = 32, init_attack: MinimizationAttack | None = None, n_jobs: int | None = None, chunk_size: int = 64,
-                 random_state: int | None = None, progress: bool | None = None):
+    def __init__(self, *, steps: int = 25000, spherical_step: float = 0.01, source_step: float = 0.01,
+                 source_step_convergence: float = 1e-7, step_adaptation: float = 1.5,
+                 update_stats_every_k: int = 10, n_init: int = 32, init_attack: MinimizationAttack | None = None,
+                 n_jobs: int | None = None, chunk_size: int = 64, random_state: int | None = None,
+                 progress: bool | None = None):
         super().__init__(n_jobs=n_jobs, chunk_size=chunk_size, random_state=random_state, progress=progress)
         self.steps = steps
-        self.n_candidates = n_candidates
         self.spherical_step = spherical_step
         self.source_step = source_step
-        self.step_adaptation = step_adaptation
         self.source_step_convergence = source_step_convergence
+        self.step_adaptation = step_adaptation
+        self.update_stats_every_k = update_stats_every_k
         self.n_init = n_init
         self.init_attack = init_attack
 
     def _check_params(self, target: _Target) -> None:
-        for name in ("steps", "n_candidates", "n_init"):
+        for name in ("steps", "update_stats_every_k", "n_init"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} "
@@ -147,56 +156,73 @@ class BoundaryAttack(MinimizationAttack):
         x, y = X[idx], codes[idx]
         z = self._bisect(target, x, start[idx], y)
         m, dim = x.shape
-        c = self.n_candidates
+        f, every = float(self.step_adaptation), int(self.update_stats_every_k)
         sph = np.full(m, float(self.spherical_step))
         src = np.full(m, float(self.source_step))
-        sph_hits = np.zeros(m)
-        src_hits = np.zeros(m)
-        tries = np.zeros(m)
-        active = np.ones(m, dtype=bool)
-        for it in range(self.steps):
-            a = np.flatnonzero(active)
+        stats_sph = _Window(100, m)  # was the orthogonal proposal adversarial
+        stats_src = _Window(30, m)  # was the full proposal adversarial
+        for step in range(1, self.steps + 1):
+            a = np.flatnonzero(src >= self.source_step_convergence)
             if a.size == 0:
                 break
-            xa, za = x[a], z[a]
-            diff = xa - za
+            xa, za, sa = x[a], z[a], sph[a]
+            diff = xa - za  # towards the input
             dist = np.linalg.norm(diff, axis=1)
             unit = diff / dist[:, None]
-            eta = rng.standard_normal((a.size, c, dim))
-            eta -= np.einsum("acd,ad->ac", eta, unit)[:, :, None] * unit[:, None, :]
-            en = np.linalg.norm(eta, axis=2, keepdims=True)  # 0 only in 1-D: no orthogonal step
-            eta *= (sph[a] * dist)[:, None, None] / np.where(en > 0, en, 1.0)
-            c1 = za[:, None, :] + eta
-            off = c1 - xa[:, None, :]
-            c1 = xa[:, None, :] + off * (dist[:, None] / np.linalg.norm(off, axis=2))[:, :, None]
-            c2 = c1 + src[a][:, None, None] * (xa[:, None, :] - c1)
-            both = np.concatenate([c1, c2], axis=1).reshape(-1, dim)
-            adv = (target.predict_codes(both) != np.repeat(y[a], 2 * c)).reshape(a.size, 2, c)
-            adv1, adv2 = adv[:, 0], adv[:, 1]
-            ok = adv2.any(1)
-            z[a[ok]] = c2[ok, adv2[ok].argmax(1)]
-            sph_hits[a] += adv1.sum(1)
-            src_hits[a] += (adv1 & adv2).sum(1)
-            tries[a] += c
-            if (it + 1) % 10 == 0:
-                self._adapt(a, sph, src, sph_hits, src_hits, tries)
-                active &= src >= self.source_step_convergence
+            eta = rng.standard_normal((a.size, dim))
+            eta -= (eta * unit).sum(1, keepdims=True) * unit
+            en = np.linalg.norm(eta, axis=1)  # 0 only in 1-D: no orthogonal step
+            eta *= (sa * dist / np.where(en > 0, en, 1.0))[:, None]
+            spherical = xa + (eta - diff) / np.sqrt(sa * sa + 1.0)[:, None]  # on the sphere (Pythagoras)
+            toward = xa - spherical
+            tn = np.linalg.norm(toward, axis=1)
+            length = np.maximum(src[a] * dist + tn - dist, 0.0)  # corrected for rounding off the sphere
+            cand = spherical + (length / tn)[:, None] * toward
+            check = step % every == 0
+            batch = np.concatenate([cand, spherical]) if check else cand
+            adv = target.predict_codes(batch) != np.tile(y[a], 2 if check else 1)
+            adv_c = adv[:a.size]
+            better = adv_c & (np.linalg.norm(xa - cand, axis=1) < dist)
+            z[a[better]] = cand[better]
+            if check:
+                stats_sph.push(a, adv[a.size:])
+                stats_src.push(a, adv_c)
+                full = stats_sph.full(a)
+                p = stats_sph.mean(a)
+                up, down = full & (p > 0.5), full & (p < 0.2)
+                sph[a[up]] *= f
+                src[a[up]] *= f
+                sph[a[down]] /= f
+                src[a[down]] /= f
+                stats_sph.clear(a[up | down])
+                full = stats_src.full(a)
+                p = stats_src.mean(a)
+                up, down = full & (p > 0.25), full & (p < 0.1)
+                src[a[up]] *= f
+                src[a[down]] /= f
+                stats_src.clear(a[up | down])
         out[idx] = z
         return out
 
-    def _adapt(self, a, sph, src, sph_hits, src_hits, tries) -> None:
-        """Brendel et al.: keep about half of the orthogonal steps adversarial, and a fair share of
-        the full steps; shrink both when the walk fails."""
-        f = self.step_adaptation
-        p_sph = sph_hits[a] / tries[a]
-        p_src = np.divide(src_hits[a], sph_hits[a], out=np.zeros(a.size), where=sph_hits[a] > 0)
-        up, down = p_sph > 0.5, p_sph < 0.2
-        sph[a[up]] *= f
-        src[a[up]] *= f
-        sph[a[down]] /= f
-        src[a[down]] /= f
-        src[a[p_src > 0.5]] *= f
-        src[a[p_src < 0.2]] /= f
-        np.clip(sph, 0, 0.5, out=sph)
-        np.clip(src, 0, 0.5, out=src)
-        sph_hits[a] = src_hits[a] = tries[a] = 0.0
+
+class _Window:
+    """The last ``size`` outcomes (0/1) of each point; NaN = no record (foolbox's ArrayQueue)."""
+
+    def __init__(self, size: int, n: int):
+        self.data = np.full((size, n), np.nan)
+        self.next = np.zeros(n, dtype=np.int64)
+
+    def push(self, rows: np.ndarray, values: np.ndarray) -> None:
+        self.data[self.next[rows], rows] = values
+        self.next[rows] = (self.next[rows] + 1) % self.data.shape[0]
+
+    def full(self, rows: np.ndarray) -> np.ndarray:
+        return ~np.isnan(self.data[:, rows]).any(0)
+
+    def mean(self, rows: np.ndarray) -> np.ndarray:
+        block = self.data[:, rows]
+        seen = ~np.isnan(block)
+        return np.where(seen, block, 0.0).sum(0) / np.maximum(seen.sum(0), 1)
+
+    def clear(self, rows: np.ndarray) -> None:
+        self.data[:, rows] = np.nan

@@ -16,7 +16,10 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 
 from ..certify import _least_distance, exact_radius_1nn
 from ..margin import NORM_FLOOR, margin_from_distances, smallest_k, vote
@@ -118,6 +121,7 @@ class _Point:
 
     def __init__(self, target: _Target, x: np.ndarray, d: np.ndarray, y: int, mx_norm: np.ndarray):
         self.target, self.x, self.d, self.y = target, x, d, y
+        self.Zu, self.Zu_sq = target.Zu.numpy(), target.Zu_sq.numpy()
         self.xc = x - target.geo.mean
         self.order = np.argsort(d, kind="stable")
         self.codes_o = target.geo.codes[self.order]
@@ -238,6 +242,334 @@ def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray
     return None
 
 
+# ------------------------------------------------- the region QP, compiled (the fast path)
+#
+# The same constraint generation as ``_region_qp``, compiled: the scan of the rivals within reach,
+# the shortlist, the exact pair norms, and the least-distance problem of the working set through
+# Lawson and Hanson's NNLS (E = [-U^T; -b^T]), warm started from the previous round (adding
+# columns to E leaves the old solution optimal on its support). Where NNLS or the final
+# feasibility check fails, it reports so and the caller reruns the reference ``_region_qp``
+# (scipy's NNLS).
+
+_QP_DONE, _QP_NONE, _QP_NUMERIC = 0, 1, 2
+
+
+@numba.njit(cache=True, nogil=True)
+def _qr_add(Et, j, Qt, R, p):  # pragma: no cover - compiled
+    """Append column ``j`` of ``E`` (row ``j`` of ``Et``) to the thin QR factors (rows of
+    ``Qt[:p]``, ``R[:p, :p]``) by Gram-Schmidt, twice; False if numerically dependent on them."""
+    v = Et[j].copy()
+    ref = np.sqrt(v @ v)
+    for _ in range(2):
+        for k in range(p):
+            r = Qt[k] @ v
+            R[k, p] += r
+            v -= r * Qt[k]
+    nrm = np.sqrt(v @ v)
+    if nrm <= 1e-11 * ref:
+        R[:p + 1, p] = 0.0
+        return False
+    Qt[p] = v / nrm
+    R[p, p] = nrm
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _qr_solve(Qt, R, p, last):  # pragma: no cover - compiled
+    """Least-squares solution on the factored columns for the right-hand side ``e_last``."""
+    x = np.empty(p)
+    for i in range(p - 1, -1, -1):
+        acc = Qt[i, last]
+        for k in range(i + 1, p):
+            acc -= R[i, k] * x[k]
+        x[i] = acc / R[i, i]
+    return x
+
+
+@numba.njit(cache=True, nogil=True)
+def _nnls_ldp(U, b, u, max_iter):  # pragma: no cover - compiled
+    """Lawson-Hanson NNLS ``min ||E u - f||`` over ``u >= 0`` with ``E = [-U^T; -b^T]`` and
+    ``f = e_last`` (least-distance programming), the passive columns kept as thin QR factors
+    (appended one at a time, refactored when columns leave). ``u``: a feasible start.
+    Returns ``(u, ok)``."""
+    w, dim = U.shape
+    Et = np.empty((w, dim + 1))
+    Et[:, :dim] = -U
+    Et[:, dim] = -b
+    Qt = np.zeros((w, dim + 1))
+    R = np.zeros((w, w))
+    cols = np.empty(w, dtype=np.int64)
+    p = 0
+    for i in range(w):  # factor the warm start's support
+        if u[i] > 0:
+            if not _qr_add(Et, i, Qt, R, p):
+                return u, False
+            cols[p] = i
+            p += 1
+    passive = u > 0
+    blocked = np.zeros(w, dtype=np.bool_)
+    tol = 1e-12 * max(1.0, np.abs(Et).max())
+    it = 0
+    j = -1
+    inner = p > 0
+    while True:
+        while inner:  # make u optimal on the passive set (Lawson-Hanson's inner loop)
+            it += 1
+            if it > max_iter:
+                return u, False
+            sol = _qr_solve(Qt, R, p, dim)
+            if j >= 0:
+                j = -1
+                if sol[p - 1] <= 0:  # the entering column cannot grow: leave it out
+                    p -= 1
+                    passive[cols[p]] = False
+                    blocked[cols[p]] = True
+                    R[:p + 1, p] = 0.0
+                    break
+            if (sol > 0).all():
+                u[:] = 0.0
+                for a in range(p):
+                    u[cols[a]] = sol[a]
+                blocked[:] = False
+                break
+            alpha = np.inf
+            for a in range(p):
+                if sol[a] <= 0:
+                    alpha = min(alpha, u[cols[a]] / (u[cols[a]] - sol[a]))
+            keep = np.empty(p, dtype=np.int64)
+            n_keep = 0
+            for a in range(p):
+                c = cols[a]
+                u[c] += alpha * (sol[a] - u[c])
+                if u[c] <= 0:
+                    u[c] = 0.0
+                    passive[c] = False
+                else:
+                    keep[n_keep] = c
+                    n_keep += 1
+            R[:] = 0.0
+            p = 0
+            for a in range(n_keep):
+                if not _qr_add(Et, keep[a], Qt, R, p):
+                    return u, False
+                cols[p] = keep[a]
+                p += 1
+            if p == 0:
+                break
+        inner = False
+        r = -(Et.T @ u)
+        r[dim] += 1.0  # f - E u
+        grad = Et @ r
+        j, best = -1, tol
+        for i in range(w):
+            if not passive[i] and not blocked[i] and grad[i] > best:
+                j, best = i, grad[i]
+        if j < 0:
+            return u, True
+        if not _qr_add(Et, j, Qt, R, p):  # dependent on the passive columns: no progress there
+            blocked[j] = True
+            j = -1
+            continue
+        passive[j] = True
+        cols[p] = j
+        p += 1
+        inner = True
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_stable(v, k):  # pragma: no cover - compiled
+    """``np.argsort(-v, kind="stable")[:k]`` by selection: the ``k`` largest, ties by index."""
+    n = v.size
+    if n <= k:
+        return np.argsort(-v, kind="mergesort")
+    thr = np.partition(v, n - k)[n - k]  # the k-th largest value
+    idx = np.empty(k, dtype=np.int64)
+    c = 0
+    for i in range(n):
+        if v[i] > thr:
+            idx[c] = i
+            c += 1
+    for i in range(n):
+        if c == k:
+            break
+        if v[i] == thr:
+            idx[c] = i
+            c += 1
+    return idx[np.argsort(-v[idx], kind="mergesort")]
+
+
+@numba.njit(cache=True, nogil=True)
+def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx_norm, tau, tol, bound,
+                        max_rounds, per_round, floor):  # pragma: no cover - compiled
+    """See ``_region_qp``. Returns ``(status, delta, W_m, W_o, lam)``."""
+    n, dim = MX.shape
+    k = members.size
+    d_m = np.empty(k)
+    nrm_m = np.empty(k)
+    for i in range(k):
+        d_m[i] = d[members[i]]
+        nrm_m[i] = mx_norm[members[i]]
+    reach0 = np.sqrt(d_m.max())
+    slack = (tau + tol) * 2.0 * mx_norm.max()
+    cap = 32
+    U = np.empty((cap, dim))
+    b = np.empty(cap)
+    Wm = np.empty(cap, dtype=np.int64)
+    Wo = np.empty(cap, dtype=np.int64)
+    u = np.zeros(cap)
+    nw = 0
+    delta = np.zeros(dim)
+    lam = np.zeros(0)
+    used = np.zeros((k, 64), dtype=np.bool_)
+    for _ in range(max_rounds):
+        if has_L:
+            L_delta = np.sqrt(((Lm @ delta) ** 2).sum())
+        else:
+            L_delta = np.sqrt((delta ** 2).sum())
+        q = np.searchsorted(root, (reach0 + 2.0 * L_delta) * (1 + 1e-9), side="right")
+        if q > used.shape[1]:
+            grown = np.zeros((k, max(q, 2 * used.shape[1])), dtype=np.bool_)
+            grown[:, :used.shape[1]] = used
+            used = grown
+        mo = np.zeros(q)
+        md = np.zeros(k)
+        if nw > 0:
+            for j in range(q):
+                mo[j] = MX[riv[j]] @ delta
+            for i in range(k):
+                md[i] = MX[members[i]] @ delta
+        skip = np.zeros(q, dtype=np.bool_)
+        for e in range(excused.size):
+            for j in range(q):
+                if riv[j] == excused[e]:
+                    skip[j] = True
+        # pairs whose constraint g <= -tau ||M (x_o - x_m)|| may be violated, row-major
+        pm = np.empty(k * q, dtype=np.int64)
+        po = np.empty(k * q, dtype=np.int64)
+        gv = np.empty(k * q)
+        cnt = 0
+        for i in range(k):
+            for j in range(q):
+                if skip[j] or used[i, j]:
+                    continue
+                g = -0.5 * (d[riv[j]] - d_m[i]) + (mo[j] - md[i])
+                if g > -slack:
+                    pm[cnt], po[cnt], gv[cnt] = i, j, g
+                    cnt += 1
+        if cnt == 0:
+            return _QP_DONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
+        pm, po, gv = pm[:cnt], po[:cnt], gv[:cnt]
+        if cnt > 8 * per_round:  # exact norms for a shortlist: the largest g / (norm bound)
+            key = np.empty(cnt)
+            for c in range(cnt):
+                key[c] = gv[c] / (nrm_m[pm[c]] + mx_norm[riv[po[c]]])
+            short = _top_stable(key, 8 * per_round)
+            if (gv[short] > 0).any():
+                pm, po, gv = pm[short], po[short], gv[short]
+                cnt = short.size
+        viol = np.empty(cnt)
+        norms = np.empty(cnt)
+        for c in range(cnt):
+            m_, o_ = members[pm[c]], riv[po[c]]
+            nr = np.sqrt(max(MX_sq[m_] + MX_sq[o_] - 2.0 * (MX[m_] @ MX[o_]), 0.0))
+            norms[c] = nr
+            if nr <= floor:  # coincident under M: the index rule decides, not delta
+                used[pm[c], po[c]] = True
+                viol[c] = -np.inf
+            else:
+                viol[c] = gv[c] / nr + tau
+        top = _top_stable(viol, per_round)
+        n_new = 0
+        for c in top:
+            if viol[c] > tol:
+                n_new += 1
+        if n_new == 0:
+            return _QP_DONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
+        if nw + n_new > cap:
+            cap2 = max(2 * cap, nw + n_new)
+            U2 = np.empty((cap2, dim))
+            U2[:nw] = U[:nw]
+            b2 = np.empty(cap2)
+            b2[:nw] = b[:nw]
+            Wm2 = np.empty(cap2, dtype=np.int64)
+            Wm2[:nw] = Wm[:nw]
+            Wo2 = np.empty(cap2, dtype=np.int64)
+            Wo2[:nw] = Wo[:nw]
+            u2 = np.zeros(cap2)
+            u2[:nw] = u[:nw]
+            U, b, Wm, Wo, u, cap = U2, b2, Wm2, Wo2, u2, cap2
+        for c in top:
+            if viol[c] <= tol:
+                continue
+            m_, o_ = members[pm[c]], riv[po[c]]
+            used[pm[c], po[c]] = True
+            U[nw] = (MX[o_] - MX[m_]) / norms[c]
+            b[nw] = (d[o_] - d[m_]) / (2.0 * max(norms[c], floor)) - tau
+            Wm[nw], Wo[nw] = m_, o_
+            u[nw] = 0.0
+            nw += 1
+        uu, ok = _nnls_ldp(U[:nw], b[:nw], u[:nw].copy(), 5 * nw + 100)
+        if not ok:
+            return _QP_NUMERIC, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
+        u[:nw] = uu
+        denom = 1.0 + b[:nw] @ uu
+        if denom <= 1e-12:
+            return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam  # the region is empty
+        lam = uu / denom
+        delta = -(U[:nw].T @ lam)
+        worst = np.inf
+        for r in range(nw):
+            worst = min(worst, b[r] - U[r] @ delta)
+        if not np.isfinite(worst) or worst < -10 * tol:
+            return _QP_NUMERIC, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
+        if np.sqrt((delta ** 2).sum()) >= bound:
+            return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
+    return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
+
+
+@numba.njit(cache=True, nogil=True)
+def _predict_one_compiled(Z, Z_sq, codes, zq, k, n_classes):  # pragma: no cover - compiled
+    """The K-NN vote at one point (``zq``: its centred, transformed coordinates), with the
+    package's rules: nearer first, then the smaller index; a tied vote to the smaller code."""
+    dist = np.maximum(Z_sq - 2.0 * (Z @ zq) + zq @ zq, 0.0)
+    kth = np.partition(dist, k - 1)[k - 1]
+    cand = np.flatnonzero(dist <= kth)  # in index order
+    if cand.size > k:
+        cand = cand[np.argsort(dist[cand], kind="mergesort")[:k]]
+    votes = np.zeros(n_classes, dtype=np.int64)
+    for i in cand:
+        votes[codes[i]] += 1
+    return np.argmax(votes)
+
+
+def _flips(pt: _Point, delta: np.ndarray) -> bool:
+    """Whether the K-NN prediction at ``x + delta`` differs from the true class (in the
+    coordinates of ``knn.kneighbors``, like ``_Target.predict_codes``)."""
+    target = pt.target
+    z = pt.x + delta
+    zq = z if target.geo.L is None else target.geo.L @ z
+    return int(_predict_one_compiled(pt.Zu, pt.Zu_sq, target.geo.codes, zq, target.k, target.n_classes)) != pt.y
+
+
+def _region_qp_fast(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray, *, tau: float, tol: float,
+                    bound: float = np.inf, max_rounds: int = 200) -> tuple | None:
+    """``_region_qp`` through the compiled path; the reference reruns it where that path reports
+    dependent working rows."""
+    geo = pt.target.geo
+    riv, root = pt.rivals(kind)
+    L = geo.L
+    status, delta, W_m, W_o, lam = _region_qp_compiled(
+        geo.MX, geo.MX_sq, np.zeros((1, geo.MX.shape[1])) if L is None else np.ascontiguousarray(L), L is not None,
+        pt.d, np.ascontiguousarray(members, dtype=np.int64), riv, root,
+        np.ascontiguousarray(excused, dtype=np.int64), pt.mx_norm, float(tau), float(tol), float(bound),
+        max_rounds, _PER_ROUND, NORM_FLOOR)
+    if status == _QP_DONE:
+        return delta, (W_m, W_o, lam)
+    if status == _QP_NONE:
+        return None
+    return _region_qp(pt, members, kind, excused, tau=tau, tol=tol, bound=bound, max_rounds=max_rounds)
+
+
 # ------------------------------------------------------------------ structural attack
 #
 # A template (members, rivals, excused) asks that every member be closer to x + delta than every
@@ -267,22 +599,44 @@ def _kth_largest(w: np.ndarray, k: int) -> np.ndarray:
     return -np.partition(-w, k - 1, axis=-1)[..., k - 1]
 
 
+@numba.njit(cache=True, nogil=True)
+def _greedy_compiled(viol, size, n_keep, base):  # pragma: no cover - compiled
+    """See ``_greedy``; ``viol`` of shape (B, P, S), ``base`` (B, S)."""
+    n_b, n_p, n_s = viol.shape
+    out = np.empty((n_b, size), dtype=np.int64)
+    k = n_keep + 1
+    lb = np.empty(n_p)
+    for bi in range(n_b):
+        cur = base[bi].copy()
+        taken = np.zeros(n_p, dtype=np.bool_)
+        for i in range(size):
+            for r in range(n_p):
+                if taken[r]:
+                    lb[r] = np.inf
+                elif k > n_s:
+                    lb[r] = 0.0
+                else:
+                    lb[r] = -np.partition(-np.maximum(cur, viol[bi, r]), k - 1)[k - 1]
+            arg = 0
+            for r in range(1, n_p):  # np.argmin: the first minimum
+                if lb[r] < lb[arg]:
+                    arg = r
+            out[bi, i] = arg
+            taken[arg] = True
+            cur = np.maximum(cur, viol[bi, arg])
+        out[bi] = np.sort(out[bi])
+    return out
+
+
 def _greedy(viol: np.ndarray, size: int, n_keep: int, base: np.ndarray | None = None) -> np.ndarray:
     """Grow a set of rows of ``viol`` (shape ``(..., P, S)``: one problem per leading index) one
     at a time, each time the row that keeps the bound (``n_keep + 1``-th largest column-wise
     maximum) smallest; ties go to the smaller row. Returns the sorted rows, shape ``(..., size)``."""
-    lead = viol.shape[:-2]
-    cur = np.zeros(lead + viol.shape[-1:]) if base is None else np.broadcast_to(base, lead + viol.shape[-1:])
-    chosen = np.zeros(lead + (size,), dtype=np.int64)
-    taken = np.zeros(lead + viol.shape[-2:-1], dtype=bool)
-    for i in range(size):
-        lb = _kth_largest(np.maximum(cur[..., None, :], viol), n_keep + 1)
-        lb[taken] = np.inf
-        nxt = lb.argmin(-1)
-        chosen[..., i] = nxt
-        np.put_along_axis(taken, nxt[..., None], True, axis=-1)
-        cur = np.maximum(cur, np.take_along_axis(viol, nxt[..., None, None], axis=-2)[..., 0, :])
-    return np.sort(chosen, axis=-1)
+    lead, (n_p, n_s) = viol.shape[:-2], viol.shape[-2:]
+    V = np.ascontiguousarray(viol, dtype=np.float64).reshape(-1, n_p, n_s)
+    B = np.zeros((V.shape[0], n_s)) if base is None else \
+        np.ascontiguousarray(np.broadcast_to(base, lead + (n_s,)), dtype=np.float64).reshape(-1, n_s)
+    return _greedy_compiled(V, size, n_keep, B).reshape(lead + (size,))
 
 
 def _member_sets(viol: np.ndarray, pool_d2: np.ndarray, s: int, n_keep: int, n_clusters: int,
@@ -297,13 +651,19 @@ def _member_sets(viol: np.ndarray, pool_d2: np.ndarray, s: int, n_keep: int, n_c
     return np.vstack([np.stack(sets), clusters])
 
 
-def _capped_fill(codes: np.ndarray, t: int, a: int, need: int, n_classes: int) -> np.ndarray | None:
-    """First ``need`` positions (in order) whose classes stay below the caps that let class ``t``
-    with ``a`` votes win (ties go to the smaller code); None if they run out."""
+def _class_rank(codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """For each position, how many earlier positions hold the same class."""
     by = np.argsort(codes, kind="stable")
     first = np.r_[0, np.cumsum(np.bincount(codes, minlength=n_classes))]
     rank = np.empty(codes.size, dtype=np.int64)
-    rank[by] = np.arange(codes.size) - first[codes[by]]  # earlier points of the same class
+    rank[by] = np.arange(codes.size) - first[codes[by]]
+    return rank
+
+
+def _capped_fill(codes: np.ndarray, rank: np.ndarray, t: int, a: int, need: int, n_classes: int) -> np.ndarray | None:
+    """First ``need`` positions (in order) whose classes stay below the caps that let class ``t``
+    with ``a`` votes win (ties go to the smaller code); None if they run out. ``rank``:
+    ``_class_rank(codes)``."""
     caps = np.where(np.arange(n_classes) < t, a - 1, a)
     out = np.flatnonzero(rank < caps[codes])[:need]
     return out if out.size == need else None
@@ -377,8 +737,10 @@ def _candidates(pt: _Point, s: int, n_pool: int, n_screen: int, n_targets: int) 
                     add(float(lbs[1][j]), members[j], kind, screen[nearest[j]], tag)
             if tag != "all" or C < 3:
                 continue
+            sc_codes = geo.codes[screen]
+            rank = _class_rank(sc_codes, C)
             for a in range(1, min(s, pool.size + 1)):  # plurality templates
-                B = _capped_fill(geo.codes[screen], t, a, K - a, C)
+                B = _capped_fill(sc_codes, rank, t, a, K - a, C)
                 if B is None:
                     continue
                 keep = np.ones(screen.size, dtype=bool)
@@ -539,10 +901,14 @@ class StructuralAttack(MinimizationAttack):
         D = target.geo.sq_dist(X)
         mx_norm = np.sqrt(target.geo.MX_sq)
         out = X.copy()
-        for r in range(len(X)):
-            delta = self._attack_point(_Point(target, X[r], D[r], int(codes[r]), mx_norm))
-            if delta is not None:
-                out[r] = X[r] + delta
+        # the work per point is many tiny products: threads only add wake-up latency (the
+        # caller restores torch's thread count; use n_jobs to occupy more cores)
+        torch.set_num_threads(1)
+        with threadpool_limits(limits=1):
+            for r in range(len(X)):
+                delta = self._attack_point(_Point(target, X[r], D[r], int(codes[r]), mx_norm))
+                if delta is not None:
+                    out[r] = X[r] + delta
         return out
 
     @staticmethod
@@ -550,10 +916,10 @@ class StructuralAttack(MinimizationAttack):
         """The template's QP: ``(delta, duals)`` if shorter than ``best`` and ``predict`` flips."""
         scale = float(np.linalg.norm(pt.target.geo.X[members] - pt.xc, axis=1).max())
         for rel in _TIGHTEN:
-            res = _region_qp(pt, members, kind, excused, tau=rel * scale, tol=1e-10 * scale, bound=best)
+            res = _region_qp_fast(pt, members, kind, excused, tau=rel * scale, tol=1e-10 * scale, bound=best)
             if res is None or np.linalg.norm(res[0]) >= best:
                 return None
-            if pt.target.predict_codes((pt.x + res[0])[None, :])[0] != pt.y:
+            if _flips(pt, res[0]):
                 return res
         return None
 
