@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                         "dml: robust deep metric learning (natural, naive, EST, ours) on MNIST/Fashion-MNIST")
     r.add_argument("--datasets", nargs="+", default=None, choices=DATASET_NAMES,
                    help="default: arml, every Mahalanobis dataset whose files are present (digits always); "
-                        "lmnn-pl, wine, breast_cancer, iris and splice if present; dml, mnist and fashion_mnist "
+                        "lmnn-pl, wine, breast_cancer, iris and splice if present; dml, mnist and fashion-mnist "
                         "if present, else digits")
     r.add_argument("--methods", nargs="+", default=None,
                    help="default: all of the experiment's methods (dml: the defences natural naive est ours)")

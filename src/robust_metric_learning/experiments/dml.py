@@ -37,7 +37,7 @@ import numpy as np
 
 __all__ = ["DATASETS", "DEFENSES", "LOSSES", "EVAL_EPS", "protocol", "load_task_data", "run_task", "report"]
 
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion-mnist")
 DEFENSES = ("natural", "naive", "est", "ours")
 LOSSES = ("triplet", "contrastive")
 #: training split: classes seen in training; the others are retrieved at test time
