@@ -168,3 +168,24 @@ def test_models_shapes_and_normalisation():
     with pytest.raises(ValueError, match="embedding_dim"):
         SmallCNN(0)
     assert math.isfinite(lipschitz_bound(SmallCNN(4)))
+
+
+def test_adversarial_retrieval_on_a_query_subset_matches_the_full_run():
+    from robust_metric_learning.attacks import PGD
+    from robust_metric_learning.deep import adversarial_retrieval
+
+    torch.manual_seed(0)
+    model = MLP(16, hidden=(16,), embedding_dim=4).eval()
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    X = np.clip(rng.normal(0.5, 0.15, size=(60, 16)) + 0.1 * y[:, None], 0, 1).astype(np.float32)
+    full = adversarial_retrieval(model, X, y, eps=[0.0, 0.05], attack=PGD(steps=3, random_state=0))
+    part = adversarial_retrieval(model, X, y, eps=[0.0, 0.05], attack=PGD(steps=3, random_state=0),
+                                 queries=np.arange(0, 60, 2))
+    assert full["precision_at_1"][0] == pytest.approx(full["clean"]["precision_at_1"])
+    assert part["clean"]["precision_at_1"] == pytest.approx(np.mean(full["attacked"][::2]))
+    assert part["precision_at_1"][1] <= part["precision_at_1"][0]
+    # nothing is flipped without a budget, something is with one
+    assert full["flipped"][1].sum() > 0 and not full["flipped"][0].any()
+    with pytest.raises(ValueError, match="queries"):
+        adversarial_retrieval(model, X, y, eps=0.1, queries=[60])

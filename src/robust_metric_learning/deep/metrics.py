@@ -132,10 +132,10 @@ def _recall_at_1_mask(q, ql, g, gl, self_index) -> torch.Tensor:
 
 
 def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
-                          attack: Any = None, batch_size: int = 1024) -> dict[str, Any]:
+                          attack: Any = None, queries: Any = None, batch_size: int = 1024) -> dict[str, Any]:
     """Recall@1 and MAP@R with attacked queries against the clean gallery (leave-one-out).
 
-    Every row of ``X`` is a query and a gallery item. Only queries correct at R@1 are
+    Every row of ``X`` is a gallery item and (or only the rows ``queries``) a query. Only queries correct at R@1 are
     attacked (the others stay as they are, counted as wrong); the attack pushes each away from
     its nearest same-class gallery item and towards the nearest other-class one
     (:class:`~robust_metric_learning.attacks.objectives.RetrievalObjective`).
@@ -149,13 +149,16 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         Budgets, in the attack's norm.
     attack : attack object, default=PGD(norm="linf", steps=20)
         Called as ``attack(model, inputs, objective, eps=e)`` returning ``(raw, clipped, success)``.
+    queries : array of int, default=None
+        Rows of ``X`` used as queries (default: all).
 
     Returns
     -------
     dict
         ``eps``, and per eps lists ``precision_at_1``, ``mean_average_precision_at_r``,
-        ``success`` (fraction of attacked queries whose R@1 flipped), plus the clean values and
-        ``attacked`` (boolean mask of the queries attacked).
+        ``success`` (fraction of attacked queries whose R@1 flipped), ``flipped`` (per query,
+        whether the attack broke it), plus the clean values and ``attacked`` (per query,
+        whether it was attacked, i.e. correct at R@1).
     """
     from ..attacks.gradient import PGD
     from ..attacks.objectives import RetrievalObjective
@@ -167,26 +170,31 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     eps_list = [float(e) for e in np.atleast_1d(np.asarray(eps, dtype=np.float64))]
     attack = PGD(norm="linf", steps=20) if attack is None else attack
     gallery = embed(model, X, batch_size=batch_size).double()
-    self_index = torch.arange(len(X))
-    correct = _recall_at_1_mask(gallery, labels, gallery, labels, self_index)
-    clean = retrieval_metrics(gallery, labels, gallery, labels, self_index=self_index)
-    rows = torch.nonzero(correct).flatten()
+    qrows = torch.arange(len(X)) if queries is None else torch.as_tensor(np.asarray(queries), dtype=torch.long)
+    if qrows.dim() != 1 or len(qrows) == 0 or int(qrows.min()) < 0 or int(qrows.max()) >= len(X):
+        raise ValueError(f"queries must be a non-empty 1-D array of rows of X (0..{len(X) - 1})")
+    q_labels = labels[qrows]
+    correct = _recall_at_1_mask(gallery[qrows], q_labels, gallery, labels, qrows)
+    clean = retrieval_metrics(gallery[qrows], q_labels, gallery, labels, self_index=qrows)
+    hit = torch.nonzero(correct).flatten()  # positions (among the queries) attacked
+    rows = qrows[hit]
     out: dict[str, Any] = {"eps": eps_list, "clean": clean, "attacked": correct.numpy(),
                            "precision_at_1": [], "mean_average_precision_at_r": [], "success": [],
                            "flipped": []}
     objective = RetrievalObjective(gallery.float(), labels, labels[rows], query_in_gallery=rows)
     for e in eps_list:
-        queries = gallery.clone()
-        flipped = torch.zeros(len(X), dtype=torch.bool)
+        q_emb = gallery[qrows].clone()
+        flipped = torch.zeros(len(qrows), dtype=torch.bool)
         if e > 0 and len(rows):
-            _, clipped, success = attack(model, X[rows], objective, eps=e)
-            adv = embed(model, clipped, batch_size=batch_size).double()
-            queries[rows] = adv
-            flipped[rows] = ~_recall_at_1_mask(adv, labels[rows], gallery, labels, rows)
-        m = retrieval_metrics(queries, labels, gallery, labels, self_index=self_index)
+            result = attack(model, X[rows], objective, eps=e)
+            emb = getattr(result, "embeddings", None)
+            adv = (embed(model, result[1], batch_size=batch_size) if emb is None else emb.detach().cpu()).double()
+            q_emb[hit] = adv
+            flipped[hit] = ~_recall_at_1_mask(adv, labels[rows], gallery, labels, rows)
+        m = retrieval_metrics(q_emb, q_labels, gallery, labels, self_index=qrows)
         out["precision_at_1"].append(m["precision_at_1"])
         out["mean_average_precision_at_r"].append(m["mean_average_precision_at_r"])
-        out["success"].append(float(flipped[rows].float().mean()) if len(rows) else 0.0)
+        out["success"].append(float(flipped[hit].float().mean()) if len(rows) else 0.0)
         out["flipped"].append(flipped.numpy())
     return out
 
