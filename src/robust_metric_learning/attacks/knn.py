@@ -22,7 +22,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from ..certify import _least_distance, exact_radius_1nn
-from ..margin import NORM_FLOOR, margin_from_distances, smallest_k, vote
+from ..margin import NORM_FLOOR, margin_from_distances, vote
 from .base import MinimizationAttack, _Target
 
 __all__ = ["ExactAttack", "StructuralAttack"]
@@ -127,6 +127,8 @@ class _Point:
         self.codes_o = target.geo.codes[self.order]
         self.mx_norm = mx_norm  # ||M x_i|| of the centred training points
         self._rivals: dict[tuple, tuple] = {}
+        self._heads: dict[tuple, np.ndarray] = {}
+        self._euclid: np.ndarray | None = None
 
     def rivals(self, kind: tuple) -> tuple[np.ndarray, np.ndarray]:
         """The rivals of ``kind`` in (distance, index) order, and their (unsquared) distances."""
@@ -139,22 +141,62 @@ class _Point:
 
     def nearest(self, kind: tuple, m: int, excused: np.ndarray | None = None) -> np.ndarray:
         """The ``m`` nearest rivals of ``kind`` that are not ``excused``."""
-        c, same = kind
-        if kind in self._rivals or same:
-            head = self.rivals(kind)[0]
-        else:  # the first m non-c points lie among the first m + |c| + |excused| points
-            lim = m + int(self.target.class_index[c].size) + (0 if excused is None else excused.size)
-            head = self.order[:lim][self.codes_o[:lim] != c]
-        if excused is not None and excused.size:
-            head = head[:m + excused.size]
+        e = 0 if excused is None else excused.size
+        head = self._heads.get(kind)
+        if head is None or (head.size < m + e and head.size < self._n_rivals(kind)):
+            c, same = kind
+            want = max(m + e, 64)
+            if kind in self._rivals or same:
+                head = self.rivals(kind)[0][:want]
+            else:  # the first ``want`` non-c points lie among the first want + |c| points
+                lim = want + int(self.target.class_index[c].size)
+                head = self.order[:lim][self.codes_o[:lim] != c][:want]
+            self._heads[kind] = head
+        if e:
+            head = head[:m + e]
             head = head[~np.isin(head, excused)]
         return head[:m]
+
+    def _n_rivals(self, kind: tuple) -> int:
+        c, same = kind
+        size = int(self.target.class_index[c].size)
+        return size if same else self.d.size - size
+
+    def euclid(self, idx: np.ndarray) -> np.ndarray:
+        """Plain (not Mahalanobis) l2 distances from ``x`` to training points ``idx``."""
+        if self._euclid is None:
+            diff = self.target.geo.X - self.xc
+            self._euclid = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        return self._euclid[idx]
+
+    def sq_dist_from(self, z: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distances from the raw point ``z`` to every training point."""
+        geo = self.target.geo
+        zc = z - geo.mean
+        zq = zc if geo.L is None else geo.L @ zc
+        return np.maximum(geo.Z_sq - 2.0 * (geo.Z @ zq) + zq @ zq, 0.0)
+
+    def max_half_space(self, P: np.ndarray, Q: np.ndarray) -> float:
+        """The largest entry of ``half_space(P, Q)`` (compiled: no intermediate matrix)."""
+        geo = self.target.geo
+        return float(_max_half_space_compiled(geo.MX, geo.MX_sq, self.d, np.ascontiguousarray(P, dtype=np.int64),
+                                              np.ascontiguousarray(Q, dtype=np.int64), NORM_FLOOR))
 
     def half_space(self, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
         """``[distance from x to {z : z at least as close to x_p as to x_q}]_+`` (l2), all pairs:
         minus the margin (DESIGN §2), clipped at 0."""
         return np.clip(-margin_from_distances(self.d[P][:, None], self.d[Q][None, :],
                                               _pair_norms(self.target.geo, P, Q)), 0.0, None)
+
+
+@numba.njit(cache=True, nogil=True)
+def _max_half_space_compiled(MX, MX_sq, d, P, Q, floor):  # pragma: no cover - compiled
+    best = 0.0
+    for p in P:
+        for q in Q:
+            nrm = np.sqrt(max(MX_sq[p] + MX_sq[q] - 2.0 * (MX[p] @ MX[q]), 0.0))
+            best = max(best, (d[p] - d[q]) / (2.0 * max(nrm, floor)))
+    return best
 
 
 def _pair_norms(geo, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
@@ -435,9 +477,15 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
         md = np.zeros(k)
         if nw > 0:
             for j in range(q):
-                mo[j] = MX[riv[j]] @ delta
+                acc = 0.0
+                for t in range(dim):
+                    acc += MX[riv[j], t] * delta[t]
+                mo[j] = acc
             for i in range(k):
-                md[i] = MX[members[i]] @ delta
+                acc = 0.0
+                for t in range(dim):
+                    acc += MX[members[i], t] * delta[t]
+                md[i] = acc
         skip = np.zeros(q, dtype=np.bool_)
         for e in range(excused.size):
             for j in range(q):
@@ -469,15 +517,24 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
                 cnt = short.size
         viol = np.empty(cnt)
         norms = np.empty(cnt)
+        max_viol = 0.0
         for c in range(cnt):
             m_, o_ = members[pm[c]], riv[po[c]]
-            nr = np.sqrt(max(MX_sq[m_] + MX_sq[o_] - 2.0 * (MX[m_] @ MX[o_]), 0.0))
+            acc = 0.0
+            for t in range(dim):
+                acc += MX[m_, t] * MX[o_, t]
+            nr = np.sqrt(max(MX_sq[m_] + MX_sq[o_] - 2.0 * acc, 0.0))
             norms[c] = nr
             if nr <= floor:  # coincident under M: the index rule decides, not delta
                 used[pm[c], po[c]] = True
                 viol[c] = -np.inf
             else:
                 viol[c] = gv[c] / nr + tau
+                max_viol = max(max_viol, viol[c])
+        # delta is the nearest point of the working set's polyhedron, so every point of it is at
+        # least sqrt(|delta|^2 + dist(delta, H)^2) from the origin for each violated half-space H
+        if (delta @ delta) + max_viol * max_viol >= bound * bound:
+            return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
         top = _top_stable(viol, per_round)
         n_new = 0
         for c in top:
@@ -529,15 +586,30 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
 
 @numba.njit(cache=True, nogil=True)
 def _predict_one_compiled(Z, Z_sq, codes, zq, k, n_classes):  # pragma: no cover - compiled
-    """The K-NN vote at one point (``zq``: its centred, transformed coordinates), with the
-    package's rules: nearer first, then the smaller index; a tied vote to the smaller code."""
-    dist = np.maximum(Z_sq - 2.0 * (Z @ zq) + zq @ zq, 0.0)
-    kth = np.partition(dist, k - 1)[k - 1]
-    cand = np.flatnonzero(dist <= kth)  # in index order
-    if cand.size > k:
-        cand = cand[np.argsort(dist[cand], kind="mergesort")[:k]]
+    """The K-NN vote at one point (``zq``: its transformed coordinates), with the package's
+    rules: nearer first, then the smaller index; a tied vote to the smaller code. One pass
+    keeping the ``k`` best (distance, index) pairs in order."""
+    n, r = Z.shape
+    zz = 0.0
+    for t in range(r):
+        zz += zq[t] * zq[t]
+    best_v = np.full(k, np.inf)
+    best_i = np.full(k, -1, dtype=np.int64)
+    for i in range(n):
+        acc = 0.0
+        for t in range(r):
+            acc += Z[i, t] * zq[t]
+        v = max(Z_sq[i] - 2.0 * acc + zz, 0.0)
+        if v < best_v[k - 1]:  # strictly: at equal distance the earlier (smaller) index stays
+            j = k - 1
+            while j > 0 and best_v[j - 1] > v:
+                best_v[j] = best_v[j - 1]
+                best_i[j] = best_i[j - 1]
+                j -= 1
+            best_v[j] = v
+            best_i[j] = i
     votes = np.zeros(n_classes, dtype=np.int64)
-    for i in cand:
+    for i in best_i:
         votes[codes[i]] += 1
     return np.argmax(votes)
 
@@ -755,21 +827,31 @@ def _candidates(pt: _Point, s: int, n_pool: int, n_screen: int, n_targets: int) 
 
 def _recentred(pt: _Point, z: np.ndarray, dz: np.ndarray, s: int) -> list[tuple]:
     """Templates read off an adversarial point ``z`` (``dz``: its squared distances): its own
-    nearest sets. Each region holds ``z`` (up to ties), so its QP is never worse than ``||z - x||``."""
+    nearest sets. Each region holds ``z`` (up to ties), so its QP is never worse than ``||z - x||``.
+    The sets come from an exact prefix of the (distance, index) order at ``z`` (every point at
+    most as far as the ``16 K``-th), the whole order where a class runs short there."""
     target = pt.target
-    geo, K = target.geo, target.k
-    nb = smallest_k(dz, K)
-    t = int(vote(geo.codes[nb][None, :], target.n_classes)[0])
-    T, NT = target.class_index[t], target.other_index[t]
-    A = T[_top_positions(dz[T], s)]
+    geo, K, y = target.geo, target.k, pt.y
+    codes = geo.codes
+    m = min(dz.size, 16 * K)
+    kth = np.partition(dz, m - 1)[m - 1]
+    pre = np.flatnonzero(dz <= kth)
+    pre = pre[np.lexsort((pre, dz[pre]))]
+
+    def first(mask_fn, idx_full, n):
+        got = pre[mask_fn(codes[pre])][:n]
+        return got if got.size == n or pre.size == dz.size else idx_full[_top_positions(dz[idx_full], n)]
+
+    nb = pre[:K]
+    t = int(vote(codes[nb][None, :], target.n_classes)[0])
+    A = first(lambda c: c == t, target.class_index[t], s)
     out = []
     if A.size == s:
-        out.append((A, (t, False), NT[_top_positions(dz[NT], K - s)]))
+        out.append((A, (t, False), first(lambda c: c != t, target.other_index[t], K - s)))
         if target.n_classes > 2:
-            Y = target.class_index[pt.y]
-            out.append((A, (pt.y, True), Y[_top_positions(dz[Y], K - s)]))
-    if (geo.codes[nb] == t).sum() < s:
-        out.append((nb, (t, False), nb[geo.codes[nb] != t]))
+            out.append((A, (y, True), first(lambda c: c == y, target.class_index[y], K - s)))
+    if (codes[nb] == t).sum() < s:
+        out.append((nb, (t, False), nb[codes[nb] != t]))
     return out
 
 
@@ -914,7 +996,7 @@ class StructuralAttack(MinimizationAttack):
     @staticmethod
     def _solve(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray, best: float) -> tuple | None:
         """The template's QP: ``(delta, duals)`` if shorter than ``best`` and ``predict`` flips."""
-        scale = float(np.linalg.norm(pt.target.geo.X[members] - pt.xc, axis=1).max())
+        scale = float(pt.euclid(members).max())
         for rel in _TIGHTEN:
             res = _region_qp_fast(pt, members, kind, excused, tau=rel * scale, tol=1e-10 * scale, bound=best)
             if res is None or np.linalg.norm(res[0]) >= best:
@@ -931,7 +1013,7 @@ class StructuralAttack(MinimizationAttack):
             if len(out) >= self.n_swap_qp:
                 break
             near = pt.nearest(kind, self.n_screen, excused)
-            if near.size == 0 or pt.half_space(members, near).max() < r * (1 - 1e-7):
+            if near.size == 0 or pt.max_half_space(members, near) < r * (1 - 1e-7):
                 out.append((members, kind, excused))
         return out
 
@@ -965,7 +1047,7 @@ class StructuralAttack(MinimizationAttack):
                 break
             for _ in range(self.n_refine):
                 z = x + delta
-                dz = target.geo.sq_dist(z[None, :])[0]
+                dz = pt.sq_dist_from(z)
                 tried = _recentred(pt, z, dz, s)
                 tried += self._promising(pt, _swaps(target, dz, tmpl, duals, self.n_swap), r)
                 improved = False
