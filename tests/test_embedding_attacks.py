@@ -607,3 +607,24 @@ def test_triplet_role_groups_average_the_ungrouped_terms(role):
                        torch.stack([hit[groups == c].any() for c in range(3)]))
     with pytest.raises(ValueError, match="groups"):
         TripletRoleObjective(a, p, n, role=role, groups=torch.tensor([0, 2, 2, 2, 2, 2, 2]))
+
+
+@pytest.mark.parametrize("role", ["anchor", "positive", "negative"])
+def test_triplet_role_from_batch_equals_the_per_triplet_form(role):
+    g = torch.Generator().manual_seed(4)
+    clean = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    a = torch.tensor([0, 1, 2, 0, 4, 5, 6, 8])
+    p = torch.tensor([1, 0, 3, 2, 5, 4, 7, 6])
+    n = torch.tensor([4, 5, 6, 7, 0, 1, 2, 3])
+    member = {"anchor": a, "positive": p, "negative": n}[role]
+    uniq, groups = torch.unique(member, return_inverse=True)
+    adv = clean[uniq] + 0.3 * torch.randn(len(uniq), 5, generator=g, dtype=torch.float64)
+    fast = TripletRoleObjective.from_batch(clean, (a, p, n), role=role, groups=groups)
+    slow = TripletRoleObjective(clean[a], clean[p], clean[n], role=role, groups=groups)
+    idx = torch.arange(len(uniq))
+    assert torch.allclose(fast(adv, idx), slow(adv, idx))
+    assert torch.equal(fast.success(adv, idx), slow.success(adv, idx))
+    sub = idx.flip(0)[:3]
+    assert torch.allclose(fast(adv[sub], sub), slow(adv[sub], sub))
+    with pytest.raises(ValueError, match="triplets"):
+        TripletRoleObjective.from_batch(clean, (a, p, n + 9), role=role, groups=groups)

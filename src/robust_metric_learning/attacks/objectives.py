@@ -358,16 +358,7 @@ class TripletRoleObjective(Objective):
         if not (a.shape == p.shape == n.shape):
             raise ValueError(f"anchor, positive and negative must have the same shape (n_triplets, dim), got "
                              f"{tuple(a.shape)}, {tuple(p.shape)} and {tuple(n.shape)}")
-        if groups is None:
-            g = torch.arange(len(a))
-        else:
-            g = torch.as_tensor(np.asarray(groups))
-            if g.dtype == torch.bool or g.is_floating_point() or g.shape != (len(a),):
-                raise ValueError(f"groups must be integers of shape ({len(a)},), got dtype {g.dtype} and "
-                                 f"shape {tuple(g.shape)}")
-            g = g.to(torch.int64)
-            if len(g) and (int(g.min()) < 0 or torch.bincount(g).min() == 0):
-                raise ValueError("groups must number the inputs 0..n_inputs-1, each serving a triplet")
+        g = self._groups(groups, len(a))
         self.role = role
         self.distance = distance
         self._dist = _Distance(distance)
@@ -375,32 +366,94 @@ class TripletRoleObjective(Objective):
         self.embedding_dim = a.shape[1]
         self._set_context(anchor=a, positive=p, negative=n, groups=g)
 
-    def _terms(self, emb_adv: torch.Tensor, index: torch.Tensor, dtype: torch.dtype | None = None):
-        """Per-triplet (a, p, n) with the perturbed member, for the triplets served by ``index``,
-        and the batch row of each."""
-        e = emb_adv if dtype is None else emb_adv.to(dtype)
+    @classmethod
+    def from_batch(cls, clean: Any, triplets: Any, *, role: str = "positive", groups: Any = None,
+                   distance: Any = "euclidean") -> "TripletRoleObjective":
+        """The same objective with the triplets given as rows ``(a, p, n)`` of the clean batch
+        embeddings ``clean`` (shape (batch, dim)). Scores and success are those of the
+        per-triplet form, computed from one (inputs x batch) distance matrix and gathered, so
+        the cost does not grow with the embedding size times the number of triplets.
+        """
+        if not isinstance(role, str) or role not in _ROLES:
+            raise ValueError(f"role must be one of {', '.join(map(repr, _ROLES))}, got {role!r}")
+        c = _embeddings(clean, name="clean")
+        if len(triplets) != 3:
+            raise ValueError(f"triplets must be (anchors, positives, negatives), got {len(triplets)} arrays")
+        idx = [(t if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))).to("cpu", torch.int64)
+               for t in triplets]
+        T = len(idx[0])
+        if any(t.shape != (T,) for t in idx) or (T and any(int(t.min()) < 0 or int(t.max()) >= len(c) for t in idx)):
+            raise ValueError(f"triplets must be three 1-D arrays of equal length with rows of clean (0..{len(c) - 1})")
+        obj = cls.__new__(cls)
+        obj.role, obj.distance, obj._dist = role, distance, _Distance(distance)
+        g = obj._groups(groups, T)
+        obj.n_samples, obj.embedding_dim = (int(g.max()) + 1 if T else 0), c.shape[1]
+        obj._set_context(clean=c, ia=idx[0], ip=idx[1], iin=idx[2], groups=g)
+        obj._from_batch = True
+        return obj
+
+    @staticmethod
+    def _groups(groups: Any, n_triplets: int) -> torch.Tensor:
+        if groups is None:
+            return torch.arange(n_triplets)
+        g = groups.cpu() if isinstance(groups, torch.Tensor) else torch.as_tensor(np.asarray(groups))
+        if g.dtype == torch.bool or g.is_floating_point() or g.shape != (n_triplets,):
+            raise ValueError(f"groups must be integers of shape ({n_triplets},), got dtype {g.dtype} and "
+                             f"shape {tuple(g.shape)}")
+        g = g.to(torch.int64)
+        if len(g) and (int(g.min()) < 0 or torch.bincount(g).min() == 0):
+            raise ValueError("groups must number the inputs 0..n_inputs-1, each serving a triplet")
+        return g
+
+    _from_batch = False
+
+    def _rows(self, e: torch.Tensor, index: torch.Tensor):
+        """Triplets served by the inputs ``index`` and the batch row of each."""
         groups = self._ctx("groups", e)
         pos = torch.full((self.n_samples,), -1, dtype=torch.int64, device=e.device)
         pos[index] = torch.arange(len(index), device=e.device)
         t = torch.nonzero(pos[groups] >= 0).flatten()
-        rows = pos[groups[t]]
+        return t, pos[groups[t]]
+
+    def _terms(self, emb_adv: torch.Tensor, index: torch.Tensor, dtype: torch.dtype | None = None):
+        """Per-triplet (a, p, n) with the perturbed member, for the triplets served by ``index``,
+        and the batch row of each."""
+        e = emb_adv if dtype is None else emb_adv.to(dtype)
+        t, rows = self._rows(e, index)
         get = {r: (e[rows] if r == self.role else self._ctx(r, e)[t]) for r in _ROLES}
         return get["anchor"], get["positive"], get["negative"], rows
 
-    def __call__(self, emb_adv, index):
-        a, p, n, rows = self._terms(emb_adv, index)
+    def _distances(self, emb_adv: torch.Tensor, index: torch.Tensor, dtype: torch.dtype | None = None):
+        """``(d(a, p), d(a, n))`` of each served triplet with the perturbed member, and its row."""
+        e = emb_adv if dtype is None else emb_adv.to(dtype)
+        if not self._from_batch:
+            a, p, n, rows = self._terms(e, index)
+            return self._dist.pairs(a, p), self._dist.pairs(a, n), rows
+        t, rows = self._rows(e, index)
+        clean = self._ctx("clean", e)
+        D = self._dist.matrix(e, clean)  # perturbed inputs x clean batch
+        ia, ip, iin = (self._ctx(k, e)[t] for k in ("ia", "ip", "iin"))
+        if self.role == "anchor":
+            return D[rows, ip], D[rows, iin], rows
+        other = self._dist.pairs(clean[ia], clean[iin] if self.role == "positive" else clean[ip])
         if self.role == "positive":
-            term = self._dist.pairs(a, p)
+            return D[rows, ia], other, rows
+        return other, D[rows, ia], rows
+
+    def __call__(self, emb_adv, index):
+        d_ap, d_an, rows = self._distances(emb_adv, index)
+        if self.role == "positive":
+            term = d_ap
         elif self.role == "negative":
-            term = -self._dist.pairs(a, n)
+            term = -d_an
         else:
-            term = self._dist.pairs(a, p) - self._dist.pairs(a, n)
+            term = d_ap - d_an
         total = torch.zeros(len(index), dtype=term.dtype, device=term.device).index_add(0, rows, term)
         count = torch.zeros(len(index), dtype=term.dtype, device=term.device).index_add(0, rows, torch.ones_like(term))
         return total / count.clamp_min(1)
 
     def success(self, emb_adv, index):
         with torch.no_grad():
-            a, p, n, rows = self._terms(emb_adv.detach(), index, torch.float64)
-            hit = (self._dist.pairs(a, p) >= self._dist.pairs(a, n)).to(torch.int64)
+            d_ap, d_an, rows = self._distances(emb_adv.detach(), index, torch.float64)
+            hit = (d_ap >= d_an).to(torch.int64)
             return torch.zeros(len(index), dtype=torch.int64, device=hit.device).index_add(0, rows, hit) > 0

@@ -148,9 +148,8 @@ class RobustTriplets(Defense):
         if len(triplets[0]) == 0:
             return loss_fn(emb, y, triplets), 0
         picked, copy_of, member = self.choose(triplets, generator)
-        a, p, n = (t[picked] for t in triplets)
-        clean = emb.detach()
-        objective = TripletRoleObjective(clean[a], clean[p], clean[n], role=self.role, groups=copy_of)
+        objective = TripletRoleObjective.from_batch(emb.detach(), [t[picked] for t in triplets], role=self.role,
+                                                    groups=copy_of)
         x_adv = self._perturb(model, x[member], objective, generator)
         emb_all = torch.cat([emb, model(x_adv)])
         y_all = torch.cat([y, y[member]])
