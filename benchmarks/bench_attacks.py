@@ -27,10 +27,13 @@ the training set; its fit time is recorded). Data are read from ``$RML_DATA`` (e
 skipped with a message. Each (dataset, metric, n-eval) result is kept in
 ``benchmarks/results/attacks.json`` (written atomically) and reused unless ``--force``.
 
+With ``--previous COMMIT`` the structural attack as it was at that commit (its ``knn.py``
+from git) is timed on the same points too, and its radii compared.
+
 Run (raise the priority on a shared machine)::
 
     python benchmarks/bench_attacks.py [--datasets digits pendigits] [--metrics euclidean arml]
-        [--n-eval 1000] [--boundary-steps 25000] [--force]
+        [--n-eval 1000] [--boundary-steps 25000] [--previous d6af126] [--force]
 """
 
 from __future__ import annotations
@@ -99,6 +102,26 @@ def curve(radii: np.ndarray, eps: list[float]) -> list[float]:
     return robust_error_curve(radii, [0.0, *eps]).tolist()
 
 
+def previous_structural(commit: str):
+    """``StructuralAttack`` as it was at ``commit`` (its ``attacks/knn.py`` from git, loaded as a
+    module of the installed package), or None if git cannot show it."""
+    import importlib.util
+    import tempfile
+
+    try:
+        src = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:src/robust_metric_learning/attacks/knn.py"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"[bench_attacks] cannot load the attack at {commit}: {exc}", file=sys.stderr)
+        return None
+    path = Path(tempfile.mkdtemp()) / "knn_previous.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("robust_metric_learning.attacks._knn_previous", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.StructuralAttack
+
+
 def run_one(dataset: str, metric_name: str, data, args) -> dict:
     from robust_metric_learning import certified_radius_knn
     from robust_metric_learning.attacks import BoundaryAttack, StructuralAttack
@@ -119,6 +142,19 @@ def run_one(dataset: str, metric_name: str, data, args) -> dict:
     _, warmup_s, _ = timed(lambda: structural(knn, X_ev[:2], y_ev[:2]))
     s_res, s_wall, s_cpu = timed(lambda: structural(knn, X_ev, y_ev))
     print(f"  structural: {s_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
+    previous = None
+    if args.previous:
+        Prev = previous_structural(args.previous)
+        if Prev is not None:
+            p_res, p_wall, p_cpu = timed(lambda: Prev(random_state=0)(knn, X_ev, y_ev))
+            pos = s_res.radii > 0
+            q = p_res.radii[pos] / s_res.radii[pos]
+            previous = {"commit": args.previous, "wall_per_point": p_wall / len(y_ev), "cpu_per_point": p_cpu / len(y_ev),
+                        "speedup_wall": p_wall / s_wall, "speedup_cpu": p_cpu / s_cpu,
+                        "previous_over_current_radius": {"min": float(q.min()), "max": float(q.max()),
+                                                         "frac_current_longer": float(np.mean(q < 1 - 1e-6)),
+                                                         "frac_current_shorter": float(np.mean(q > 1 + 1e-6))}}
+            print(f"  structural at {args.previous}: {p_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
     boundary = BoundaryAttack(steps=args.boundary_steps, chunk_size=args.boundary_chunk, random_state=0)
     b_res, b_wall, b_cpu = timed(lambda: boundary(knn, X_ev, y_ev))
     print(f"  boundary: {b_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
@@ -155,6 +191,7 @@ def run_one(dataset: str, metric_name: str, data, args) -> dict:
                               "certify_wall": cert_s / n, "structural_warmup_2_points_s": warmup_s},
         "ratio_boundary_over_structural": {"wall": b_wall / s_wall, "cpu": b_cpu / s_cpu},
         "fit_s": fit_s,
+        "previous_structural": previous,
         "settings": {"structural": {k: repr(v) for k, v in vars(structural).items()},
                      "boundary": {k: repr(v) for k, v in vars(boundary).items()}},
         "radii": {"certified": cert.tolist(), "structural": s_r.tolist(), "boundary": b_r.tolist()},
@@ -179,6 +216,10 @@ def print_table(r: dict) -> None:
           f"{pp['boundary_over_structural_median']:.3f}, smaller on {pp['frac_boundary_smaller']:.1%} of points "
           f"(by > 1%: {pp['frac_boundary_smaller_by_1pct']:.1%}); structural finds at least as many adversarial "
           f"points as Boundary at every ε: {r['structural_at_least_as_strong_every_eps']}")
+    prev = r.get("previous_structural")
+    if prev:
+        print(f"structural at {prev['commit']}: {prev['wall_per_point'] * 1e3:.1f} ms/point, now "
+              f"{prev['speedup_wall']:.1f}x faster (CPU {prev['speedup_cpu']:.1f}x); radii: {prev['previous_over_current_radius']}")
 
 
 def main() -> int:
@@ -190,6 +231,8 @@ def main() -> int:
     ap.add_argument("--n-eval", type=int, default=1000)
     ap.add_argument("--boundary-steps", type=int, default=25000, help="foolbox 3's default, the ARML baseline")
     ap.add_argument("--boundary-chunk", type=int, default=64, help="points walking in lockstep (one batched predict)")
+    ap.add_argument("--previous", metavar="COMMIT", default=None,
+                    help="also time StructuralAttack as it was at this git commit, on the same points")
     ap.add_argument("--force", action="store_true", help="recompute cached results")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()

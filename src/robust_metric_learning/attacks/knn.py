@@ -8,10 +8,16 @@
   ``t`` plus a neighbourhood in which ``t`` still wins the vote). "Every chosen point is closer
   (under ``M``) than every rival, except a few excused ones" is a set of linear constraints on
   the perturbation, so the smallest perturbation is a least-distance QP, solved by constraint
-  generation with certify's NNLS solver. Candidate templates are visited in increasing order
+  generation (compiled: Lawson-Hanson NNLS on the working set, warm-started; certify's scipy
+  solver as the reference and fallback). Candidate templates are visited in increasing order
   of a cheap lower bound, the best is improved by a local search (templates read off the
   adversarial point, one-point swaps guided by the QP's multipliers), and the smallest
   perturbation that really flips ``predict`` is returned.
+
+Speed: a QP stops as soon as a lower bound of its optimum reaches the best radius found (the
+working set's optimum, and ``sqrt(|delta|^2 + d^2)`` with ``d`` the distance from the working
+set's optimum ``delta`` to a violated half-space); the lower bounds of all target classes come
+from one GEMM; each point's work runs single-threaded (use ``n_jobs`` for more cores).
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ _TIGHTEN = (1e-8, 1e-5)
 _RESTART = 1.25
 #: Most violated pairs added to the working set per round of constraint generation.
 _PER_ROUND = 10
+#: Rounds of constraint generation first scan only this many nearest rivals.
+_LOCAL_RIVALS = 64
+#: Compiled dot products may be reordered (vectorised) and fused; infinities keep their meaning.
+_FAST = {"reassoc", "contract"}
 
 
 def _check_int(value, name: str, low: int = 1) -> int:
@@ -163,11 +173,15 @@ class _Point:
         return size if same else self.d.size - size
 
     def euclid(self, idx: np.ndarray) -> np.ndarray:
-        """Plain (not Mahalanobis) l2 distances from ``x`` to training points ``idx``."""
+        """Plain (not Mahalanobis) l2 distances from ``x`` to training points ``idx`` (each
+        computed once per point, when first asked for)."""
         if self._euclid is None:
-            diff = self.target.geo.X - self.xc
-            self._euclid = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        return self._euclid[idx]
+            self._euclid = np.full(self.d.size, np.nan)
+        got = self._euclid[idx]
+        miss = np.isnan(got)
+        if miss.any():
+            got[miss] = self._euclid[idx[miss]] = np.linalg.norm(self.target.geo.X[idx[miss]] - self.xc, axis=1)
+        return got
 
     def sq_dist_from(self, z: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distances from the raw point ``z`` to every training point."""
@@ -189,7 +203,7 @@ class _Point:
                                               _pair_norms(self.target.geo, P, Q)), 0.0, None)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _max_half_space_compiled(MX, MX_sq, d, P, Q, floor):  # pragma: no cover - compiled
     best = 0.0
     for p in P:
@@ -440,10 +454,12 @@ def _top_stable(v, k):  # pragma: no cover - compiled
     return idx[np.argsort(-v[idx], kind="mergesort")]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx_norm, tau, tol, bound,
-                        max_rounds, per_round, floor):  # pragma: no cover - compiled
-    """See ``_region_qp``. Returns ``(status, delta, W_m, W_o, lam)``."""
+                        max_rounds, per_round, floor, q_local):  # pragma: no cover - compiled
+    """See ``_region_qp``; the rounds first scan only the ``q_local`` nearest rivals (their QP is a
+    lower bound, often enough to stop at ``bound``), then all within reach. Returns
+    ``(status, delta, W_m, W_o, lam)``."""
     n, dim = MX.shape
     k = members.size
     d_m = np.empty(k)
@@ -463,50 +479,81 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
     delta = np.zeros(dim)
     lam = np.zeros(0)
     used = np.zeros((k, 64), dtype=np.bool_)
+    local = q_local > 0
     for _ in range(max_rounds):
         if has_L:
             L_delta = np.sqrt(((Lm @ delta) ** 2).sum())
         else:
             L_delta = np.sqrt((delta ** 2).sum())
-        q = np.searchsorted(root, (reach0 + 2.0 * L_delta) * (1 + 1e-9), side="right")
+        q_reach = np.searchsorted(root, (reach0 + 2.0 * L_delta) * (1 + 1e-9), side="right")
+        q = min(q_reach, q_local) if local else q_reach
         if q > used.shape[1]:
             grown = np.zeros((k, max(q, 2 * used.shape[1])), dtype=np.bool_)
             grown[:, :used.shape[1]] = used
             used = grown
-        mo = np.zeros(q)
         md = np.zeros(k)
         if nw > 0:
-            for j in range(q):
-                acc = 0.0
-                for t in range(dim):
-                    acc += MX[riv[j], t] * delta[t]
-                mo[j] = acc
             for i in range(k):
                 acc = 0.0
                 for t in range(dim):
                     acc += MX[members[i], t] * delta[t]
                 md[i] = acc
+        dd = delta @ delta
         skip = np.zeros(q, dtype=np.bool_)
         for e in range(excused.size):
             for j in range(q):
                 if riv[j] == excused[e]:
                     skip[j] = True
-        # pairs whose constraint g <= -tau ||M (x_o - x_m)|| may be violated, row-major
-        pm = np.empty(k * q, dtype=np.int64)
-        po = np.empty(k * q, dtype=np.int64)
-        gv = np.empty(k * q)
+        # pairs whose constraint g <= -tau ||M (x_o - x_m)|| may be violated, scanned rival by
+        # rival (nearest first) and then put in row-major order; a surely violated pair whose
+        # violation already proves the optimum >= bound ends the QP (g / (|M x_m| + |M x_o|)
+        # is at most its distance to the half-space)
+        cand_i = np.empty(k * q, dtype=np.int64)
+        cand_j = np.empty(k * q, dtype=np.int64)
+        cand_g = np.empty(k * q)
+        per_i = np.zeros(k + 1, dtype=np.int64)
         cnt = 0
-        for i in range(k):
-            for j in range(q):
-                if skip[j] or used[i, j]:
+        for j in range(q):
+            if skip[j]:
+                continue
+            o = riv[j]
+            mo = 0.0
+            if nw > 0:
+                for t in range(dim):
+                    mo += MX[o, t] * delta[t]
+            for i in range(k):
+                if used[i, j]:
                     continue
-                g = -0.5 * (d[riv[j]] - d_m[i]) + (mo[j] - md[i])
+                g = -0.5 * (d[o] - d_m[i]) + (mo - md[i])
                 if g > -slack:
-                    pm[cnt], po[cnt], gv[cnt] = i, j, g
+                    cand_i[cnt], cand_j[cnt], cand_g[cnt] = i, j, g
+                    per_i[i + 1] += 1
                     cnt += 1
+                    gap = abs(nrm_m[i] - mx_norm[o])  # <= ||M (x_o - x_m)||: g / gap + tau bounds its distance
+                    if g > 0 and (g + tau * gap) ** 2 >= (bound * bound - dd) * gap * gap:
+                        acc = 0.0  # could prove the bound: its exact distance to the half-space
+                        m_ = members[i]
+                        for t in range(dim):
+                            acc += MX[m_, t] * MX[o, t]
+                        nr = np.sqrt(max(MX_sq[m_] + MX_sq[o] - 2.0 * acc, 0.0))
+                        if nr > floor:
+                            v = g / nr + tau
+                            if dd + v * v >= bound * bound:
+                                return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
+        for i in range(k):
+            per_i[i + 1] += per_i[i]
+        pm = np.empty(cnt, dtype=np.int64)
+        po = np.empty(cnt, dtype=np.int64)
+        gv = np.empty(cnt)
+        for c in range(cnt):
+            at = per_i[cand_i[c]]
+            pm[at], po[at], gv[at] = cand_i[c], cand_j[c], cand_g[c]
+            per_i[cand_i[c]] += 1
         if cnt == 0:
+            if q < q_reach:  # the nearest rivals are satisfied: now all of them
+                local = False
+                continue
             return _QP_DONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
-        pm, po, gv = pm[:cnt], po[:cnt], gv[:cnt]
         if cnt > 8 * per_round:  # exact norms for a shortlist: the largest g / (norm bound)
             key = np.empty(cnt)
             for c in range(cnt):
@@ -541,6 +588,9 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
             if viol[c] > tol:
                 n_new += 1
         if n_new == 0:
+            if q < q_reach:
+                local = False
+                continue
             return _QP_DONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
         if nw + n_new > cap:
             cap2 = max(2 * cap, nw + n_new)
@@ -584,7 +634,7 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
     return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _predict_one_compiled(Z, Z_sq, codes, zq, k, n_classes):  # pragma: no cover - compiled
     """The K-NN vote at one point (``zq``: its transformed coordinates), with the package's
     rules: nearer first, then the smaller index; a tied vote to the smaller code. One pass
@@ -634,7 +684,7 @@ def _region_qp_fast(pt: _Point, members: np.ndarray, kind: tuple, excused: np.nd
         geo.MX, geo.MX_sq, np.zeros((1, geo.MX.shape[1])) if L is None else np.ascontiguousarray(L), L is not None,
         pt.d, np.ascontiguousarray(members, dtype=np.int64), riv, root,
         np.ascontiguousarray(excused, dtype=np.int64), pt.mx_norm, float(tau), float(tol), float(bound),
-        max_rounds, _PER_ROUND, NORM_FLOOR)
+        max_rounds, _PER_ROUND, NORM_FLOOR, _LOCAL_RIVALS)
     if status == _QP_DONE:
         return delta, (W_m, W_o, lam)
     if status == _QP_NONE:
@@ -678,6 +728,7 @@ def _greedy_compiled(viol, size, n_keep, base):  # pragma: no cover - compiled
     out = np.empty((n_b, size), dtype=np.int64)
     k = n_keep + 1
     lb = np.empty(n_p)
+    top = np.empty(k)  # the k largest so far, descending
     for bi in range(n_b):
         cur = base[bi].copy()
         taken = np.zeros(n_p, dtype=np.bool_)
@@ -687,8 +738,17 @@ def _greedy_compiled(viol, size, n_keep, base):  # pragma: no cover - compiled
                     lb[r] = np.inf
                 elif k > n_s:
                     lb[r] = 0.0
-                else:
-                    lb[r] = -np.partition(-np.maximum(cur, viol[bi, r]), k - 1)[k - 1]
+                else:  # the k-th largest of max(cur, viol[bi, r])
+                    top[:] = -np.inf
+                    for c in range(n_s):
+                        v = max(cur[c], viol[bi, r, c])
+                        if v > top[k - 1]:
+                            j = k - 1
+                            while j > 0 and top[j - 1] < v:
+                                top[j] = top[j - 1]
+                                j -= 1
+                            top[j] = v
+                    lb[r] = top[k - 1]
             arg = 0
             for r in range(1, n_p):  # np.argmin: the first minimum
                 if lb[r] < lb[arg]:
@@ -758,7 +818,7 @@ def _candidates(pt: _Point, s: int, n_pool: int, n_screen: int, n_targets: int) 
             out[key] = (lb, members, kind, excused)
 
     # each class's points in distance order: positions of ``order`` grouped by class
-    by_class = np.argsort(pt.codes_o, kind="stable")
+    by_class = np.argsort(pt.codes_o.astype(np.int16 if C < 2**15 else np.int64), kind="stable")  # radix sort
     first = np.r_[0, np.cumsum(np.bincount(pt.codes_o, minlength=C))]
     classes = [t for t in range(C) if t != y and first[t + 1] > first[t]]
     if not classes:
