@@ -53,6 +53,70 @@ def test_reproduce_resumes_and_recomputes_only_what_is_missing(tmp_path, monkeyp
     assert calls == ["Euclidean", "LFDA", "LFDA"]
 
 
+@pytest.fixture
+def tiny_digits_protocol(monkeypatch):
+    """digits under a toy per-dataset protocol: subsample, default n_eval, changed learners."""
+    from robust_metric_learning.experiments import arml
+
+    proto = {"n_train": 300, "n_eval": 15, "learners": {"ARML": {"max_iter": 3, "learning_rate": 1e-2}},
+             "fit_n_train": {"ARML": 120}}
+    monkeypatch.setattr(arml, "DATASET_SETTINGS", {"digits": proto})
+    return proto
+
+
+def test_dataset_settings_subsample_learners_and_fingerprint(tmp_path, monkeypatch, tiny_digits_protocol):
+    from robust_metric_learning.datasets import load_dataset
+    from robust_metric_learning.experiments import arml
+
+    seen = []
+    real = runner._arml_task
+
+    def spying(dataset, method, seed, data, n_jobs):
+        seen.append((method, data))
+        return real(dataset, method, seed, data, n_jobs)
+
+    monkeypatch.setattr(runner, "_arml_task", spying)
+    # the published protocol elsewhere, and unknown methods are refused by name
+    assert arml.dataset_settings("pendigits") == {"n_train": None, "n_eval": 1000, "learners": {}, "fit_n_train": {}}
+    assert arml.make_learner("ARML", "pendigits", 0).get_params() == arml.METHODS["ARML"](0).get_params()
+    with pytest.raises(ValueError, match="method must be one of"):
+        arml.make_learner("SVM", "digits", 0)
+    kw = dict(datasets=["digits"], methods=["Euclidean", "ARML"], verbose=False)
+    summary = reproduce("arml", tmp_path, **kw)
+    X_full, y_full, X_te, y_te = load_dataset("digits")
+    (_, (X_tr, y_tr, X_ev, y_ev)), _ = seen
+    # a stratified subsample of the training rows, in their order; the dataset's default n_eval
+    assert X_tr.shape == (300, X_full.shape[1]) and len(X_ev) == 15
+    rows = [int(np.flatnonzero((X_full == x).all(1) & (y_full == c))[0]) for x, c in zip(X_tr, y_tr)]
+    assert rows == sorted(rows) and len(set(rows)) == 300
+    full_share = np.bincount(y_full) / len(y_full)
+    assert np.all(np.abs(np.bincount(y_tr, minlength=full_share.size) - 300 * full_share) <= 1)
+    block = summary["datasets"]["digits"]
+    assert block["methods"]["ARML"]["n_train"] == 300 and block["methods"]["ARML"]["n_fit"] == 120
+    assert block["methods"]["Euclidean"]["n_fit"] == 300 and block["methods"]["ARML"]["n_eval"] == 15
+    assert block["protocol"]["learners"] == {"ARML": {"max_iter": 3, "learning_rate": 1e-2}}
+    report = (tmp_path / "report.md").read_text()
+    assert "stratified subsample of 300 points of 1257" in report
+    assert "ARML settings changed from the published defaults: max_iter=3, learning_rate=0.01" in report
+    assert "ARML is fitted on a stratified subsample of 120" in report
+    cache = ResultCache(tmp_path / "cache")
+    entry = json.loads(cache.path(("arml", "digits", "ARML", "seed0")).read_text())
+    assert entry["payload"]["n_iter"] == 3  # the changed max_iter was used
+    # a rerun reuses everything; a changed setting of one learner recomputes that learner only,
+    # a changed subsample every learner
+    reproduce("arml", tmp_path, **kw)
+    assert len(seen) == 2
+    tiny_digits_protocol["learners"]["ARML"]["max_iter"] = 4
+    reproduce("arml", tmp_path, **kw)
+    assert [m for m, _ in seen[2:]] == ["ARML"]
+    tiny_digits_protocol["n_train"] = 280
+    reproduce("arml", tmp_path, **kw)
+    assert [m for m, _ in seen[3:]] == ["Euclidean", "ARML"]
+    # an explicit n_eval overrides the dataset's default
+    reproduce("arml", tmp_path, n_eval=10, **kw)
+    assert [len(d[2]) for _, d in seen[5:]] == [10, 10]
+
+
 def test_soundness_violation_fails_loudly():
     with pytest.raises(RuntimeError, match="soundness violated"):
         runner._check_sound("x", np.array([0.1, 0.3]), np.array([0.2, 0.25]), "certified > empirical")
@@ -64,6 +128,8 @@ def test_bad_arguments(tmp_path):
         reproduce("nope", tmp_path)
     with pytest.raises(ValueError, match="n_eval must be >= 1"):
         reproduce("arml", tmp_path, n_eval=0)
+    with pytest.raises(ValueError, match="n_eval must be >= 1"):
+        reproduce("arml", tmp_path, n_eval=2.5)
     with pytest.raises(ValueError, match="methods must be among"):
         reproduce("arml", tmp_path, methods=["SVM"])
     assert main(["reproduce", "arml", "--methods", "SVM", "--out", str(tmp_path)]) == 2

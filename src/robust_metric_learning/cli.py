@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: all of the experiment's methods (dml: the defences natural naive est ours)")
     r.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19)")
-    r.add_argument("--n-eval", type=int, default=None, help="arml only: test points evaluated (default: 1000)")
+    r.add_argument("--n-eval", type=int, default=None, help="arml only: test points evaluated (default: each dataset's, 1000 unless "
+                        "experiments/arml.py states otherwise)")
     r.add_argument("--n-jobs", type=int, default=None, help="joblib workers")
     r.add_argument("--data-home", default=None)
     r.add_argument("--out", default=None, help="output folder (default: results/NAME)")

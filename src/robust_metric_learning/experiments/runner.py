@@ -31,14 +31,19 @@ def _available(datasets: Sequence[str] | None, data_home) -> list[str]:
     return [d for d in ARML_DATASETS if status[d]["available"]]
 
 
-def _eval_points(dataset: str, n_eval: int, seed: int, data_home):
+def _eval_points(dataset: str, n_eval: int, seed: int, data_home, n_train: int | None = None):
+    """Training part (a stratified subsample of ``n_train`` points if given) and the first
+    ``n_eval`` test points after a shuffle with ``seed``; and the size of the whole training part."""
     from sklearn.utils import shuffle
 
     from ..datasets import load_dataset
+    from .arml import subsample
 
     X_tr, y_tr, X_te, y_te = load_dataset(dataset, data_home=data_home)
+    n_full = len(y_tr)
+    X_tr, y_tr = subsample(X_tr, y_tr, n_train)
     X_ev, y_ev = shuffle(X_te, y_te, random_state=seed)
-    return X_tr, y_tr, X_ev[:n_eval], y_ev[:n_eval]
+    return (X_tr, y_tr, X_ev[:n_eval], y_ev[:n_eval]), n_full
 
 
 def _check_sound(name: str, lower: np.ndarray, upper: np.ndarray, what: str) -> None:
@@ -56,12 +61,14 @@ def _arml_task(dataset: str, method: str, seed: int, data, n_jobs) -> dict:
     from ..attacks import StructuralAttack
     from ..certify import certified_radius_knn, exact_radius_1nn
     from ..neighbors import MahalanobisKNN
-    from .arml import METHODS
+    from .arml import dataset_settings, make_learner, subsample
 
     X_tr, y_tr, X_ev, y_ev = data
-    learner = METHODS[method](seed)
+    learner = make_learner(method, dataset, seed)
+    # a learner too slow for the whole training part is fitted on a stratified subsample of it
+    X_fit, y_fit = subsample(X_tr, y_tr, dataset_settings(dataset)["fit_n_train"].get(method))
     t0 = time.perf_counter()
-    learner.fit(X_tr, y_tr)
+    learner.fit(X_fit, y_fit)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     exact = exact_radius_1nn(X_tr, y_tr, X_ev, y_ev, metric=learner, n_jobs=n_jobs)
@@ -76,6 +83,7 @@ def _arml_task(dataset: str, method: str, seed: int, data, n_jobs) -> dict:
     _check_sound(name, cert_1, exact, "1-NN certified bound > exact radius")
     _check_sound(name, cert_k, np.asarray(empirical_k, dtype=float), f"K={K_CERTIFY} certified > empirical radius")
     return {"fit_s": fit_s, "certify_s": certify_s, "attack_s": attack_s, "n_eval": int(len(y_ev)),
+            "n_train": int(len(y_tr)), "n_fit": int(len(y_fit)), "n_iter": int(getattr(learner, "n_iter_", 0)),
             "radius_1nn_exact": exact.tolist(), "radius_knn_certified": cert_k.tolist(),
             "radius_knn_empirical": np.asarray(empirical_k, dtype=float).tolist()}
 
@@ -100,8 +108,10 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
     """Run experiment ``name`` into folder ``out``: cached task results under ``out/cache``,
     then ``report.md``, ``results.json`` and plots per dataset.
 
-    ``"arml"``: ``seeds`` are learner seeds (default 0), ``n_eval`` test points (default 1000)
-    after a shuffle with ``shuffle_seed``. ``"lmnn-pl"``: ``seeds`` are the seeds of the random
+    ``"arml"``: ``seeds`` are learner seeds (default 0), ``n_eval`` test points after a shuffle
+    with ``shuffle_seed`` (default: the dataset's, 1000 unless ``experiments/arml.py`` states
+    otherwise); the training subsample and learner settings of each dataset are those of
+    ``experiments.arml.dataset_settings``. ``"lmnn-pl"``: ``seeds`` are the seeds of the random
     70/30 splits (default 0-19), every test point is evaluated (``n_eval`` must stay None).
     Interrupting and rerunning recomputes only the tasks not yet finished; a corrupt or partial
     cache entry is detected (checksum) and recomputed.
@@ -120,12 +130,12 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
             raise ValueError(f"n_eval is for the 'arml' experiment ('lmnn-pl' evaluates every test point), got {n_eval}")
         return _reproduce_lmnn_pl(name, Path(out), datasets=datasets, methods=methods, seeds=seeds, n_jobs=n_jobs,
                                   data_home=data_home, verbose=verbose)
-    from .arml import METHODS, eps_grid
+    from .arml import METHODS, SUBSAMPLE_SEED, dataset_settings, eps_grid, make_learner
 
-    n_eval = 1000 if n_eval is None else n_eval
     seeds = [0] if seeds is None else seeds
-    if n_eval < 1:
-        raise ValueError(f"n_eval must be >= 1, got {n_eval}")
+    if n_eval is not None and (isinstance(n_eval, bool) or not isinstance(n_eval, (int, np.integer))
+                               or n_eval < 1):
+        raise ValueError(f"n_eval must be >= 1 (an integer, or None for each dataset's default), got {n_eval!r}")
     unknown = sorted(set(methods or ()) - set(METHODS))
     if unknown:
         raise ValueError(f"methods must be among {list(METHODS)}, got {unknown}")
@@ -134,19 +144,27 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
     dsets = _available(datasets, data_home)
     meths = list(methods or METHODS)
     results: dict = {}
+    protocols: dict = {}
     for ds in dsets:
-        data = _eval_points(ds, n_eval, shuffle_seed, data_home)
+        proto = dataset_settings(ds)
+        ds_n_eval = proto["n_eval"] if n_eval is None else int(n_eval)
+        protocols[ds] = {"n_train": proto["n_train"], "n_eval": ds_n_eval, "subsample_seed": SUBSAMPLE_SEED,
+                         "learners": proto["learners"], "fit_n_train": proto["fit_n_train"]}
+        data, n_full = _eval_points(ds, ds_n_eval, shuffle_seed, data_home, proto["n_train"])
+        protocols[ds]["n_train_of"] = n_full
         for method in meths:
             for seed in seeds:
-                params = {k: repr(v) for k, v in METHODS[method](seed).get_params().items()}
+                params = {k: repr(v) for k, v in make_learner(method, ds, seed).get_params().items()}
                 settings = {"experiment": name, "dataset": ds, "method": method, "seed": seed, "params": params,
-                            "n_eval": n_eval, "shuffle_seed": shuffle_seed, "k": K_CERTIFY}
+                            "n_eval": ds_n_eval, "shuffle_seed": shuffle_seed, "k": K_CERTIFY,
+                            "n_train": proto["n_train"], "fit_n_train": proto["fit_n_train"].get(method),
+                            "subsample_seed": SUBSAMPLE_SEED}
                 payload = _cached(
                     cache, (name, ds, method, f"seed{seed}"), settings,
                     lambda: _arml_task(ds, method, seed, data, n_jobs), verbose, f"{ds} / {method} / seed {seed}",
                     lambda p: f"fit {p['fit_s']:.1f} s, certify {p['certify_s']:.1f} s, attack {p['attack_s']:.1f} s")
                 results.setdefault(ds, {}).setdefault(method, {})[seed] = payload
-    return _report(name, out, results, {ds: eps_grid(ds) for ds in dsets})
+    return _report(name, out, results, {ds: eps_grid(ds) for ds in dsets}, protocols)
 
 
 def _lmnn_pl_task(X, y, seed: int, method: str, n_jobs, name: str) -> dict:
@@ -240,7 +258,23 @@ def _curve(radii: list[float], eps: list[float]) -> list[float]:
     return robust_error_curve(np.asarray(radii, dtype=float), [0.0, *eps]).tolist()
 
 
-def _report(name: str, out: Path, results: dict, grids: dict) -> dict:
+def _protocol_lines(proto: dict, n_full: int | None) -> list[str]:
+    """The report's statement of a dataset's protocol where it differs from the published one."""
+    lines = []
+    if proto["n_train"] is not None:
+        lines.append(f"Training part: a stratified subsample of {proto['n_train']} points"
+                     + (f" of {n_full}" if n_full else "") + f" (seed {proto['subsample_seed']}); every "
+                     "learner is fitted on it and every radius is computed against it.")
+    for method, n in proto["fit_n_train"].items():
+        lines.append(f"{method} is fitted on a stratified subsample of {n} of those points "
+                     f"(seed {proto['subsample_seed']}), evaluated against all of them.")
+    for method, params in proto["learners"].items():
+        lines.append(f"{method} settings changed from the published defaults: "
+                     + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ".")
+    return lines + [""] if lines else []
+
+
+def _report(name: str, out: Path, results: dict, grids: dict, protocols: dict | None = None) -> dict:
     """Markdown tables, JSON (radii summarised as curves) and PNG plots, written atomically."""
     from ..certify import plot_robust_error
 
@@ -254,13 +288,21 @@ def _report(name: str, out: Path, results: dict, grids: dict) -> dict:
         for method, per_seed in per_method.items():
             curves = {kind: np.mean([_curve(p[kind], eps) for p in per_seed.values()], axis=0).tolist()
                       for kind, _ in kinds}
+            first = next(iter(per_seed.values()))
             block["methods"][method] = {
                 "curves": curves, "seeds": sorted(per_seed),
                 "fit_s": float(np.mean([p["fit_s"] for p in per_seed.values()])),
-                "n_eval": next(iter(per_seed.values()))["n_eval"]}
+                "seconds": float(np.mean([p["fit_s"] + p["certify_s"] + p["attack_s"] for p in per_seed.values()])),
+                "n_eval": first["n_eval"], "n_train": first.get("n_train"), "n_fit": first.get("n_fit")}
+        proto = (protocols or {}).get(ds)
+        if proto is not None:
+            block["protocol"] = proto
         summary["datasets"][ds] = block
         n_eval = next(iter(block["methods"].values()))["n_eval"]
-        lines += [f"## {ds} ({n_eval} test points)", ""]
+        n_train = next(iter(block["methods"].values()))["n_train"]
+        lines += [f"## {ds} ({n_eval} test points" + (f", {n_train} training points" if n_train else "") + ")", ""]
+        if proto is not None:
+            lines += _protocol_lines(proto, proto.get("n_train_of"))
         for kind, label in kinds:
             lines += [f"{label} robust error (at ε = 0: the clean error; a certified radius of 0 also counts):", "",
                       "| method | ε=0 | " + " | ".join(f"ε={e:g}" for e in eps) + " |",
@@ -273,7 +315,9 @@ def _report(name: str, out: Path, results: dict, grids: dict) -> dict:
         gap = {m: (np.array(v["curves"]["radius_knn_certified"]) - np.array(v["curves"]["radius_knn_empirical"]))
                .round(4).tolist() for m, v in block["methods"].items()}
         block["certified_minus_empirical"] = gap
-        lines += ["fit seconds: " + ", ".join(f"{m} {v['fit_s']:.1f}" for m, v in block["methods"].items()), ""]
+        lines += ["fit seconds: " + ", ".join(f"{m} {v['fit_s']:.1f}" for m, v in block["methods"].items()),
+                  "", "seconds in all (fit, radii, attack): "
+                  + ", ".join(f"{m} {v['seconds']:.1f}" for m, v in block["methods"].items()), ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1) + "\n")
     return summary
