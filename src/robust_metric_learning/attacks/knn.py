@@ -505,9 +505,10 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
                 if riv[j] == excused[e]:
                     skip[j] = True
         # pairs whose constraint g <= -tau ||M (x_o - x_m)|| may be violated, scanned rival by
-        # rival (nearest first) and then put in row-major order; a surely violated pair whose
-        # violation already proves the optimum >= bound ends the QP (g / (|M x_m| + |M x_o|)
-        # is at most its distance to the half-space)
+        # rival (nearest first) and then put in row-major order. A surely violated pair (g > 0)
+        # whose half-space is so far from delta that it proves the optimum >= bound (see below)
+        # ends the QP; its exact norm is computed only where |(|M x_m| - |M x_o|)|, a lower
+        # bound of that norm, leaves this possible
         cand_i = np.empty(k * q, dtype=np.int64)
         cand_j = np.empty(k * q, dtype=np.int64)
         cand_g = np.empty(k * q)
