@@ -317,6 +317,20 @@ def test_more_restarts_never_lower_the_best(cnn, digits):
     assert torch.all(res[1] >= res[0] - 1e-6)
 
 
+def test_fixed_step_pgd_is_monotone_in_steps_and_restarts(cnn, digits):
+    # with a fixed relative step and one seed, a longer run extends the shorter one's trajectory and
+    # restart 1 is the single run, so keeping the best iterate can only raise the objective
+    x, _ = digits
+    x = x[:60]
+    with torch.no_grad():
+        obj = EmbeddingShift(cnn(x))
+    run = {(s, r): PGD(steps=s, restarts=r, rel_step_size=0.25, batch_size=25, random_state=5)(cnn, x, obj, eps=0.05)
+           for s, r in ((4, 1), (10, 1), (4, 3))}
+    assert torch.all(run[10, 1].scores >= run[4, 1].scores - 1e-6)  # up to the final clipping's rounding
+    assert torch.all(run[4, 3].scores >= run[4, 1].scores - 1e-6)
+    assert bool((run[10, 1].scores > run[4, 1].scores).any())
+
+
 def test_pgd_beats_random_search_with_the_same_budget(cnn, digits):
     x, _ = digits
     with torch.no_grad():

@@ -18,7 +18,7 @@ the others (leave-one-out; DESIGN §3). Both subsets are drawn with the task's s
 * Training (``TRAIN``): Adam, class-balanced batches (all 5 classes x ``m``), ``epochs``.
 
 Evaluation: clean Recall@1, MAP@R, NMI; adversarial Recall@1 and MAP@R at ``EVAL_EPS`` (l_inf,
-PGD-``EVAL_STEPS``, retrieval objective, only queries correct at R@1 attacked, clean gallery);
+PGD-``EVAL_STEPS`` with a fixed step ``EVAL_REL_STEP * eps``, retrieval objective, only queries correct at R@1 attacked, clean gallery);
 certified Recall@1 at the same l_inf radii and at ``CERT_L2_EPS`` (l2), from the embedding
 margin bound and the network's Lipschitz bound. Checks on every model, failing loudly:
 certified-robust queries are never broken by PGD (soundness); and, at the training eps, recorded
@@ -58,10 +58,20 @@ OURS: dict[str, Any] = {"rate": 1.0, "role": "anchor"}
 #: evaluation
 EVAL_EPS = (0.01, 0.03, 0.1, 0.3)
 EVAL_STEPS = 20
+#: PGD step in evaluation, relative to eps (fixed, so a longer or restarted run extends the shorter
+#: run's trajectory from the same seeded start and, keeping the best iterate, is never weaker)
+EVAL_REL_STEP = 0.25
 CERT_L2_EPS = (0.01, 0.03, 0.1, 0.3)
 N_SHIFT_CHECK = 200
 #: queries (first rows of the evaluation set, the whole set as gallery) of the attack-strength check
 N_STRENGTH = 300
+
+
+def _eval_attack(seed: int, *, steps: int = EVAL_STEPS, restarts: int = 1):
+    """The evaluation attack: PGD, l_inf, step ``EVAL_REL_STEP * eps``, seeded."""
+    from ..attacks import PGD
+
+    return PGD(norm="linf", steps=steps, rel_step_size=EVAL_REL_STEP, restarts=restarts, random_state=seed)
 
 
 def _loss(name: str):
@@ -104,7 +114,7 @@ def protocol() -> dict[str, Any]:
     """Every setting a cached result depends on (its fingerprint covers this)."""
     return {"train_classes": TRAIN_CLASSES, "n_train": N_TRAIN, "n_eval": N_EVAL, "model": MODEL, "train": TRAIN,
             "train_eps": TRAIN_EPS, "train_steps": TRAIN_STEPS, "ours": OURS, "eval_eps": EVAL_EPS,
-            "eval_steps": EVAL_STEPS, "cert_l2_eps": CERT_L2_EPS, "n_shift_check": N_SHIFT_CHECK,
+            "eval_steps": EVAL_STEPS, "eval_rel_step": EVAL_REL_STEP, "cert_l2_eps": CERT_L2_EPS, "n_shift_check": N_SHIFT_CHECK,
             "n_strength": N_STRENGTH,
             "losses": {n: [repr(x) for x in _loss(n)] for n in LOSSES}}
 
@@ -130,7 +140,7 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     """Train one model, evaluate it, run the checks; a JSON-ready payload."""
     import torch
 
-    from ..attacks import PGD, EmbeddingShift, RandomSearch
+    from ..attacks import EmbeddingShift, RandomSearch
     from ..deep import adversarial_retrieval, certified_retrieval, embed, retrieval_metrics, train_embedding
 
     X_tr, y_tr, X_ev, y_ev = data
@@ -143,8 +153,7 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     t0 = time.perf_counter()
     emb = embed(model, X_ev)
     clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), nmi=True, seed=seed)
-    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS),
-                                attack=PGD(norm="linf", steps=EVAL_STEPS, random_state=seed))
+    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=_eval_attack(seed))
     cert = certified_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), norm="linf")
     cert_l2 = certified_retrieval(model, X_ev, y_ev, eps=list(CERT_L2_EPS), norm="l2")
     # soundness: a query certified at eps is never broken by the attack at eps
@@ -158,12 +167,11 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     t0 = time.perf_counter()
     stronger = {}
     subset = np.arange(min(N_STRENGTH, len(y_ev)))
-    for label, attack in (("pgd", PGD(norm="linf", steps=EVAL_STEPS, random_state=seed)),
-                          ("steps", PGD(norm="linf", steps=int(2.5 * EVAL_STEPS), random_state=seed)),
-                          ("restarts", PGD(norm="linf", steps=EVAL_STEPS, restarts=3, random_state=seed))):
+    for label, attack in (("pgd", _eval_attack(seed)), ("steps", _eval_attack(seed, steps=int(2.5 * EVAL_STEPS))),
+                          ("restarts", _eval_attack(seed, restarts=3))):
         r = adversarial_retrieval(model, X_ev, y_ev, eps=[TRAIN_EPS], attack=attack, queries=subset)
         stronger[label] = r["precision_at_1"][0]
-    pgd = PGD(norm="linf", steps=EVAL_STEPS, random_state=seed)
+    pgd = _eval_attack(seed)
     xq = torch.as_tensor(X_ev[:N_SHIFT_CHECK])
     objective = EmbeddingShift(emb[:N_SHIFT_CHECK])
     s_pgd = pgd(model, xq, objective, eps=TRAIN_EPS).scores
@@ -205,7 +213,7 @@ def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]]) -> di
     lines = [f"# rml reproduce {name}", "",
              f"Embedding nets trained on classes {TRAIN_CLASSES[0]}-{TRAIN_CLASSES[-1]}, retrieval on the unseen "
              "classes (test images, leave-one-out). Adversarial R@1: "
-             f"PGD-{EVAL_STEPS}, l_inf, attacked queries against the clean gallery. Training attacks: "
+             f"PGD-{EVAL_STEPS} (step {EVAL_REL_STEP:g} eps), l_inf, attacked queries against the clean gallery. Training attacks: "
              f"PGD-{TRAIN_STEPS}, l_inf eps = {TRAIN_EPS}. Certified R@1: embedding margin bound / "
              "Lipschitz bound of the network.", ""]
     for ds, per_loss in results.items():
