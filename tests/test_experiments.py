@@ -274,5 +274,12 @@ def test_dml_resumes_recomputes_corrupt_entries_and_reports(tmp_path, monkeypatc
     with pytest.warns(RuntimeWarning, match="unreadable"):
         reproduce("dml", tmp_path, **kw)
     assert calls[4:] == [("contrastive", "ours")]
+    # the spectrally normalised variant runs only when asked for, beside the cached ones
+    summary = reproduce("dml", tmp_path, **{**kw, "methods": ["natural", "ours", "ours-sn"]})
+    assert sorted(calls[5:]) == [("contrastive", "ours-sn"), ("triplet", "ours-sn")]
+    for loss in ("triplet", "contrastive"):
+        res = summary["results"]["digits"][loss]
+        assert list(res) == ["natural", "ours", "ours-sn"]
+        assert res["ours-sn"]["lipschitz"] < res["ours"]["lipschitz"]
     with pytest.raises(ValueError, match="methods must be among"):
         reproduce("dml", tmp_path, datasets=["digits"], methods=["madry"], verbose=False)
