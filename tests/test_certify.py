@@ -224,6 +224,24 @@ def test_n_jobs_equals_sequential(digits_subset):
     np.testing.assert_array_equal(seq, par)
 
 
+def test_read_only_arrays_are_read_silently(digits_subset):
+    # joblib hands its workers read-only memory maps; the distance helper reads them as they are
+    # (no copy) without torch's warning about non-writable arrays
+    import warnings
+
+    from robust_metric_learning.certify import _norms
+
+    Xtr, _, Xte, _ = (np.array(a, dtype=np.float64) for a in digits_subset)
+    sq_tr, sq_te = (Xtr ** 2).sum(1), (Xte ** 2).sum(1)
+    expected = _norms(Xte, Xtr, sq_te, sq_tr)
+    for a in (Xtr, Xte, sq_tr, sq_te):
+        a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = _norms(Xte, Xtr, sq_te, sq_tr)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_dask_backend_local_cluster(digits_subset):
     distributed = pytest.importorskip("distributed")
     from joblib import parallel_backend

@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -83,14 +84,23 @@ class _Geometry:
         """Squared Mahalanobis distances from raw query rows ``Q`` to all training points."""
         Qc = Q - self.mean
         ZQ = Qc if self.L is None else Qc @ self.L.T
-        return pairwise_sq_distances(torch.from_numpy(np.ascontiguousarray(ZQ)), torch.from_numpy(self.Z),
-                                     B_sq=torch.from_numpy(self.Z_sq)).numpy()
+        return pairwise_sq_distances(_tensor(np.ascontiguousarray(ZQ)), _tensor(self.Z),
+                                     B_sq=_tensor(self.Z_sq)).numpy()
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """``a`` as a tensor sharing its memory, only ever read: joblib hands its workers read-only
+    memory maps, for which torch warns that writing would be undefined."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
 
 
 def _norms(A: np.ndarray, B: np.ndarray, A_sq: np.ndarray, B_sq: np.ndarray) -> np.ndarray:
     """``||a_i - b_j||`` for rows of ``A`` and ``B`` given their squared row norms."""
-    D = pairwise_sq_distances(torch.from_numpy(A), torch.from_numpy(B),
-                              A_sq=torch.from_numpy(A_sq), B_sq=torch.from_numpy(B_sq))
+    D = pairwise_sq_distances(_tensor(A), _tensor(B), A_sq=_tensor(A_sq), B_sq=_tensor(B_sq))
     return D.sqrt_().numpy()
 
 
