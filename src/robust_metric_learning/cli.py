@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                         "lmnn-pl, wine, breast_cancer, iris and splice if present; dml, mnist and fashion-mnist "
                         "if present, else digits")
     r.add_argument("--methods", nargs="+", default=None,
-                   help="default: all of the experiment's methods (dml: the defences natural naive est ours; ours-sn, a spectrally normalised model, on request)")
+                   help="default: all of the experiment's methods (dml: the defences natural naive est ours; "
+                        "ours-sn, a spectrally normalised model, on request)")
     r.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19)")
     r.add_argument("--n-eval", type=int, default=None, help="arml only: test points evaluated (default: each dataset's, 1000 unless "

@@ -18,7 +18,8 @@ the others (leave-one-out; DESIGN §3). Both subsets are drawn with the task's s
 * Training (``TRAIN``): Adam, class-balanced batches (all 5 classes x ``m``), ``epochs``.
 
 Evaluation: clean Recall@1, MAP@R, NMI; adversarial Recall@1 and MAP@R at ``EVAL_EPS`` (l_inf,
-PGD-``EVAL_STEPS`` with a fixed step ``EVAL_REL_STEP * eps``, retrieval objective, only queries correct at R@1 attacked, clean gallery);
+PGD-``EVAL_STEPS`` with a fixed step ``EVAL_REL_STEP * eps``, retrieval objective, only queries
+correct at R@1 attacked, clean gallery);
 certified Recall@1 at the same l_inf radii and at ``CERT_L2_EPS`` (l2), from the embedding
 margin bound and the network's Lipschitz bound. Checks on every model, failing loudly:
 certified-robust queries are never broken by PGD (soundness); and, at the training eps, recorded
@@ -35,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "LOSSES", "EVAL_EPS", "protocol", "load_task_data", "run_task", "report"]
+__all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "LOSSES", "EVAL_EPS", "protocol", "load_task_data",
+           "run_task", "report"]
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFENSES = ("natural", "naive", "est", "ours")
@@ -119,8 +121,8 @@ def protocol() -> dict[str, Any]:
     """Every setting a cached result depends on (its fingerprint covers this)."""
     return {"train_classes": TRAIN_CLASSES, "n_train": N_TRAIN, "n_eval": N_EVAL, "model": MODEL, "train": TRAIN,
             "train_eps": TRAIN_EPS, "train_steps": TRAIN_STEPS, "ours": OURS, "eval_eps": EVAL_EPS,
-            "eval_steps": EVAL_STEPS, "eval_rel_step": EVAL_REL_STEP, "cert_l2_eps": CERT_L2_EPS, "n_shift_check": N_SHIFT_CHECK,
-            "n_strength": N_STRENGTH,
+            "eval_steps": EVAL_STEPS, "eval_rel_step": EVAL_REL_STEP, "cert_l2_eps": CERT_L2_EPS,
+            "n_shift_check": N_SHIFT_CHECK, "n_strength": N_STRENGTH,
             "losses": {n: [repr(x) for x in _loss(n)] for n in LOSSES}}
 
 
@@ -218,7 +220,8 @@ def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]]) -> di
     lines = [f"# rml reproduce {name}", "",
              f"Embedding nets trained on classes {TRAIN_CLASSES[0]}-{TRAIN_CLASSES[-1]}, retrieval on the unseen "
              "classes (test images, leave-one-out). Adversarial R@1: "
-             f"PGD-{EVAL_STEPS} (step {EVAL_REL_STEP:g} eps), l_inf, attacked queries against the clean gallery. Training attacks: "
+             f"PGD-{EVAL_STEPS} (step {EVAL_REL_STEP:g} eps), l_inf, attacked queries against the clean gallery. "
+             "Training attacks: "
              f"PGD-{TRAIN_STEPS}, l_inf eps = {TRAIN_EPS}. Certified R@1: embedding margin bound / "
              "Lipschitz bound of the network.", ""]
     for ds, per_loss in results.items():
