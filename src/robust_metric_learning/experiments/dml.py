@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "LOSSES", "EVAL_EPS", "protocol", "load_task_data",
-           "run_task", "report"]
+__all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "ALL_DEFENSES", "LOSSES", "EVAL_EPS", "protocol",
+           "load_task_data", "run_task", "report"]
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFENSES = ("natural", "naive", "est", "ours")
@@ -45,6 +45,7 @@ DEFENSES = ("natural", "naive", "est", "ours")
 #: every Linear/Conv2d weight spectrally normalised (a 5-10x smaller Lipschitz bound, so
 #: non-zero certified R@1)
 EXTRA_DEFENSES = ("ours-sn",)
+ALL_DEFENSES = DEFENSES + EXTRA_DEFENSES
 LOSSES = ("triplet", "contrastive")
 #: training split: classes seen in training; the others are retrieved at test time
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
@@ -92,18 +93,19 @@ def _loss(name: str):
 
 
 def _defense(name: str):
+    """The defence ``name``; a ``-sn`` variant is its base defence (the model differs, see
+    :func:`_model`)."""
     from ..deep import EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets
 
+    if name not in ALL_DEFENSES:
+        raise ValueError(f"defense must be one of {list(ALL_DEFENSES)}, got {name!r}")
     makers = {
         "natural": lambda: Natural(),
         "naive": lambda: NaiveAdversarial(eps=TRAIN_EPS, steps=TRAIN_STEPS),
         "est": lambda: EmbeddingShiftTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS),
         "ours": lambda: RobustTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS, **OURS),
-        "ours-sn": lambda: RobustTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS, **OURS),
     }
-    if name not in makers:
-        raise ValueError(f"defense must be one of {list(DEFENSES + EXTRA_DEFENSES)}, got {name!r}")
-    return makers[name]()
+    return makers[name.removesuffix("-sn")]()
 
 
 def _model(dataset: str, seed: int, *, spectral_norm: bool = False):

@@ -214,9 +214,9 @@ def _reproduce_dml(name: str, out: Path, *, datasets, methods, seeds, n_eval, da
     from ..datasets import dataset_status
     from . import dml
 
-    unknown = sorted(set(methods or ()) - set(dml.DEFENSES + dml.EXTRA_DEFENSES))
+    unknown = sorted(set(methods or ()) - set(dml.ALL_DEFENSES))
     if unknown:
-        raise ValueError(f"methods must be among {list(dml.DEFENSES + dml.EXTRA_DEFENSES)} for dml, got {unknown}")
+        raise ValueError(f"methods must be among {list(dml.ALL_DEFENSES)} for dml, got {unknown}")
     if n_eval is not None:
         raise ValueError(f"n_eval is fixed by the dml protocol ({dml.N_EVAL}), got {n_eval}")
     if datasets:
@@ -227,7 +227,7 @@ def _reproduce_dml(name: str, out: Path, *, datasets, methods, seeds, n_eval, da
         if dsets == ["digits"] and verbose:
             print("dml: neither MNIST nor Fashion-MNIST is in the data home; running on the bundled digits",
                   flush=True)
-    defs = [d for d in dml.DEFENSES + dml.EXTRA_DEFENSES if d in (methods or dml.DEFENSES)]
+    defs = [d for d in dml.ALL_DEFENSES if d in (methods or dml.DEFENSES)]
     seeds = [0] if seeds is None else seeds
     proto = dml.protocol()
     cache = ResultCache(out / "cache")
