@@ -94,6 +94,23 @@ def test_objective_decreases_with_perturbation_loss():
     assert _objective(est, X, y, est.components_) < _objective(est, X, y, np.eye(X.shape[1]))
 
 
+def test_auto_step_follows_the_dimension(digits):
+    assert LMNN()._learning_rate(16) == LMNN()._learning_rate(64) == 0.03
+    assert LMNN()._learning_rate(256) == 4 / 256
+    assert LMNN(learning_rate=0.5)._learning_rate(784) == 0.5
+    # digits upsampled to 24 x 24 pixels: Adam's fixed step of 0.03 only raises the objective
+    X_tr, y_tr, _, _ = digits
+    X = np.kron(X_tr[:300].reshape(-1, 8, 8), np.ones((3, 3))).reshape(300, 576)
+    y = y_tr[:300]
+    with pytest.warns(ConvergenceWarning, match="LMNN: the loss never went below its initial value"):
+        fixed = LMNN(learning_rate=0.03, max_iter=60).fit(X, y)
+    np.testing.assert_array_equal(fixed.components_, np.eye(576))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = LMNN(max_iter=200).fit(X, y)
+    assert _objective(auto, X, y, auto.components_) < 0.1 * _objective(auto, X, y, np.eye(576))
+
+
 def test_resample_every_and_float32():
     X, y, _, _ = load_dataset("iris")
     ref = LMNN(max_iter=30, tol=0).fit(X, y)
@@ -289,6 +306,9 @@ def test_targets_are_euclidean_same_class_neighbours():
     (LMNN(solver="lbfgs"), "'solver'"),
     (LMNN(init="pca"), "'init'"),
     (LMNN(learning_rate=0), "'learning_rate'"),
+    (LMNN(learning_rate="fast"), "'learning_rate'"),
+    (LMNN(solver="sgd"), "learning_rate='auto' is a step for solver='adam'; give a number for solver='sgd'"),
+    (LMNNPL(learning_rate="auto"), "'learning_rate'"),
     (LMNNPL(n_impostors=0), "'n_impostors'"),
     (LMNNPL(mu=2), "'mu'"),
     (LMNNPL(perturbation=PerturbationLoss(weight=-0.5)), "'weight'"),

@@ -177,6 +177,10 @@ class TripletLearner(MetricLearner):
         a, p, n = trip
         return margin(X[a], X[p], X[n], self._metric(param))
 
+    def _learning_rate(self, n_features: int) -> float:
+        """The step the optimiser takes (subclasses resolve an ``"auto"`` setting here)."""
+        return self.learning_rate
+
     def _objective(self, param: torch.Tensor, X: torch.Tensor, trip) -> torch.Tensor:
         loss = self._loss(param, X, trip)
         if self.perturbation is not None and trip[0].numel():
@@ -201,8 +205,8 @@ class TripletLearner(MetricLearner):
 
         try:
             param, n_iter = minimize(objective, self._init_components(X), solver=self.solver,
-                                     learning_rate=self.learning_rate, max_iter=self.max_iter, tol=self.tol,
-                                     on_epoch=on_epoch, project=self._project, dtype=dtype,
+                                     learning_rate=self._learning_rate(X.shape[1]), max_iter=self.max_iter,
+                                     tol=self.tol, on_epoch=on_epoch, project=self._project, dtype=dtype,
                                      verbose=self.verbose, desc=type(self).__name__)
         finally:
             del self._state
