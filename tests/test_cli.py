@@ -65,3 +65,21 @@ def test_datasets_lists_names(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "| digits | bundled with scikit-learn | yes |" in out
     assert "| usps |" in out and "rml datasets --download usps" in out
+
+
+def test_loky_worker_recycling_warning_is_silenced_and_others_are_not(monkeypatch):
+    import warnings
+
+    from robust_metric_learning import cli
+
+    def noisy(args):
+        warnings.warn("A worker stopped while some jobs were given to the executor. This can be caused by a too "
+                      "short worker timeout or by a memory leak.", UserWarning)
+        warnings.warn("something else", UserWarning)
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_datasets", noisy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["datasets"]) == 0
+    assert [str(w.message) for w in caught] == ["something else"]

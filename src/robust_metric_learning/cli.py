@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -167,7 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         commands = {"certify": cmd_certify, "reproduce": cmd_reproduce, "datasets": cmd_datasets}
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            # joblib's loky restarts a worker whose memory grew past its leak threshold (ours hold
+            # the training set) and reports it with this generic warning; results are unaffected
+            warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
+                                    category=UserWarning)
+            return commands[args.command](args)
     except BrokenPipeError:  # output piped into a reader that stopped early (e.g. `| head`)
         sys.stderr.close()
         return 0
