@@ -283,3 +283,17 @@ def test_dml_resumes_recomputes_corrupt_entries_and_reports(tmp_path, monkeypatc
         assert res["ours-sn"]["lipschitz"] < res["ours"]["lipschitz"]
     with pytest.raises(ValueError, match="methods must be among"):
         reproduce("dml", tmp_path, datasets=["digits"], methods=["madry"], verbose=False)
+
+
+def test_dml_role_ablation_defences_differ_from_ours_only_in_the_role():
+    from robust_metric_learning.deep import RobustTriplets
+    from robust_metric_learning.experiments import dml
+
+    ours = dml._defense("ours")
+    for role in ("positive", "negative"):
+        d = dml._defense(f"ours-{role}")
+        assert isinstance(d, RobustTriplets) and d.role == role and ours.role == "anchor"
+        assert (d.eps, d.steps, d.rate, d.norm) == (ours.eps, ours.steps, ours.rate, ours.norm)
+    assert dml._defense("ours-sn").role == "anchor"
+    with pytest.raises(ValueError, match="defense must be one of"):
+        dml._defense("ours-anchor")

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                         "if present, else digits")
     r.add_argument("--methods", nargs="+", default=None,
                    help="default: all of the experiment's methods (dml: the defences natural naive est ours; "
-                        "ours-sn, a spectrally normalised model, on request)")
+                        "on request: ours-sn, a spectrally normalised model; ours-positive, ours-negative, ours "
+                        "perturbing that role instead of the anchor)")
     r.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19)")
     r.add_argument("--n-eval", type=int, default=None, help="arml only: test points evaluated (default: each dataset's, 1000 unless "
