@@ -111,7 +111,9 @@ class RobustTriplets(Defense):
         Fraction of the mined triplets that get an adversarial member.
     role : {"positive", "negative", "anchor"}, default="positive"
         The member perturbed: positive pushed away from its anchors, negative pulled towards
-        them, or anchor moved to close the gap (``d(a', p) - d(a', n)`` maximised).
+        them, or anchor moved to close the gap (``d(a', p) - d(a', n)`` maximised). Against
+        attacks on retrieval queries only the anchor role helps much: ``rml reproduce dml``'s
+        role ablation (README) measures it.
     norm : {"linf", "l2"}, default="linf"
 
     Notes
