@@ -99,6 +99,13 @@ def test_dataset_settings_subsample_learners_and_fingerprint(tmp_path, monkeypat
     assert "stratified subsample of 300 points of 1257" in report
     assert "ARML settings changed from the published defaults: max_iter=3, learning_rate=0.01" in report
     assert "ARML is fitted on a stratified subsample of 120" in report
+    # the K = 11 gap table: certified minus empirical robust error, in points, never negative
+    gap = block["certified_minus_empirical"]["ARML"]
+    curves = block["methods"]["ARML"]["curves"]
+    np.testing.assert_allclose(gap, np.subtract(curves["radius_knn_certified"], curves["radius_knn_empirical"]),
+                               atol=1e-4)
+    assert min(gap) >= 0
+    assert "| ARML | " + " | ".join(f"{100 * v:.1f}" for v in gap) + " |" in report
     cache = ResultCache(tmp_path / "cache")
     entry = json.loads(cache.path(("arml", "digits", "ARML", "seed0")).read_text())
     assert entry["payload"]["n_iter"] == 3  # the changed max_iter was used

@@ -315,6 +315,9 @@ def _report(name: str, out: Path, results: dict, grids: dict, protocols: dict | 
         gap = {m: (np.array(v["curves"]["radius_knn_certified"]) - np.array(v["curves"]["radius_knn_empirical"]))
                .round(4).tolist() for m, v in block["methods"].items()}
         block["certified_minus_empirical"] = gap
+        lines += [f"K={K_CERTIFY} gap, certified − empirical robust error, in points (the truth lies between):", "",
+                  "| method | ε=0 | " + " | ".join(f"ε={e:g}" for e in eps) + " |", "|---|---|" + "---|" * len(eps)]
+        lines += [f"| {m} | " + " | ".join(f"{100 * v:.1f}" for v in g) + " |" for m, g in gap.items()] + [""]
         lines += ["fit seconds: " + ", ".join(f"{m} {v['fit_s']:.1f}" for m, v in block["methods"].items()),
                   "", "seconds in all (fit, radii, attack): "
                   + ", ".join(f"{m} {v['seconds']:.1f}" for m, v in block["methods"].items()), ""]
