@@ -189,3 +189,30 @@ def test_adversarial_retrieval_on_a_query_subset_matches_the_full_run():
     assert full["flipped"][1].sum() > 0 and not full["flipped"][0].any()
     with pytest.raises(ValueError, match="queries"):
         adversarial_retrieval(model, X, y, eps=0.1, queries=[60])
+
+
+def test_adversarial_retrieval_is_monotone_in_eps_even_when_the_attack_is_not():
+    from robust_metric_learning.attacks import PGD
+    from robust_metric_learning.deep import adversarial_retrieval
+
+    torch.manual_seed(0)
+    model = MLP(16, hidden=(16,), embedding_dim=4).eval()
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    X = np.clip(rng.normal(0.5, 0.15, size=(60, 16)) + 0.1 * y[:, None], 0, 1).astype(np.float32)
+    pgd = PGD(steps=5, random_state=0)
+
+    def masked(model, x, objective, *, eps):
+        """PGD at 0.05; at any larger budget a (masked) attack that changes nothing."""
+        if eps <= 0.05:
+            return pgd(model, x, objective, eps=eps)
+        return x, x.clone(), torch.zeros(len(x), dtype=torch.bool)
+
+    res = adversarial_retrieval(model, X, y, eps=[0.2, 0.05, 0.0], attack=masked)
+    ref = adversarial_retrieval(model, X, y, eps=[0.05], attack=pgd)
+    assert res["eps"] == [0.2, 0.05, 0.0]  # reported in the order given
+    assert ref["flipped"][0].sum() > 0
+    np.testing.assert_array_equal(res["flipped"][1], ref["flipped"][0])
+    np.testing.assert_array_equal(res["flipped"][0], ref["flipped"][0])  # 0.05's breaks count at 0.2
+    assert res["precision_at_1"][0] == pytest.approx(ref["precision_at_1"][0])
+    assert res["precision_at_1"][0] <= res["precision_at_1"][1] < res["precision_at_1"][2]

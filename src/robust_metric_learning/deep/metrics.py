@@ -138,7 +138,9 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     Every row of ``X`` is a gallery item and (or only the rows ``queries``) a query. Only queries correct at R@1 are
     attacked (the others stay as they are, counted as wrong); the attack pushes each away from
     its nearest same-class gallery item and towards the nearest other-class one
-    (:class:`~robust_metric_learning.attacks.objectives.RetrievalObjective`).
+    (:class:`~robust_metric_learning.attacks.objectives.RetrievalObjective`). With several
+    budgets, a query broken at a smaller one stays broken at the larger ones (that perturbation
+    is within them too; its embedding is the one scored), so Recall@1 never rises with eps.
 
     Parameters
     ----------
@@ -182,20 +184,30 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
                            "precision_at_1": [], "mean_average_precision_at_r": [], "success": [],
                            "flipped": []}
     objective = RetrievalObjective(gallery.float(), labels, labels[rows], query_in_gallery=rows)
-    for e in eps_list:
+    per_eps: dict[int, tuple] = {}
+    broken = torch.zeros(len(rows), dtype=torch.bool)  # by some smaller budget so far
+    broken_emb = gallery[rows].clone()  # the perturbation that broke it (the latest such)
+    for i in sorted(range(len(eps_list)), key=lambda i: eps_list[i]):
+        e = eps_list[i]
         q_emb = gallery[qrows].clone()
         flipped = torch.zeros(len(qrows), dtype=torch.bool)
         if e > 0 and len(rows):
             result = attack(model, X[rows], objective, eps=e)
             emb = getattr(result, "embeddings", None)
             adv = (embed(model, result[1], batch_size=batch_size) if emb is None else emb.detach().cpu()).double()
+            now = ~_recall_at_1_mask(adv, labels[rows], gallery, labels, rows)
+            keep = broken & ~now  # broken within a smaller budget only: that perturbation counts
+            adv[keep] = broken_emb[keep]
+            broken_emb[now] = adv[now]
+            broken |= now
             q_emb[hit] = adv
-            flipped[hit] = ~_recall_at_1_mask(adv, labels[rows], gallery, labels, rows)
+            flipped[hit] = broken
         m = retrieval_metrics(q_emb, q_labels, gallery, labels, self_index=qrows)
-        out["precision_at_1"].append(m["precision_at_1"])
-        out["mean_average_precision_at_r"].append(m["mean_average_precision_at_r"])
-        out["success"].append(float(flipped[hit].float().mean()) if len(rows) else 0.0)
-        out["flipped"].append(flipped.numpy())
+        per_eps[i] = (m["precision_at_1"], m["mean_average_precision_at_r"],
+                      float(flipped[hit].float().mean()) if len(rows) else 0.0, flipped.numpy())
+    for i in range(len(eps_list)):
+        for key, value in zip(("precision_at_1", "mean_average_precision_at_r", "success", "flipped"), per_eps[i]):
+            out[key].append(value)
     return out
 
 

@@ -128,6 +128,8 @@ def protocol() -> dict[str, Any]:
             "train_eps": TRAIN_EPS, "train_steps": TRAIN_STEPS, "ours": OURS, "eval_eps": EVAL_EPS,
             "eval_steps": EVAL_STEPS, "eval_rel_step": EVAL_REL_STEP, "cert_l2_eps": CERT_L2_EPS,
             "n_shift_check": N_SHIFT_CHECK, "n_strength": N_STRENGTH,
+            # adversarial R@1 counts a query broken at a smaller eps as broken at the larger ones
+            "adv_monotone_in_eps": True,
             "losses": {n: [repr(x) for x in _loss(n)] for n in LOSSES}}
 
 
