@@ -170,15 +170,21 @@ def test_models_shapes_and_normalisation():
     assert math.isfinite(lipschitz_bound(SmallCNN(4)))
 
 
-def test_adversarial_retrieval_on_a_query_subset_matches_the_full_run():
-    from robust_metric_learning.attacks import PGD
-    from robust_metric_learning.deep import adversarial_retrieval
-
+def _retrieval_problem():
+    """A small untrained embedding MLP and 60 points of 3 classes in [0, 1]."""
     torch.manual_seed(0)
     model = MLP(16, hidden=(16,), embedding_dim=4).eval()
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)
     X = np.clip(rng.normal(0.5, 0.15, size=(60, 16)) + 0.1 * y[:, None], 0, 1).astype(np.float32)
+    return model, X, y
+
+
+def test_adversarial_retrieval_on_a_query_subset_matches_the_full_run():
+    from robust_metric_learning.attacks import PGD
+    from robust_metric_learning.deep import adversarial_retrieval
+
+    model, X, y = _retrieval_problem()
     full = adversarial_retrieval(model, X, y, eps=[0.0, 0.05], attack=PGD(steps=3, random_state=0))
     part = adversarial_retrieval(model, X, y, eps=[0.0, 0.05], attack=PGD(steps=3, random_state=0),
                                  queries=np.arange(0, 60, 2))
@@ -195,11 +201,7 @@ def test_adversarial_retrieval_is_monotone_in_eps_even_when_the_attack_is_not():
     from robust_metric_learning.attacks import PGD
     from robust_metric_learning.deep import adversarial_retrieval
 
-    torch.manual_seed(0)
-    model = MLP(16, hidden=(16,), embedding_dim=4).eval()
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), 20)
-    X = np.clip(rng.normal(0.5, 0.15, size=(60, 16)) + 0.1 * y[:, None], 0, 1).astype(np.float32)
+    model, X, y = _retrieval_problem()
     pgd = PGD(steps=5, random_state=0)
 
     def masked(model, x, objective, *, eps):

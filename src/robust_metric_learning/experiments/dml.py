@@ -45,7 +45,8 @@ DEFENSES = ("natural", "naive", "est", "ours")
 #: every Linear/Conv2d weight spectrally normalised (a 5-10x smaller Lipschitz bound, so
 #: non-zero certified R@1); "ours-positive" and "ours-negative" are ours with that role
 #: perturbed instead of the anchor (the role ablation)
-EXTRA_DEFENSES = ("ours-sn", "ours-positive", "ours-negative")
+_ROLE_VARIANTS = ("positive", "negative")
+EXTRA_DEFENSES = ("ours-sn",) + tuple(f"ours-{role}" for role in _ROLE_VARIANTS)
 ALL_DEFENSES = DEFENSES + EXTRA_DEFENSES
 LOSSES = ("triplet", "contrastive")
 #: training split: classes seen in training; the others are retrieved at test time
@@ -105,7 +106,7 @@ def _defense(name: str):
         "est": lambda: EmbeddingShiftTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS),
         "ours": lambda: RobustTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS, **OURS),
     }
-    for role in ("positive", "negative"):
+    for role in _ROLE_VARIANTS:
         makers[f"ours-{role}"] = lambda role=role: RobustTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS,
                                                                   **{**OURS, "role": role})
     return makers[name.removesuffix("-sn")]()

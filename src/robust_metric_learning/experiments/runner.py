@@ -274,6 +274,12 @@ def _protocol_lines(proto: dict, n_full: int | None) -> list[str]:
     return lines + [""] if lines else []
 
 
+def _eps_table(eps: Sequence[float], rows: dict[str, list[str]]) -> list[str]:
+    """Markdown lines of a table with one row per method and one column per ε (0 first)."""
+    return (["| method | ε=0 | " + " | ".join(f"ε={e:g}" for e in eps) + " |", "|---|---|" + "---|" * len(eps)]
+            + [f"| {m} | " + " | ".join(cells) + " |" for m, cells in rows.items()] + [""])
+
+
 def _report(name: str, out: Path, results: dict, grids: dict, protocols: dict | None = None) -> dict:
     """Markdown tables, JSON (radii summarised as curves) and PNG plots, written atomically."""
     from ..certify import plot_robust_error
@@ -304,20 +310,15 @@ def _report(name: str, out: Path, results: dict, grids: dict, protocols: dict | 
         if proto is not None:
             lines += _protocol_lines(proto, proto.get("n_train_of"))
         for kind, label in kinds:
-            lines += [f"{label} robust error (at ε = 0: the clean error; a certified radius of 0 also counts):", "",
-                      "| method | ε=0 | " + " | ".join(f"ε={e:g}" for e in eps) + " |",
-                      "|---|---|" + "---|" * len(eps)]
-            for method, m in block["methods"].items():
-                lines.append(f"| {method} | " + " | ".join(f"{v:.3f}" for v in m["curves"][kind]) + " |")
-            lines.append("")
+            lines += [f"{label} robust error (at ε = 0: the clean error; a certified radius of 0 also counts):", ""]
+            lines += _eps_table(eps, {m: [f"{v:.3f}" for v in c["curves"][kind]] for m, c in block["methods"].items()})
             plot_robust_error({m: v["curves"][kind] for m, v in block["methods"].items()}, [0.0, *eps],
                               path=out / f"{ds}_{kind}.png", title=f"{ds}: {label}")
         gap = {m: (np.array(v["curves"]["radius_knn_certified"]) - np.array(v["curves"]["radius_knn_empirical"]))
                .round(4).tolist() for m, v in block["methods"].items()}
         block["certified_minus_empirical"] = gap
-        lines += [f"K={K_CERTIFY} gap, certified − empirical robust error, in points (the truth lies between):", "",
-                  "| method | ε=0 | " + " | ".join(f"ε={e:g}" for e in eps) + " |", "|---|---|" + "---|" * len(eps)]
-        lines += [f"| {m} | " + " | ".join(f"{100 * v:.1f}" for v in g) + " |" for m, g in gap.items()] + [""]
+        lines += [f"K={K_CERTIFY} gap, certified − empirical robust error, in points (the truth lies between):", ""]
+        lines += _eps_table(eps, {m: [f"{100 * v:.1f}" for v in g] for m, g in gap.items()})
         lines += ["fit seconds: " + ", ".join(f"{m} {v['fit_s']:.1f}" for m, v in block["methods"].items()),
                   "", "seconds in all (fit, radii, attack): "
                   + ", ".join(f"{m} {v['seconds']:.1f}" for m, v in block["methods"].items()), ""]
