@@ -7,7 +7,7 @@ from pytorch_metric_learning import losses, miners
 from sklearn.datasets import load_digits
 
 from robust_metric_learning.deep import (
-    MLP, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, train_embedding,
+    MLP, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, hyperparameters, train_embedding,
 )
 
 
@@ -128,6 +128,34 @@ def test_training_is_deterministic_and_resumes_exactly(digits01, tmp_path):
         train_embedding(fresh(), X, y, **{**kw, "seed": 6}, checkpoint=tmp_path / "ck.pt")
     state = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert len(state["loss"]) == 3
+    # a loss differing only in its margin is other settings (its repr does not show the margin)
+    with pytest.raises(ValueError, match="other settings"):
+        train_embedding(fresh(), X, y, **kw, loss=losses.TripletMarginLoss(margin=0.3), checkpoint=tmp_path / "ck.pt")
+    # resume="compatible" starts afresh on other settings, overwriting the checkpoint
+    d = fresh()
+    hist = train_embedding(d, X, y, **{**kw, "seed": 6}, checkpoint=tmp_path / "ck.pt", resume="compatible")
+    assert hist.resumed_from == 0 and hist.epochs == 3
+    assert any(not torch.equal(pa, pd) for pa, pd in zip(a.parameters(), d.parameters()))
+    e = fresh()
+    hist = train_embedding(e, X, y, **{**kw, "seed": 6}, checkpoint=tmp_path / "ck.pt", resume="compatible")
+    assert hist.resumed_from == 3
+    for pd, pe in zip(d.parameters(), e.parameters()):
+        assert torch.equal(pd, pe)
+    with pytest.raises(ValueError, match="resume must be"):
+        train_embedding(fresh(), X, y, **kw, resume="yes")
+
+
+def test_hyperparameters_tell_margins_and_miners_apart():
+    a, b = losses.TripletMarginLoss(margin=0.2), losses.TripletMarginLoss(margin=0.5)
+    assert repr(a) == repr(b) and hyperparameters(a) != hyperparameters(b)
+    m = miners.TripletMarginMiner(margin=0.5, type_of_triplets="all")
+    before = hyperparameters(m)
+    assert before["margin"] == 0.5 and before["type_of_triplets"] == "all"
+    assert before["distance"]["normalize_embeddings"] is True
+    emb, y = torch.randn(12, 4), torch.arange(12) % 3
+    m(emb, y)  # counters updated by a call are not settings
+    assert hyperparameters(m) == before
+    assert hyperparameters(None) == "None"
 
 
 def test_bad_input_gets_clear_errors(digits01):

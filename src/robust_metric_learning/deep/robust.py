@@ -75,7 +75,8 @@ class Defense:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, norm={self.norm!r})"
+        return (f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, norm={self.norm!r}"
+                + (f", step_size={self.step_size}" if self.step_size is not None else "") + ")")
 
 
 class Natural(Defense):
@@ -161,7 +162,7 @@ class RobustTriplets(Defense):
 
     def __repr__(self) -> str:
         return (f"RobustTriplets(eps={self.eps}, steps={self.steps}, rate={self.rate}, role={self.role!r}, "
-                f"norm={self.norm!r})")
+                f"norm={self.norm!r}" + (f", step_size={self.step_size}" if self.step_size is not None else "") + ")")
 
 
 class _BatchLoss:

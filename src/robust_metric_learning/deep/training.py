@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import sys
@@ -22,7 +23,7 @@ from .lipschitz import _body
 from .robust import Defense, get_defense
 from .sampler import BalancedBatchSampler
 
-__all__ = ["TrainHistory", "train_embedding", "embed"]
+__all__ = ["TrainHistory", "train_embedding", "embed", "hyperparameters"]
 
 
 @dataclass
@@ -75,6 +76,32 @@ def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = Fals
         model.train(was_training)
 
 
+_SIMPLE = (bool, int, float, str, type(None))
+
+
+def hyperparameters(obj: Any) -> Any:
+    """A JSON-ready description of a loss, miner or other module by its constructor arguments.
+
+    ``repr`` of a pytorch-metric-learning loss or miner leaves out its margins, so two losses
+    with different margins would look alike; this lists every constructor argument stored under
+    its own name (numbers, strings, tuples of them), then the sub-modules, recursively. Counters
+    a module updates when called (such as a miner's ``num_triplets``) are not constructor
+    arguments and are left out. Anything that is not a ``torch.nn.Module`` is its ``repr``.
+    """
+    if not isinstance(obj, nn.Module):
+        return repr(obj)
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = [n for cls in type(obj).__mro__ if cls.__init__ is not object.__init__
+             for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind in named]
+    desc: dict[str, Any] = {"type": type(obj).__qualname__}
+    for n in dict.fromkeys(names):
+        v = obj.__dict__.get(n, ())
+        if isinstance(v, _SIMPLE) or (isinstance(v, tuple) and v and all(isinstance(e, _SIMPLE) for e in v)):
+            desc[n] = v
+    desc.update({n: hyperparameters(child) for n, child in obj.named_children()})
+    return desc
+
+
 def _settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -96,7 +123,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                     defense: str | Defense = "natural", epochs: int = 10, m: int = 4,
                     classes_per_batch: int | None = None, batches_per_epoch: int | None = None,
                     lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                    checkpoint: str | os.PathLike | None = None, resume: bool = True,
+                    checkpoint: str | os.PathLike | None = None, resume: bool | str = True,
                     progress: bool | None = None) -> TrainHistory:
     """Train ``model`` in place with Adam on class-balanced mini-batches.
 
@@ -122,9 +149,11 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
         epoch, so a run (and a resumed run) is deterministic on a given device.
     checkpoint : path, default=None
         Saved atomically after every epoch (model, optimiser, history, settings).
-    resume : bool, default=True
+    resume : bool or "compatible", default=True
         Continue from ``checkpoint`` if it exists (loaded with ``weights_only=True``); it must
-        have been written with the same settings, else ValueError.
+        have been written with the same settings (``epochs`` may grow; the loss and miner are
+        compared by :func:`hyperparameters`), else ValueError. ``"compatible"``: a checkpoint
+        written with other settings is ignored (training starts afresh and overwrites it).
     progress : bool, default=None
         tqdm bar over the batches; default: when stderr is a terminal.
 
@@ -152,17 +181,22 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     device = _device_of(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = TrainHistory()
-    settings = {"defense": repr(defense), "loss": repr(loss_fn), "miner": repr(miner), "epochs": epochs,
-                "m": m, "classes_per_batch": classes_per_batch, "batches": len(sampler), "lr": lr,
+    if resume not in (True, False, "compatible"):
+        raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
+    settings = {"defense": repr(defense), "loss": hyperparameters(loss_fn), "miner": hyperparameters(miner),
+                "epochs": epochs, "m": m, "classes_per_batch": classes_per_batch, "batches": len(sampler), "lr": lr,
                 "weight_decay": weight_decay, "seed": seed, "n": len(X)}
     key = _settings_key({k: v for k, v in settings.items() if k != "epochs"})
     path = Path(checkpoint) if checkpoint is not None else None
-    start = 0
+    start, state = 0, None
     if path is not None and resume and path.exists():
         state = torch.load(path, map_location=device, weights_only=True)
         if state.get("settings_key") != key:
-            raise ValueError(f"checkpoint {path} was written with other settings; pass resume=False "
-                             "or another checkpoint path")
+            if resume != "compatible":
+                raise ValueError(f"checkpoint {path} was written with other settings; pass resume=False, "
+                                 "resume='compatible' or another checkpoint path")
+            state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history = TrainHistory(loss=list(state["loss"]), seconds=list(state["seconds"]),
