@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                     defense: str | Defense = "natural", epochs: int = 10, m: int = 4,
                     classes_per_batch: int | None = None, batches_per_epoch: int | None = None,
                     lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                    checkpoint: str | os.PathLike | None = None, resume: bool | str = True,
+                    checkpoint: str | os.PathLike | None = None, resume: bool | Literal["compatible"] = True,
                     progress: bool | None = None) -> TrainHistory:
     """Train ``model`` in place with Adam on class-balanced mini-batches.
 
