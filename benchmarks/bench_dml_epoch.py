@@ -1,7 +1,7 @@
 """Cost of one epoch of robust training for deep metric learning, as a ratio to a natural epoch.
 
 The setting of ``rml reproduce dml`` (experiments/dml.py): SmallCNN, MNIST classes 0-4
-(``N_TRAIN`` images, class-balanced batches), triplet margin loss with the semi-hard miner.
+(``N_TRAIN`` images, class-balanced batches), triplet margin loss with the protocol's miner (``dml.MINER``).
 Each defence trains one epoch from the same initial weights, in one process, one after the
 other (natural first, then again at the end to see drift); PGD with ``--steps`` steps in
 training. The aim (issue 5): ours costs at most ``steps + 2`` natural epochs.
