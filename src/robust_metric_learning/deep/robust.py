@@ -74,8 +74,12 @@ class Defense:
     def step_loss(self, model, x, y, loss_fn, miner, generator) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
 
+    def _extra_repr(self) -> str:
+        """Parameters a subclass adds, shown between ``steps`` and ``norm``."""
+        return ""
+
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, norm={self.norm!r}"
+        return (f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, {self._extra_repr()}norm={self.norm!r}"
                 + (f", step_size={self.step_size}" if self.step_size is not None else "") + ")")
 
 
@@ -160,9 +164,8 @@ class RobustTriplets(Defense):
         new[_MEMBER[self.role]][picked] = len(x) + copy_of
         return loss_fn(emb_all, y_all, tuple(new)), len(x_adv)
 
-    def __repr__(self) -> str:
-        return (f"RobustTriplets(eps={self.eps}, steps={self.steps}, rate={self.rate}, role={self.role!r}, "
-                f"norm={self.norm!r}" + (f", step_size={self.step_size}" if self.step_size is not None else "") + ")")
+    def _extra_repr(self) -> str:
+        return f"rate={self.rate}, role={self.role!r}, "
 
 
 class _BatchLoss:

@@ -174,6 +174,8 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     epochs = check_positive_int(epochs, name="epochs")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if resume not in (True, False, "compatible"):
+        raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
     loss_fn = losses.TripletMarginLoss(margin=0.2) if loss is None else loss
     defense = get_defense(defense)
     sampler = BalancedBatchSampler(codes, m=m, classes_per_batch=classes_per_batch,
@@ -181,8 +183,6 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     device = _device_of(model)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = TrainHistory()
-    if resume not in (True, False, "compatible"):
-        raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
     settings = {"defense": repr(defense), "loss": hyperparameters(loss_fn), "miner": hyperparameters(miner),
                 "epochs": epochs, "m": m, "classes_per_batch": classes_per_batch, "batches": len(sampler), "lr": lr,
                 "weight_decay": weight_decay, "seed": seed, "n": len(X)}
