@@ -1,0 +1,108 @@
+"""Adversarial Recall@1 against the training ε, for naive adversarial training and ours.
+
+The setting of ``rml reproduce dml`` (experiments/dml.py: SmallCNN, classes 0-4 for training,
+retrieval on the unseen classes 5-9, the protocol's loss, miner, epochs and PGD steps in
+training, PGD-``EVAL_STEPS`` with the retrieval objective in evaluation), with the training ε
+varied. Naive training perturbs every member of every triplet at once, ours only the anchor
+(``dml.OURS``): at equal ε the two are not equally strong training attacks, and this measures
+how each one's robustness grows with the budget.
+
+Run::
+
+    python benchmarks/bench_dml_train_eps.py [--datasets mnist fashion-mnist] [--loss triplet]
+        [--train-eps 0.05 0.1 0.15 0.2] [--jobs 2]
+
+Each (dataset, loss, defence, training ε, seed) result is cached in
+``benchmarks/results/dml_train_eps.json`` (``--force`` recomputes); prints a Markdown table.
+Without the data files (``$RML_DATA``) it says so and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results" / "dml_train_eps.json"
+EVAL_EPS = (0.05, 0.1, 0.15, 0.2)
+
+
+def _key(dataset: str, loss: str, defense: str, eps: float, seed: int) -> str:
+    return f"{dataset}/{loss}/{defense}/eps={eps}/seed={seed}"
+
+
+def run_one(dataset: str, loss: str, defense: str, eps: float, seed: int) -> dict:
+    """Train one model at training ε ``eps`` and evaluate it (one torch thread)."""
+    import numpy as np
+    import torch
+
+    from robust_metric_learning.deep import (NaiveAdversarial, RobustTriplets, adversarial_retrieval, embed,
+                                             retrieval_metrics, train_embedding)
+    from robust_metric_learning.experiments import dml
+
+    torch.set_num_threads(1)
+    X_tr, y_tr, X_ev, y_ev = dml.load_task_data(dataset, seed)
+    loss_fn, miner = dml._loss(loss)
+    model = dml._model(dataset, seed)
+    makers = {"naive": lambda: NaiveAdversarial(eps=eps, steps=dml.TRAIN_STEPS),
+              "ours": lambda: RobustTriplets(eps=eps, steps=dml.TRAIN_STEPS, **dml.OURS)}
+    t0 = time.perf_counter()
+    train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=makers[defense](), seed=seed,
+                    progress=False, **dml.TRAIN)
+    train_s = time.perf_counter() - t0
+    emb = embed(model, X_ev)
+    clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), seed=seed)
+    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=dml._eval_attack(seed))
+    return {"dataset": dataset, "loss": loss, "defense": defense, "train_eps": eps, "seed": seed,
+            "train_s": round(train_s, 1), "clean_r1": float(clean["precision_at_1"]),
+            "adv_r1": [float(v) for v in adv["precision_at_1"]], "eval_eps": list(EVAL_EPS),
+            "protocol": {"train": dml.TRAIN, "train_steps": dml.TRAIN_STEPS, "ours": dml.OURS, "miner": dml.MINER,
+                         "eval_steps": dml.EVAL_STEPS}}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
+    p.add_argument("--loss", default="triplet")
+    p.add_argument("--defenses", nargs="+", default=["naive", "ours"], choices=["naive", "ours"])
+    p.add_argument("--train-eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("RML_DATA", str(REPO.parent / "shared" / "data"))
+
+    from robust_metric_learning._io import atomic_write_text
+    from robust_metric_learning.datasets import dataset_status
+
+    status = dataset_status()
+    datasets = [d for d in args.datasets if status[d]["available"]]
+    if not datasets:
+        print(f"none of {args.datasets} found under $RML_DATA; nothing measured")
+        return 0
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    todo = [(d, args.loss, m, e, args.seed) for d in datasets for m in args.defenses for e in args.train_eps]
+    missing = [t for t in todo if args.force or _key(*t) not in results]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_one, *t): t for t in missing}
+        for f in as_completed(futures):
+            results[_key(*futures[f])] = f.result()
+            atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True) + "\n")
+            print(f"done {_key(*futures[f])}", flush=True)
+    head = " | ".join(f"adv R@1 ε={e}" for e in EVAL_EPS)
+    print(f"\n| dataset | defence | training ε | clean R@1 | {head} | train s |")
+    print("|---|---|---|---|" + "---|" * len(EVAL_EPS) + "---|")
+    for t in todo:
+        r = results[_key(*t)]
+        adv = " | ".join(f"{v:.3f}" for v in r["adv_r1"])
+        print(f"| {t[0]} | {t[2]} | {t[3]} | {r['clean_r1']:.3f} | {adv} | {r['train_s']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
