@@ -106,6 +106,9 @@ def test_dataset_settings_subsample_learners_and_fingerprint(tmp_path, monkeypat
                                atol=1e-4)
     assert min(gap) >= 0
     assert "| ARML | " + " | ".join(f"{100 * v:.1f}" for v in gap) + " |" in report
+    vs = block["arml_vs_best"]["radius_knn_certified"]
+    assert [r["best_other"] for r in vs] == ["Euclidean"] * len(vs) and len(vs) == len(block["eps"])
+    assert "| 0.1 | Euclidean " in report
     cache = ResultCache(tmp_path / "cache")
     entry = json.loads(cache.path(("arml", "digits", "ARML", "seed0")).read_text())
     assert entry["payload"]["n_iter"] == 3  # the changed max_iter was used
@@ -122,6 +125,20 @@ def test_dataset_settings_subsample_learners_and_fingerprint(tmp_path, monkeypat
     # an explicit n_eval overrides the dataset's default
     reproduce("arml", tmp_path, n_eval=10, **kw)
     assert [len(d[2]) for _, d in seen[5:]] == [10, 10]
+
+
+def test_paired_against_best_counts_discordant_points_and_mcnemar_p():
+    # two seeds of 5 points each; at eps 0.5 ARML is wrong on 5 points, A on 2, B on 4
+    arml = {0: {"r": [0.1, 0.2, 0.3, 0.4, 1.0]}, 1: {"r": [0.45, 1.0, 1.0, 1.0, 1.0]}}
+    a = {0: {"r": [1.0, 1.0, 1.0, 0.2, 0.3]}, 1: {"r": [1.0, 1.0, 1.0, 1.0, 1.0]}}
+    b = {0: {"r": [0.1, 0.1, 0.1, 0.1, 1.0]}, 1: {"r": [1.0, 1.0, 1.0, 1.0, 1.0]}}
+    (row,) = runner.paired_against_best({"ARML": arml, "A": a, "B": b}, "r", [0.5])
+    assert row["best_other"] == "A" and row["error"] == 0.5 and row["best_other_error"] == 0.2
+    # ARML alone wrong on 4 points (seed 0: 0, 1, 2; seed 1: 0), A alone on 1 (seed 0: 4)
+    assert (row["only_target_wrong"], row["only_other_wrong"]) == (4, 1)
+    assert row["p_value"] == pytest.approx(2 * (1 + 5) / 2 ** 5)  # two-sided binomial, n = 5, k = 1
+    (tied,) = runner.paired_against_best({"ARML": arml, "A": arml}, "r", [0.0])
+    assert tied["p_value"] == 1.0 and tied["only_target_wrong"] == tied["only_other_wrong"] == 0
 
 
 def test_soundness_violation_fails_loudly():

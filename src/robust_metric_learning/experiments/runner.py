@@ -280,6 +280,29 @@ def _eps_table(eps: Sequence[float], rows: dict[str, list[str]]) -> list[str]:
             + [f"| {m} | " + " | ".join(cells) + " |" for m, cells in rows.items()] + [""])
 
 
+def paired_against_best(per_method: dict, kind: str, eps: Sequence[float], target: str = "ARML") -> list[dict]:
+    """At each ε: ``target`` against the other method with the lowest robust error there, on the
+    same points (every seed's points pooled): both errors, the points only one of the two gets
+    wrong, and the exact two-sided McNemar p-value (a binomial test on those discordant points)."""
+    from scipy.stats import binomtest
+
+    def wrong(method: str, e: float) -> np.ndarray:
+        per_seed = per_method[method]
+        return np.concatenate([np.asarray(per_seed[s][kind], dtype=float) <= e for s in sorted(per_seed)])
+
+    rows = []
+    for e in eps:
+        t = wrong(target, e)
+        others = {m: wrong(m, e) for m in per_method if m != target}
+        best = min(others, key=lambda m: others[m].mean())
+        b = others[best]
+        t_only, b_only = int((t & ~b).sum()), int((b & ~t).sum())
+        p = binomtest(t_only, t_only + b_only).pvalue if t_only + b_only else 1.0
+        rows.append({"eps": e, "best_other": best, "best_other_error": float(b.mean()), "error": float(t.mean()),
+                     "only_target_wrong": t_only, "only_other_wrong": b_only, "p_value": float(p)})
+    return rows
+
+
 def _report(name: str, out: Path, results: dict, grids: dict, protocols: dict | None = None) -> dict:
     """Markdown tables, JSON (radii summarised as curves) and PNG plots, written atomically."""
     from ..certify import plot_robust_error
@@ -319,6 +342,18 @@ def _report(name: str, out: Path, results: dict, grids: dict, protocols: dict | 
         block["certified_minus_empirical"] = gap
         lines += [f"K={K_CERTIFY} gap, certified − empirical robust error, in points (the truth lies between):", ""]
         lines += _eps_table(eps, {m: [f"{100 * v:.1f}" for v in g] for m, g in gap.items()})
+        if "ARML" in per_method and len(per_method) > 1:
+            block["arml_vs_best"] = {kind: paired_against_best(per_method, kind, eps) for kind, _ in kinds}
+            lines += ["ARML against the other method with the lowest robust error at each ε, on the same "
+                      "points: that method, its error / ARML's, and the exact McNemar p-value of the difference "
+                      "(a binomial test on the points only one of the two gets wrong):", "",
+                      "| ε | " + " | ".join(label for _, label in kinds) + " |", "|---|" + "---|" * len(kinds)]
+            for i, e in enumerate(eps):
+                cells = [block["arml_vs_best"][kind][i] for kind, _ in kinds]
+                lines.append(f"| {e:g} | " + " | ".join(
+                    f"{r['best_other']} {r['best_other_error']:.3f} / {r['error']:.3f} (p {r['p_value']:.2g})"
+                    for r in cells) + " |")
+            lines.append("")
         lines += ["fit seconds: " + ", ".join(f"{m} {v['fit_s']:.1f}" for m, v in block["methods"].items()),
                   "", "seconds in all (fit, radii, attack): "
                   + ", ".join(f"{m} {v['seconds']:.1f}" for m, v in block["methods"].items()), ""]
