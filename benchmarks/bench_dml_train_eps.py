@@ -10,10 +10,12 @@ how each one's robustness grows with the budget.
 Run::
 
     python benchmarks/bench_dml_train_eps.py [--datasets mnist fashion-mnist] [--loss triplet]
-        [--train-eps 0.05 0.1 0.15 0.2] [--jobs 2]
+        [--train-eps 0.05 0.1 0.15 0.2] [--seeds 0] [--jobs 2]
 
 Each (dataset, loss, defence, training ε, seed) result is cached in
-``benchmarks/results/dml_train_eps.json`` (``--force`` recomputes); prints a Markdown table.
+``benchmarks/results/dml_train_eps.json`` (``--force`` recomputes); prints a Markdown table
+(with several seeds: mean ± standard deviation over them; a seed draws the training and
+evaluation images and the initial weights).
 Without the data files (``$RML_DATA``) it says so and exits with status 0.
 """
 
@@ -70,12 +72,14 @@ def main() -> int:
     p.add_argument("--loss", default="triplet")
     p.add_argument("--defenses", nargs="+", default=["naive", "ours"], choices=["naive", "ours"])
     p.add_argument("--train-eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--force", action="store_true")
     args = p.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("RML_DATA", str(REPO.parent / "shared" / "data"))
+
+    import numpy as np
 
     from robust_metric_learning._io import atomic_write_text
     from robust_metric_learning.datasets import dataset_status
@@ -86,7 +90,8 @@ def main() -> int:
         print(f"none of {args.datasets} found under $RML_DATA; nothing measured")
         return 0
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    todo = [(d, args.loss, m, e, args.seed) for d in datasets for m in args.defenses for e in args.train_eps]
+    todo = [(d, args.loss, m, e, s) for d in datasets for m in args.defenses for e in args.train_eps
+            for s in args.seeds]
     missing = [t for t in todo if args.force or _key(*t) not in results]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {pool.submit(run_one, *t): t for t in missing}
@@ -94,13 +99,20 @@ def main() -> int:
             results[_key(*futures[f])] = f.result()
             atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True) + "\n")
             print(f"done {_key(*futures[f])}", flush=True)
+    def cell(values) -> str:
+        return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
+
     head = " | ".join(f"adv R@1 ε={e}" for e in EVAL_EPS)
-    print(f"\n| dataset | defence | training ε | clean R@1 | {head} | train s |")
+    print(f"\n{args.loss} loss, seeds {args.seeds}\n")
+    print(f"| dataset | defence | training ε | clean R@1 | {head} | train s |")
     print("|---|---|---|---|" + "---|" * len(EVAL_EPS) + "---|")
-    for t in todo:
-        r = results[_key(*t)]
-        adv = " | ".join(f"{v:.3f}" for v in r["adv_r1"])
-        print(f"| {t[0]} | {t[2]} | {t[3]} | {r['clean_r1']:.3f} | {adv} | {r['train_s']:.0f} |")
+    for d in datasets:
+        for m in args.defenses:
+            for e in args.train_eps:
+                rs = [results[_key(d, args.loss, m, e, s)] for s in args.seeds]
+                adv = " | ".join(cell([r["adv_r1"][i] for r in rs]) for i in range(len(EVAL_EPS)))
+                print(f"| {d} | {m} | {e} | {cell([r['clean_r1'] for r in rs])} | {adv} | "
+                      f"{np.mean([r['train_s'] for r in rs]):.0f} |")
     return 0
 
 
