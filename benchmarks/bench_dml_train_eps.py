@@ -37,6 +37,14 @@ def _key(dataset: str, loss: str, defense: str, eps: float, seed: int) -> str:
     return f"{dataset}/{loss}/{defense}/eps={eps}/seed={seed}"
 
 
+def _protocol() -> dict:
+    """The dml settings a result depends on (as stored in JSON); a result with others is rerun."""
+    from robust_metric_learning.experiments import dml
+
+    return json.loads(json.dumps({"train": dml.TRAIN, "train_steps": dml.TRAIN_STEPS, "ours": dml.OURS,
+                                  "miner": dml.MINER, "eval_steps": dml.EVAL_STEPS}))
+
+
 def run_one(dataset: str, loss: str, defense: str, eps: float, seed: int) -> dict:
     """Train one model at training ε ``eps`` and evaluate it (one torch thread)."""
     import numpy as np
@@ -62,8 +70,7 @@ def run_one(dataset: str, loss: str, defense: str, eps: float, seed: int) -> dic
     return {"dataset": dataset, "loss": loss, "defense": defense, "train_eps": eps, "seed": seed,
             "train_s": round(train_s, 1), "clean_r1": float(clean["precision_at_1"]),
             "adv_r1": [float(v) for v in adv["precision_at_1"]], "eval_eps": list(EVAL_EPS),
-            "protocol": {"train": dml.TRAIN, "train_steps": dml.TRAIN_STEPS, "ours": dml.OURS, "miner": dml.MINER,
-                         "eval_steps": dml.EVAL_STEPS}}
+            "protocol": _protocol()}
 
 
 def main() -> int:
@@ -92,13 +99,15 @@ def main() -> int:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     todo = [(d, args.loss, m, e, s) for d in datasets for m in args.defenses for e in args.train_eps
             for s in args.seeds]
-    missing = [t for t in todo if args.force or _key(*t) not in results]
+    current = _protocol()
+    missing = [t for t in todo if args.force or results.get(_key(*t), {}).get("protocol") != current]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {pool.submit(run_one, *t): t for t in missing}
         for f in as_completed(futures):
             results[_key(*futures[f])] = f.result()
             atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True) + "\n")
             print(f"done {_key(*futures[f])}", flush=True)
+
     def cell(values) -> str:
         return f"{np.mean(values):.3f}" + (f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else "")
 
