@@ -38,11 +38,10 @@ def _key(dataset: str, loss: str, defense: str, eps: float, seed: int) -> str:
 
 
 def _protocol() -> dict:
-    """The dml settings a result depends on (as stored in JSON); a result with others is rerun."""
+    """The dml protocol a result depends on (as stored in JSON); a result under another is rerun."""
     from robust_metric_learning.experiments import dml
 
-    return json.loads(json.dumps({"train": dml.TRAIN, "train_steps": dml.TRAIN_STEPS, "ours": dml.OURS,
-                                  "miner": dml.MINER, "eval_steps": dml.EVAL_STEPS}))
+    return json.loads(json.dumps(dml.protocol()))
 
 
 def run_one(dataset: str, loss: str, defense: str, eps: float, seed: int) -> dict:
@@ -50,19 +49,16 @@ def run_one(dataset: str, loss: str, defense: str, eps: float, seed: int) -> dic
     import numpy as np
     import torch
 
-    from robust_metric_learning.deep import (NaiveAdversarial, RobustTriplets, adversarial_retrieval, embed,
-                                             retrieval_metrics, train_embedding)
+    from robust_metric_learning.deep import adversarial_retrieval, embed, retrieval_metrics, train_embedding
     from robust_metric_learning.experiments import dml
 
     torch.set_num_threads(1)
     X_tr, y_tr, X_ev, y_ev = dml.load_task_data(dataset, seed)
     loss_fn, miner = dml._loss(loss)
     model = dml._model(dataset, seed)
-    makers = {"naive": lambda: NaiveAdversarial(eps=eps, steps=dml.TRAIN_STEPS),
-              "ours": lambda: RobustTriplets(eps=eps, steps=dml.TRAIN_STEPS, **dml.OURS)}
     t0 = time.perf_counter()
-    train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=makers[defense](), seed=seed,
-                    progress=False, **dml.TRAIN)
+    train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=dml._defense(defense, eps=eps),
+                    seed=seed, progress=False, **dml.TRAIN)
     train_s = time.perf_counter() - t0
     emb = embed(model, X_ev)
     clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), seed=seed)

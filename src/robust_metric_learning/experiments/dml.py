@@ -100,21 +100,22 @@ def _loss(name: str):
     raise ValueError(f"loss must be one of {list(LOSSES)}, got {name!r}")
 
 
-def _defense(name: str):
+def _defense(name: str, eps: float = TRAIN_EPS):
     """The defence ``name``; a ``-sn`` variant is its base defence (the model differs, see
-    :func:`_model`), ``ours-<role>`` is ours with that role."""
+    :func:`_model`), ``ours-<role>`` is ours with that role. ``eps``: the training attack's
+    budget (``TRAIN_EPS`` in the protocol; benchmarks/bench_dml_train_eps.py varies it)."""
     from ..deep import EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets
 
     if name not in ALL_DEFENSES:
         raise ValueError(f"defense must be one of {list(ALL_DEFENSES)}, got {name!r}")
     makers = {
         "natural": lambda: Natural(),
-        "naive": lambda: NaiveAdversarial(eps=TRAIN_EPS, steps=TRAIN_STEPS),
-        "est": lambda: EmbeddingShiftTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS),
-        "ours": lambda: RobustTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS, **OURS),
+        "naive": lambda: NaiveAdversarial(eps=eps, steps=TRAIN_STEPS),
+        "est": lambda: EmbeddingShiftTriplets(eps=eps, steps=TRAIN_STEPS),
+        "ours": lambda: RobustTriplets(eps=eps, steps=TRAIN_STEPS, **OURS),
     }
     for role in _ROLE_VARIANTS:
-        makers[f"ours-{role}"] = lambda role=role: RobustTriplets(eps=TRAIN_EPS, steps=TRAIN_STEPS,
+        makers[f"ours-{role}"] = lambda role=role: RobustTriplets(eps=eps, steps=TRAIN_STEPS,
                                                                   **{**OURS, "role": role})
     return makers[name.removesuffix("-sn")]()
 
