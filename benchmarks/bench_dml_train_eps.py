@@ -1,18 +1,18 @@
-"""Adversarial Recall@1 against the training ε, for naive adversarial training and ours.
+"""Adversarial Recall@1 against the training ε and epochs, for naive adversarial training and ours.
 
 The setting of ``rml reproduce dml`` (experiments/dml.py: SmallCNN, classes 0-4 for training,
-retrieval on the unseen classes 5-9, the protocol's loss, miner, epochs and PGD steps in
-training, PGD-``EVAL_STEPS`` with the retrieval objective in evaluation), with the training ε
-varied. Naive training perturbs every member of every triplet at once, ours only the anchor
-(``dml.OURS``): at equal ε the two are not equally strong training attacks, and this measures
-how each one's robustness grows with the budget.
+retrieval on the unseen classes 5-9, the protocol's loss, miner and PGD steps in training,
+PGD-``EVAL_STEPS`` with the retrieval objective in evaluation), with the training ε and the
+number of epochs varied. Naive training perturbs every member of every triplet at once, ours
+only the anchor (``dml.OURS``): at equal ε the two are not equally strong training attacks, and
+this measures how each one's robustness grows with the budget and with longer training.
 
 Run::
 
     python benchmarks/bench_dml_train_eps.py [--datasets mnist fashion-mnist] [--loss triplet]
-        [--train-eps 0.05 0.1 0.15 0.2] [--seeds 0] [--jobs 2]
+        [--train-eps 0.05 0.1 0.15 0.2] [--epochs 5] [--seeds 0] [--jobs 2]
 
-Each (dataset, loss, defence, training ε, seed) result is cached in
+Each (dataset, loss, defence, training ε, epochs, seed) result is cached in
 ``benchmarks/results/dml_train_eps.json`` (``--force`` recomputes); prints a Markdown table
 (with several seeds: mean ± standard deviation over them; a seed draws the training and
 evaluation images and the initial weights).
@@ -33,8 +33,12 @@ RESULTS = REPO / "benchmarks" / "results" / "dml_train_eps.json"
 EVAL_EPS = (0.05, 0.1, 0.15, 0.2)
 
 
-def _key(dataset: str, loss: str, defense: str, eps: float, seed: int) -> str:
-    return f"{dataset}/{loss}/{defense}/eps={eps}/seed={seed}"
+def _key(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed: int) -> str:
+    from robust_metric_learning.experiments import dml
+
+    # the protocol's epochs are left out of the key (results from before --epochs keep theirs)
+    more = "" if epochs == dml.TRAIN["epochs"] else f"/epochs={epochs}"
+    return f"{dataset}/{loss}/{defense}/eps={eps}{more}/seed={seed}"
 
 
 def _protocol() -> dict:
@@ -44,8 +48,8 @@ def _protocol() -> dict:
     return json.loads(json.dumps(dml.protocol()))
 
 
-def run_one(dataset: str, loss: str, defense: str, eps: float, seed: int) -> dict:
-    """Train one model at training ε ``eps`` and evaluate it (one torch thread)."""
+def run_one(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed: int) -> dict:
+    """Train one model at training ε ``eps`` for ``epochs`` and evaluate it (one torch thread)."""
     import numpy as np
     import torch
 
@@ -58,12 +62,12 @@ def run_one(dataset: str, loss: str, defense: str, eps: float, seed: int) -> dic
     model = dml._model(dataset, seed)
     t0 = time.perf_counter()
     train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=dml._defense(defense, eps=eps),
-                    seed=seed, progress=False, **dml.TRAIN)
+                    seed=seed, progress=False, **{**dml.TRAIN, "epochs": epochs})
     train_s = time.perf_counter() - t0
     emb = embed(model, X_ev)
     clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), seed=seed)
     adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=dml._eval_attack(seed))
-    return {"dataset": dataset, "loss": loss, "defense": defense, "train_eps": eps, "seed": seed,
+    return {"dataset": dataset, "loss": loss, "defense": defense, "train_eps": eps, "epochs": epochs, "seed": seed,
             "train_s": round(train_s, 1), "clean_r1": float(clean["precision_at_1"]),
             "adv_r1": [float(v) for v in adv["precision_at_1"]], "eval_eps": list(EVAL_EPS),
             "protocol": _protocol()}
@@ -75,6 +79,7 @@ def main() -> int:
     p.add_argument("--loss", default="triplet")
     p.add_argument("--defenses", nargs="+", default=["naive", "ours"], choices=["naive", "ours"])
     p.add_argument("--train-eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
+    p.add_argument("--epochs", type=int, nargs="+", default=None, help="default: the protocol's")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--force", action="store_true")
@@ -86,6 +91,9 @@ def main() -> int:
 
     from robust_metric_learning._io import atomic_write_text
     from robust_metric_learning.datasets import dataset_status
+    from robust_metric_learning.experiments import dml
+
+    epochs = args.epochs or [dml.TRAIN["epochs"]]
 
     status = dataset_status()
     datasets = [d for d in args.datasets if status[d]["available"]]
@@ -93,8 +101,8 @@ def main() -> int:
         print(f"none of {args.datasets} found under $RML_DATA; nothing measured")
         return 0
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    todo = [(d, args.loss, m, e, s) for d in datasets for m in args.defenses for e in args.train_eps
-            for s in args.seeds]
+    todo = [(d, args.loss, m, e, n, s) for d in datasets for m in args.defenses for e in args.train_eps
+            for n in epochs for s in args.seeds]
     current = _protocol()
     missing = [t for t in todo if args.force or results.get(_key(*t), {}).get("protocol") != current]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -109,15 +117,16 @@ def main() -> int:
 
     head = " | ".join(f"adv R@1 ε={e}" for e in EVAL_EPS)
     print(f"\n{args.loss} loss, seeds {args.seeds}\n")
-    print(f"| dataset | defence | training ε | clean R@1 | {head} | train s |")
-    print("|---|---|---|---|" + "---|" * len(EVAL_EPS) + "---|")
+    print(f"| dataset | defence | training ε | epochs | clean R@1 | {head} | train s |")
+    print("|---|---|---|---|---|" + "---|" * len(EVAL_EPS) + "---|")
     for d in datasets:
         for m in args.defenses:
             for e in args.train_eps:
-                rs = [results[_key(d, args.loss, m, e, s)] for s in args.seeds]
-                adv = " | ".join(cell([r["adv_r1"][i] for r in rs]) for i in range(len(EVAL_EPS)))
-                print(f"| {d} | {m} | {e} | {cell([r['clean_r1'] for r in rs])} | {adv} | "
-                      f"{np.mean([r['train_s'] for r in rs]):.0f} |")
+                for n in epochs:
+                    rs = [results[_key(d, args.loss, m, e, n, s)] for s in args.seeds]
+                    adv = " | ".join(cell([r["adv_r1"][i] for r in rs]) for i in range(len(EVAL_EPS)))
+                    print(f"| {d} | {m} | {e} | {n} | {cell([r['clean_r1'] for r in rs])} | {adv} | "
+                          f"{np.mean([r['train_s'] for r in rs]):.0f} |")
     return 0
 
 
