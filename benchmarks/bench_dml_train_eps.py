@@ -26,6 +26,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from itertools import product
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,8 +102,8 @@ def main() -> int:
         print(f"none of {args.datasets} found under $RML_DATA; nothing measured")
         return 0
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    todo = [(d, args.loss, m, e, n, s) for d in datasets for m in args.defenses for e in args.train_eps
-            for n in epochs for s in args.seeds]
+    settings = list(product(datasets, args.defenses, args.train_eps, epochs))  # one table row each
+    todo = [(d, args.loss, m, e, n, s) for d, m, e, n in settings for s in args.seeds]
     current = _protocol()
     missing = [t for t in todo if args.force or results.get(_key(*t), {}).get("protocol") != current]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -119,14 +120,11 @@ def main() -> int:
     print(f"\n{args.loss} loss, seeds {args.seeds}\n")
     print(f"| dataset | defence | training ε | epochs | clean R@1 | {head} | train s |")
     print("|---|---|---|---|---|" + "---|" * len(EVAL_EPS) + "---|")
-    for d in datasets:
-        for m in args.defenses:
-            for e in args.train_eps:
-                for n in epochs:
-                    rs = [results[_key(d, args.loss, m, e, n, s)] for s in args.seeds]
-                    adv = " | ".join(cell([r["adv_r1"][i] for r in rs]) for i in range(len(EVAL_EPS)))
-                    print(f"| {d} | {m} | {e} | {n} | {cell([r['clean_r1'] for r in rs])} | {adv} | "
-                          f"{np.mean([r['train_s'] for r in rs]):.0f} |")
+    for d, m, e, n in settings:
+        rs = [results[_key(d, args.loss, m, e, n, s)] for s in args.seeds]
+        adv = " | ".join(cell([r["adv_r1"][i] for r in rs]) for i in range(len(EVAL_EPS)))
+        print(f"| {d} | {m} | {e} | {n} | {cell([r['clean_r1'] for r in rs])} | {adv} | "
+              f"{np.mean([r['train_s'] for r in rs]):.0f} |")
     return 0
 
 
