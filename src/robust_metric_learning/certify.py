@@ -35,7 +35,8 @@ from ._validation import (
     check_odd_k,
     resolve_metric,
 )
-from .margin import DEFAULT_MEMORY_BUDGET, margin_from_distances, pairwise_sq_distances, row_blocks, smallest_k, vote
+from ._solver import least_distance
+from .margin import NEAR_TIE, TIE, DEFAULT_MEMORY_BUDGET, margin_from_distances, pairwise_sq_distances, row_blocks, smallest_k, vote
 
 __all__ = [
     "exact_radius_1nn",
@@ -120,20 +121,49 @@ class _ClassSplit:
 
     def _rows_vs_all(self, rows: np.ndarray) -> np.ndarray:
         # against every training point, then keep the negatives' columns: no copy of MX[N]
-        return _norms(np.ascontiguousarray(self.MXP[rows]), self.geo.MX, self.MXP_sq[rows], self.geo.MX_sq)
+        D = _norms(np.ascontiguousarray(self.MXP[rows]), self.geo.MX, self.MXP_sq[rows], self.geo.MX_sq)
+        return _exact_ties(D, self.P[rows], np.arange(self.geo.MX.shape[0]), self.geo)
 
     def norm_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Pair norms of positives ``P[rows]`` against every negative."""
+        """Pair norms of positives ``P[rows]`` against every negative (0: tied under ``M``)."""
         if self.norms is not None:
             return self.norms[rows]
         return self._rows_vs_all(rows)[:, self.N]
 
     def norm_cols(self, cols: np.ndarray) -> np.ndarray:
-        """Pair norms of every positive against negatives ``N[cols]``."""
+        """Pair norms of every positive against negatives ``N[cols]`` (0: tied under ``M``)."""
         if self.norms is not None:
             return self.norms[:, cols]
         J = self.N[cols]
-        return _norms(self.MXP, np.ascontiguousarray(self.geo.MX[J]), self.MXP_sq, self.geo.MX_sq[J])
+        D = _norms(self.MXP, np.ascontiguousarray(self.geo.MX[J]), self.MXP_sq, self.geo.MX_sq[J])
+        return _exact_ties(D, self.P, J, self.geo)
+
+
+def _exact_ties(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, geo: _Geometry) -> np.ndarray:
+    """``D`` (pair norms ``||M (x_i - x_j)||`` from the expanded square, which cancels) with the
+    near-zero entries recomputed by subtraction, and set to exactly 0 where the pair is tied under
+    ``M`` to rounding (a duplicated point, a difference in the null space of ``M``): every
+    distance from such a pair is equal, so ``predict``'s index rule decides between them."""
+    nrm = np.sqrt(geo.MX_sq)
+    near = D <= NEAR_TIE * (nrm[rows][:, None] + nrm[cols][None, :])
+    if near.any():
+        r, c = np.nonzero(near)
+        diff = np.linalg.norm(geo.MX[rows[r]] - geo.MX[cols[c]], axis=1)
+        tied = diff <= TIE * (nrm[rows[r]] + nrm[cols[c]])
+        D = D.copy() if not D.flags.writeable else D
+        D[r, c] = np.where(tied, 0.0, diff)
+    return D
+
+
+def _margins(dP: np.ndarray, dN: np.ndarray, norms: np.ndarray, P: np.ndarray, N: np.ndarray) -> np.ndarray:
+    """``margin(x; x_i, x_j)`` of positives ``P`` (rows) against negatives ``N`` (columns), with
+    tied pairs (norm 0) set by the index rule: ``+inf`` where the positive comes first (the
+    negative can never be nearer), 0 where the negative does (it always is)."""
+    m = margin_from_distances(dP[:, None], dN[None, :], norms)
+    tied = norms == 0
+    if tied.any():
+        m = np.where(tied, np.where(P[:, None] < N[None, :], np.inf, 0.0), m)
+    return m
 
 
 _split_cache: dict[tuple[str, int], _ClassSplit] = {}
@@ -194,23 +224,8 @@ def _nonneg_qp(G: np.ndarray, b: np.ndarray, lam: np.ndarray, tol: float) -> tup
     return lam, False
 
 
-def _least_distance(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``min ||delta||`` s.t. ``A delta <= b`` through the NNLS form of least-distance
-    programming (Lawson and Hanson, ch. 23); robust to dependent constraints. Returns
-    ``(delta, lam)`` with ``delta = -A^T lam``."""
-    from scipy.optimize import nnls
-
-    E = np.vstack([-A.T, -b[None, :]])
-    f = np.zeros(E.shape[0])
-    f[-1] = 1.0
-    u, _ = nnls(E, f, maxiter=50 * E.shape[1] + 100)
-    r = E @ u - f
-    lam = u / -r[-1]
-    return -(A.T @ lam), lam
-
-
 def _project_negative(split: _ClassSplit, j: int, dP: np.ndarray, d_j: float, unit_norm: np.ndarray,
-                      scale: float, tol: float) -> np.ndarray:
+                      scale: float, tol: float, start: np.ndarray) -> np.ndarray:
     """Minimal ``delta`` with ``x + delta`` at least as close to negative ``j`` as to every positive.
 
     Constraints ``a_i^T delta <= b_i`` with ``a_i = 2 M (x_i - x_j) / ||.||`` (unit rows) and
@@ -222,7 +237,7 @@ def _project_negative(split: _ClassSplit, j: int, dP: np.ndarray, d_j: float, un
     anorm = 2.0 * unit_norm
     safe = np.where(anorm > 0, anorm, 1.0)
     bhat = (dP - d_j) / safe
-    zero = anorm <= 0  # coincident under M: the constraint reads 0 <= 0
+    zero = anorm <= 0  # tied under M with a later positive: the index rule gives x_j the tie
     bhat[zero] = np.inf
     # start from the few constraints with the largest margin (most binding in isolation)
     W = list(np.argsort(bhat)[: min(3, bhat.size)])
@@ -237,7 +252,8 @@ def _project_negative(split: _ClassSplit, j: int, dP: np.ndarray, d_j: float, un
         slack = bhat - 2.0 * (split.MXP @ delta - mx_j @ delta) / safe
         slack[zero] = np.inf
         if not ok or slack[Wi].min() < -thresh:
-            delta, lam = _least_distance(AW, bhat[Wi])
+            # x_j itself (delta = x_j - x) meets every constraint: the region is never empty
+            delta, lam = least_distance(AW, bhat[Wi], tol=thresh, start=start)
             slack = bhat - 2.0 * (split.MXP @ delta - mx_j @ delta) / safe
             slack[zero] = np.inf
         slack[Wi] = np.inf
@@ -257,7 +273,7 @@ def _exact_point(split: _ClassSplit, d: np.ndarray, x: np.ndarray, n_screen: int
     dP, dN = d[P], d[N]
     m = min(n_screen, P.size)
     S = np.argpartition(dP, m - 1)[:m]
-    lb = margin_from_distances(dP[S, None], dN[None, :], split.norm_rows(S)).clip(min=0.0).max(0)
+    lb = _margins(dP[S], dN, split.norm_rows(S), P[S], N).clip(min=0.0).max(0)
     order = np.argsort(lb, kind="stable")
     best, best_delta = np.inf, None
     xc = x - geo.mean
@@ -266,15 +282,15 @@ def _exact_point(split: _ClassSplit, d: np.ndarray, x: np.ndarray, n_screen: int
         if lb[cols[0]] * _SCREEN_SAFETY >= best:
             break
         norms = split.norm_cols(cols)
-        full = margin_from_distances(dP[:, None], dN[None, cols], norms).max(0)
+        full = _margins(dP, dN[cols], norms, P, N[cols]).max(0)
         for t, col in enumerate(cols):
             if lb[col] * _SCREEN_SAFETY >= best:
                 break
             if full[t] * _SCREEN_SAFETY >= best:
-                continue
+                continue  # (inf: tied with an earlier positive, x_j can never be the nearest)
             j = N[col]
             scale = float(np.linalg.norm(geo.X[j] - xc))
-            delta = _project_negative(split, j, dP, dN[col], norms[:, t], scale, tol)
+            delta = _project_negative(split, j, dP, dN[col], norms[:, t], scale, tol, geo.X[j] - xc)
             r = float(np.linalg.norm(delta))
             if r < best:
                 best, best_delta = r, delta
@@ -290,7 +306,7 @@ def _bound_point(split: _ClassSplit, d: np.ndarray, s: int, n_screen: int, batch
     dP, dN = d[P], d[N]
     m = min(P.size, max(n_screen, 4 * s))
     S = np.argpartition(dP, m - 1)[:m]
-    mS = margin_from_distances(dP[S, None], dN[None, :], split.norm_rows(S)).clip(min=0.0)
+    mS = _margins(dP[S], dN, split.norm_rows(S), P[S], N).clip(min=0.0)
     # s-th largest over a subset of positives <= s-th largest over all: a lower bound per negative
     lb = -np.partition(-mS, s - 1, axis=0)[s - 1]
     order = np.argsort(lb, kind="stable")
@@ -299,7 +315,7 @@ def _bound_point(split: _ClassSplit, d: np.ndarray, s: int, n_screen: int, batch
         cols = order[start:start + batch]
         if found.size >= s and np.partition(found, s - 1)[s - 1] <= lb[cols[0]]:
             break
-        mP = margin_from_distances(dP[:, None], dN[None, cols], split.norm_cols(cols)).clip(min=0.0)
+        mP = _margins(dP, dN[cols], split.norm_cols(cols), P, N[cols]).clip(min=0.0)
         found = np.concatenate([found, -np.partition(-mP, s - 1, axis=0)[s - 1]])
     return float(np.partition(found, s - 1)[s - 1])
 
@@ -354,7 +370,8 @@ def _predict_codes(geo: _Geometry, X: np.ndarray, k: int) -> np.ndarray:
     out = np.empty(len(X), dtype=np.int64)
     for sl in row_blocks(len(X), geo.X.shape[0], memory_budget=geo.memory_budget):
         D = geo.sq_dist(X[sl])
-        idx = np.stack([smallest_k(row, k) for row in D])
+        ZQ = (X[sl] - geo.mean) if geo.L is None else (X[sl] - geo.mean) @ geo.L.T
+        idx = np.stack([smallest_k(row, k, Z=geo.Z, q=zq) for row, zq in zip(D, ZQ)])
         out[sl] = vote(geo.codes[idx], geo.n_classes)
     return out
 

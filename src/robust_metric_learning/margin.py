@@ -21,6 +21,8 @@ import torch
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "NORM_FLOOR",
+    "NEAR_TIE",
+    "TIE",
     "margin",
     "margin_from_distances",
     "pairwise_sq_distances",
@@ -37,6 +39,11 @@ __all__ = [
 DEFAULT_MEMORY_BUDGET: int = 512 * 2**20
 #: Floor on ``||M (x+ - x-)||`` so coincident pairs give a zero margin, not NaN.
 NORM_FLOOR: float = 1e-12
+#: A pair norm ``||M (x_i - x_j)||`` below ``NEAR_TIE`` times ``||M x_i|| + ||M x_j||`` is
+#: recomputed by subtraction (the expanded square cancels); below ``TIE`` times that sum the pair
+#: is tied under ``M`` to rounding (equal distances from every point: the index rule decides).
+NEAR_TIE: float = 1e-6
+TIE: float = 64 * float(np.finfo(np.float64).eps)
 
 
 def margin_from_distances(d_pos, d_neg, pair_norm, *, floor: float = NORM_FLOOR):
@@ -161,24 +168,37 @@ def nearest_neighbors(Q, X, n_neighbors: int, components=None, *,
     n, k = Xt.shape[0], n_neighbors
     dist = np.empty((Qt.shape[0], k))
     ind = np.empty((Qt.shape[0], k), dtype=np.int64)
+    ZXn = ZX.numpy()
     for sl in row_blocks(Qt.shape[0], 2 * n, memory_budget=memory_budget):
-        D = pairwise_sq_distances(_transform(Qt[sl], L), ZX, B_sq=ZX_sq)
-        Dn = D.numpy()
+        ZQ = _transform(Qt[sl], L)
+        D = pairwise_sq_distances(ZQ, ZX, B_sq=ZX_sq)
+        Dn, ZQn = D.numpy(), ZQ.numpy()
         kth = torch.kthvalue(D, k, dim=1).values.numpy()
         for r in range(Dn.shape[0]):
-            ind[sl.start + r] = sel = smallest_k(Dn[r], k, kth=kth[r])
+            ind[sl.start + r] = sel = smallest_k(Dn[r], k, kth=kth[r], Z=ZXn, q=ZQn[r])
             dist[sl.start + r] = Dn[r, sel]
     return dist, ind
 
 
-def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None) -> np.ndarray:
+def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None, Z: np.ndarray | None = None,
+               q: np.ndarray | None = None) -> np.ndarray:
     """Indices of the ``k`` smallest entries of ``d``, ordered by (value, index).
 
     This is the package's one tie rule for neighbours: at equal distance the training
-    point with the smaller index comes first.
+    point with the smaller index comes first. With the transformed training points ``Z`` and
+    query ``q`` (``d`` their squared distances from the expanded square, whose rounding depends
+    on the BLAS kernel and on each row's position), every entry within rounding of the k-th is
+    recomputed by subtraction, so that equal points (a duplicate, a point in another's ``M``
+    null space) have equal distances and the index rule, not rounding, decides between them.
     """
     if kth is None:
         kth = np.partition(d, k - 1)[k - 1]
+    if Z is not None:
+        window = 1e-12 * (float(q @ q) + float(d.max(initial=0.0)) + 1.0)
+        cand = np.flatnonzero(d <= kth + window)
+        diff = Z[cand] - q
+        exact = np.einsum("ij,ij->i", diff, diff)
+        return cand[np.lexsort((cand, exact))[:k]]
     cand = np.flatnonzero(d <= kth)
     return cand[np.lexsort((cand, d[cand]))[:k]]
 

@@ -85,14 +85,18 @@ class _Target:
         out = np.empty(len(Q), dtype=np.int64)
         for sl in row_blocks(len(Q), 2 * geo.X.shape[0], memory_budget=self.memory_budget):
             Qt = torch.as_tensor(np.ascontiguousarray(Q[sl]), dtype=torch.float64)
-            D = pairwise_sq_distances(Qt if self._L_t is None else Qt @ self._L_t.T, self.Zu, B_sq=self.Zu_sq)
+            ZQ = Qt if self._L_t is None else Qt @ self._L_t.T
+            D = pairwise_sq_distances(ZQ, self.Zu, B_sq=self.Zu_sq)
             vals, idx = torch.topk(D, k, dim=1, largest=False)
             kth = vals[:, -1:]
-            # rows where another point ties the k-th distance need the index tie rule
-            tied = ((D <= kth).sum(1) > k).numpy()
+            # rows where another point is within rounding of the k-th distance need the exact
+            # distances and the index tie rule (smallest_k)
+            window = 1e-12 * ((ZQ * ZQ).sum(1, keepdim=True) + D.max(1, keepdim=True).values + 1.0)
+            tied = ((D <= kth + window).sum(1) > k).numpy()
             idx = idx.numpy()
+            Zu, ZQn = self.Zu.numpy(), ZQ.numpy()
             for r in np.flatnonzero(tied):
-                idx[r] = smallest_k(D[r].numpy(), k)
+                idx[r] = smallest_k(D[r].numpy(), k, Z=Zu, q=ZQn[r])
             out[sl] = vote(geo.codes[idx], self.n_classes)
         return out
 

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ..certify import _least_distance, exact_radius_1nn
-from ..margin import NORM_FLOOR, margin_from_distances, vote
+from .._solver import farkas_reach, least_distance
+from ..certify import exact_radius_1nn
+from ..margin import NEAR_TIE, NORM_FLOOR, TIE, margin_from_distances, vote
 from .base import MinimizationAttack, _Target
 
 __all__ = ["ExactAttack", "StructuralAttack"]
@@ -43,6 +44,9 @@ _RESTART = 1.25
 _PER_ROUND = 10
 #: Rounds of constraint generation first scan only this many nearest rivals.
 _LOCAL_RIVALS = 64
+#: A template whose region holds no point within this factor of the distance to its farthest
+#: member counts as empty (the least-distance solver verifies that before it says so).
+_FAR = 1e6
 #: Compiled dot products may be reordered (vectorised) and fused; infinities keep their meaning.
 _FAST = {"reassoc", "contract"}
 
@@ -235,7 +239,9 @@ def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray
     of the sorted rival list); pair norms are computed for violated pairs only. The working
     set's optimum only grows as pairs are added, so the QP stops (None) once it reaches
     ``bound``. Returns ``(delta, (m, o, lam))`` with the working set's pairs (training indices)
-    and multipliers, or None when the region is empty or its optimum is ``>= bound``.
+    and multipliers, or None when the region is empty or its optimum is ``>= bound`` (each
+    working set's problem through :func:`~robust_metric_learning._solver.least_distance`, which
+    declares emptiness only with a verified certificate or a region without interior).
     """
     geo = pt.target.geo
     MX, MX_sq, L = geo.MX, geo.MX_sq, geo.L
@@ -276,7 +282,13 @@ def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray
         m_idx, o_idx = members[pm], near[po]
         dot = np.einsum("ij,ij->i", MXm[pm], MX[o_idx])
         norm = np.sqrt(np.maximum(MX_sq[m_idx] + MX_sq[o_idx] - 2.0 * dot, 0.0))
-        coincident = norm <= NORM_FLOOR  # an exact tie under M: the index rule decides, not delta
+        size = pt.mx_norm[m_idx] + pt.mx_norm[o_idx]
+        small = norm <= NEAR_TIE * size
+        if small.any():  # the expanded square cancels: recompute by subtraction
+            norm[small] = np.linalg.norm(MX[m_idx[small]] - MX[o_idx[small]], axis=1)
+        coincident = norm <= TIE * size  # tied under M: the index rule decides, not delta
+        if (coincident & (o_idx < m_idx)).any():
+            return None  # a rival always ranks before a member: the template cannot be met
         viol = np.full(pm.size, -np.inf)
         ok = ~coincident
         viol[ok] = g[pm[ok], po[ok]] / norm[ok] + tau
@@ -289,10 +301,10 @@ def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray
         W_m, W_o = np.concatenate([W_m, m_idx[top]]), np.concatenate([W_o, o_idx[top]])
         U = np.vstack([U, (MX[o_idx[top]] - MX[m_idx[top]]) / norm[top, None]])
         b = np.concatenate([b, margin_from_distances(d[m_idx[top]], d[o_idx[top]], norm[top]) - tau])
-        with np.errstate(all="ignore"):
-            delta, lam = _least_distance(U, b)
-        if not (np.isfinite(delta).all() and np.isfinite(lam).all()) or (b - U @ delta).min() < -10 * tol:
-            return None  # the constraints contradict each other: the region is empty
+        got = least_distance(U, b, tol=tol, reach=bound)
+        if got is None:
+            return None  # verified: no point of the region is nearer than ``bound``
+        delta, lam = got
         if np.linalg.norm(delta) >= bound:
             return None  # the working set's optimum only grows as constraints are added
     return None
@@ -305,9 +317,10 @@ def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray
 # Lawson and Hanson's NNLS (E = [-U^T; -b^T]), warm started from the previous round (adding
 # columns to E leaves the old solution optimal on its support). Where NNLS or the final
 # feasibility check fails, it reports so and the caller reruns the reference ``_region_qp``
-# (scipy's NNLS).
+# (the checked solver). Where NNLS finds the working set empty, it returns the working set and
+# the Farkas candidate; the caller accepts the verdict only if the certificate verifies.
 
-_QP_DONE, _QP_NONE, _QP_NUMERIC = 0, 1, 2
+_QP_DONE, _QP_NONE, _QP_NUMERIC, _QP_EMPTY = 0, 1, 2, 3
 
 
 @numba.njit(cache=True, nogil=True)
@@ -456,7 +469,7 @@ def _top_stable(v, k):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx_norm, tau, tol, bound,
-                        max_rounds, per_round, floor, q_local):  # pragma: no cover - compiled
+                        max_rounds, per_round, floor, q_local, near_tie, tie):  # pragma: no cover - compiled
     """See ``_region_qp``; the rounds first scan only the ``q_local`` nearest rivals (their QP is a
     lower bound, often enough to stop at ``bound``), then all within reach. Returns
     ``(status, delta, W_m, W_o, lam)``."""
@@ -572,8 +585,16 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
             for t in range(dim):
                 acc += MX[m_, t] * MX[o_, t]
             nr = np.sqrt(max(MX_sq[m_] + MX_sq[o_] - 2.0 * acc, 0.0))
+            size = mx_norm[m_] + mx_norm[o_]
+            if nr <= near_tie * size:  # the expanded square cancels: recompute by subtraction
+                acc = 0.0
+                for t in range(dim):
+                    acc += (MX[m_, t] - MX[o_, t]) ** 2
+                nr = np.sqrt(acc)
             norms[c] = nr
-            if nr <= floor:  # coincident under M: the index rule decides, not delta
+            if nr <= tie * size:  # tied under M: the index rule decides, not delta
+                if o_ < m_:  # a rival always ranks before a member: the template cannot be met
+                    return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
                 used[pm[c], po[c]] = True
                 viol[c] = -np.inf
             else:
@@ -621,8 +642,8 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
             return _QP_NUMERIC, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
         u[:nw] = uu
         denom = 1.0 + b[:nw] @ uu
-        if denom <= 1e-12:
-            return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam  # the region is empty
+        if denom <= 1e-12:  # the region looks empty: uu is the Farkas candidate, checked by the caller
+            return _QP_EMPTY, delta, Wm[:nw].copy(), Wo[:nw].copy(), uu
         lam = uu / denom
         delta = -(U[:nw].T @ lam)
         worst = np.inf
@@ -685,11 +706,18 @@ def _region_qp_fast(pt: _Point, members: np.ndarray, kind: tuple, excused: np.nd
         geo.MX, geo.MX_sq, np.zeros((1, geo.MX.shape[1])) if L is None else np.ascontiguousarray(L), L is not None,
         pt.d, np.ascontiguousarray(members, dtype=np.int64), riv, root,
         np.ascontiguousarray(excused, dtype=np.int64), pt.mx_norm, float(tau), float(tol), float(bound),
-        max_rounds, _PER_ROUND, NORM_FLOOR, _LOCAL_RIVALS)
+        max_rounds, _PER_ROUND, NORM_FLOOR, _LOCAL_RIVALS, NEAR_TIE, TIE)
     if status == _QP_DONE:
         return delta, (W_m, W_o, lam)
     if status == _QP_NONE:
         return None
+    if status == _QP_EMPTY:
+        dot = np.einsum("ij,ij->i", geo.MX[W_m], geo.MX[W_o])
+        nrm = np.sqrt(np.maximum(geo.MX_sq[W_m] + geo.MX_sq[W_o] - 2.0 * dot, 0.0))
+        U = (geo.MX[W_o] - geo.MX[W_m]) / nrm[:, None]
+        b = margin_from_distances(pt.d[W_m], pt.d[W_o], nrm) - tau
+        if farkas_reach(U, b, lam) >= bound:
+            return None
     return _region_qp(pt, members, kind, excused, tau=tau, tol=tol, bound=bound, max_rounds=max_rounds)
 
 
@@ -1058,8 +1086,9 @@ class StructuralAttack(MinimizationAttack):
     def _solve(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray, best: float) -> tuple | None:
         """The template's QP: ``(delta, duals)`` if shorter than ``best`` and ``predict`` flips."""
         scale = float(pt.euclid(members).max())
+        bound = min(best, _FAR * scale)
         for rel in _TIGHTEN:
-            res = _region_qp_fast(pt, members, kind, excused, tau=rel * scale, tol=1e-10 * scale, bound=best)
+            res = _region_qp_fast(pt, members, kind, excused, tau=rel * scale, tol=1e-10 * scale, bound=bound)
             if res is None or np.linalg.norm(res[0]) >= best:
                 return None
             if _flips(pt, res[0]):

@@ -1,0 +1,249 @@
+"""The one least-distance QP, ``min ||delta||_2`` subject to ``A delta <= b``, with checked answers.
+
+Every polyhedron of the package (the exact 1-NN radius's per-negative region, the structural
+attack's templates) is a least-distance problem. :func:`least_distance` answers it with the
+fast path of least-distance programming (Lawson and Hanson, ch. 23: one non-negative least
+squares problem), and trusts that path only as far as it can be checked:
+
+- a point is returned only if it satisfies every constraint to ``tol`` plus the rounding error
+  of evaluating the constraint (a bound computed per row);
+- the polyhedron is declared empty only with a Farkas vector ``y >= 0`` whose certificate is
+  verified with correctly rounded sums (:func:`farkas_reach`): no ``delta`` with
+  ``||delta|| < reach`` satisfies ``A delta <= b``;
+- otherwise a slower, robust path takes over: a phase-one linear program (scipy's HiGHS) finds
+  the largest ball inside the polyhedron, then a primal active-set method walks from its
+  centre to the optimum, solving each working set by least squares (no squared condition
+  numbers, no dependence on which BLAS kernel rounds first).
+
+A polyhedron with no interior at working precision (its largest inscribed ball has radius 0 to
+``tol``) and no verified emptiness is reported as empty: a template of the attack that can only
+be met with equality cannot be moved into strictly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["least_distance", "farkas_reach", "nnls_least_distance"]
+
+_EPS = float(np.finfo(np.float64).eps)
+_SPLIT = 134217729.0  # 2**27 + 1, Veltkamp's splitting constant for float64
+
+
+def _two_products(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a * b = p + e`` exactly, elementwise (Dekker's product; no overflow assumed)."""
+    p = a * b
+    ca, cb = _SPLIT * a, _SPLIT * b
+    ah = ca - (ca - a)
+    al = a - ah
+    bh = cb - (cb - b)
+    bl = b - bh
+    e = ((ah * bh - p) + ah * bl + al * bh) + al * bl
+    return p, e
+
+
+def _dot_exact(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``A^T y``, each component correctly rounded (error at most half an ulp)."""
+    p, e = _two_products(A, y[:, None])
+    terms = np.concatenate([p, e], axis=0)
+    return np.array([math.fsum(col) for col in terms.T])
+
+
+def farkas_reach(A: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
+    """The radius of the ball around 0 that ``y`` proves free of points with ``A delta <= b``.
+
+    For ``y >= 0`` and every feasible ``delta``: ``y^T b >= y^T A delta >= -||A^T y|| ||delta||``,
+    so ``b^T y < 0`` gives ``||delta|| >= -b^T y / ||A^T y||``. Both quantities are evaluated
+    with correctly rounded sums of exact products and bounded towards the safe side, so the
+    returned radius holds for the floating-point ``A`` and ``b`` whatever the BLAS kernel.
+    Returns 0 when ``y`` proves nothing, ``inf`` when ``A^T y`` is exactly 0 and ``b^T y < 0``.
+    """
+    y = np.clip(np.asarray(y, dtype=np.float64), 0.0, None)
+    if not np.isfinite(y).all() or not y.any():
+        return 0.0
+    s = _dot_exact(A, y)
+    bty = _dot_exact(b[:, None], y)[0]
+    bty_hi = bty + abs(bty) * _EPS  # an upper bound of the exact b^T y
+    if not bty_hi < 0:
+        return 0.0
+    norm_hi = float(np.sqrt(np.sum(np.abs(s) ** 2))) * (1.0 + (s.size + 4) * _EPS) + np.abs(s).sum() * _EPS
+    if norm_hi == 0:
+        return np.inf
+    return float(-bty_hi / norm_hi * (1.0 - 4 * _EPS))
+
+
+def _slack_floor(A: np.ndarray, b: np.ndarray, delta: np.ndarray, tol: float) -> np.ndarray:
+    """Per-row tolerance of ``A delta - b <= 0``: ``tol`` plus the rounding bound of the row's
+    evaluation."""
+    return tol + 16 * (A.shape[1] + 2) * _EPS * (np.abs(A) @ np.abs(delta) + np.abs(b))
+
+
+def _feasible(A: np.ndarray, b: np.ndarray, delta: np.ndarray, tol: float) -> bool:
+    if not np.isfinite(delta).all():
+        return False
+    return bool(((A @ delta - b) <= _slack_floor(A, b, delta, tol)).all())
+
+
+def nnls_least_distance(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The least-distance problem's NNLS form: ``min ||E u - f||`` over ``u >= 0`` with
+    ``E = [-A^T; -b^T]``, ``f = e_last``. Returns ``(delta, lam, u, denom)``: the candidate
+    optimum ``delta = -A^T lam``, its multipliers ``lam = u / denom``, and ``denom = 1 + b^T u``,
+    which is 0 (and ``u`` a Farkas vector) when the polyhedron is empty."""
+    from scipy.optimize import nnls
+
+    E = np.vstack([-A.T, -b[None, :]])
+    f = np.zeros(E.shape[0])
+    f[-1] = 1.0
+    try:
+        u, _ = nnls(E, f, maxiter=50 * E.shape[1] + 100)
+    except RuntimeError:  # scipy's iteration limit
+        nan = np.full(A.shape[1], np.nan)
+        return nan, np.full(b.size, np.nan), np.zeros(b.size), np.nan
+    denom = float(1.0 + b @ u)
+    with np.errstate(all="ignore"):
+        lam = u / denom
+        delta = -(A.T @ lam)
+    return delta, lam, u, denom
+
+
+def _refine(A: np.ndarray, b: np.ndarray, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The optimum from its support: the minimum-norm solution of ``A_S delta = b_S`` over the
+    constraints with positive multipliers (least squares, so dependent rows are harmless)."""
+    S = np.flatnonzero(lam > 0)
+    if S.size == 0:
+        return np.zeros(A.shape[1]), np.zeros(b.size)
+    delta = np.linalg.lstsq(A[S], b[S], rcond=None)[0]
+    full = np.zeros(b.size)
+    full[S] = np.linalg.lstsq(A[S].T, -delta, rcond=None)[0]
+    return delta, full
+
+
+def _phase_one(A: np.ndarray, b: np.ndarray, reach: float) -> tuple[np.ndarray | None, float, np.ndarray | None]:
+    """The largest ball inside ``{A delta <= b}`` (unit rows) and the box ``|delta|_inf <= reach``:
+    ``min t`` s.t. ``A delta - t <= b``, ``t >= -1``, by HiGHS. Returns ``(centre, t, duals)``:
+    ``-t`` is the radius when ``t < 0``; ``duals`` (``>= 0``) is a Farkas candidate when ``t > 0``."""
+    from scipy.optimize import linprog
+
+    m, dim = A.shape
+    scale = max(1.0, float(np.abs(b).max(initial=0.0)))
+    c = np.zeros(dim + 1)
+    c[-1] = 1.0
+    A_ub = np.hstack([A, -np.ones((m, 1))])
+    box = None if np.isinf(reach) else reach / scale
+    bounds = [(None if box is None else -box, box)] * dim + [(-1.0, None)]
+    res = linprog(c, A_ub=A_ub, b_ub=b / scale, bounds=bounds, method="highs",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+    if res.status != 0:
+        return None, np.nan, None
+    duals = -np.asarray(res.ineqlin.marginals, dtype=np.float64)
+    return res.x[:dim] * scale, float(res.x[-1]) * scale, duals
+
+
+def _primal_active_set(A: np.ndarray, b: np.ndarray, x: np.ndarray, tol: float,
+                       max_iter: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``min ||delta||`` over ``A delta <= b`` from a feasible ``x`` (Nocedal and Wright,
+    algorithm 16.3): each step projects onto the null space of the working rows (least
+    squares), stops at blocking constraints, and drops the most negative multiplier."""
+    m, dim = A.shape
+    floor = _slack_floor(A, b, x, tol)
+    W = [int(i) for i in np.argsort(b - A @ x, kind="stable") if b[i] - A[i] @ x <= floor[i]]
+    W = _independent(A, W)
+    max_iter = max_iter or 10 * (m + dim) + 50
+    for _ in range(max_iter):
+        p = -x  # the step minimising ||x + p|| with A_W p = 0: -x less its part in A_W's row space
+        coef = np.zeros(0)
+        if W:
+            Aw = A[W]
+            _, sv, Vt = np.linalg.svd(Aw, full_matrices=False)
+            basis = Vt[sv > 1e-12 * sv[0]]
+            p = np.zeros(dim) if basis.shape[0] == dim else -(x - basis.T @ (basis @ x))
+            coef = np.linalg.lstsq(Aw.T, x, rcond=None)[0]
+        if np.linalg.norm(p) <= 1e-13 * max(1.0, np.linalg.norm(x)):
+            lam = -coef  # x = -Aw^T lam at a stationary point of the working set
+            if not W or lam.min() >= -1e-12 * max(1.0, np.abs(lam).max()):
+                full = np.zeros(m)
+                full[W] = np.clip(lam, 0.0, None)
+                return x, full
+            W.pop(int(np.argmin(lam)))
+            continue
+        Ap = A @ p
+        room = b - A @ x
+        alpha, block = 1.0, -1
+        for i in np.flatnonzero(Ap > 1e-14 * np.linalg.norm(p)):
+            if i in W:
+                continue
+            a_i = max(room[i], 0.0) / Ap[i]
+            if a_i < alpha:
+                alpha, block = a_i, int(i)
+        x = x + alpha * p
+        if block >= 0:
+            W.append(block)
+    return None
+
+
+def _independent(A: np.ndarray, rows: list[int]) -> list[int]:
+    """A maximal linearly independent prefix-greedy subset of ``rows``."""
+    kept: list[int] = []
+    for r in rows:
+        if len(kept) >= A.shape[1]:
+            break
+        trial = kept + [r]
+        sv = np.linalg.svd(A[trial], compute_uv=False)
+        if sv[-1] > 1e-10 * sv[0]:
+            kept = trial
+    return kept
+
+
+def least_distance(A: np.ndarray, b: np.ndarray, *, tol: float, reach: float = np.inf,
+                   start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``min ||delta||_2`` subject to ``A delta <= b`` (rows of ``A`` of unit length).
+
+    Parameters
+    ----------
+    A : ndarray of shape (m, dim)
+    b : ndarray of shape (m,)
+    tol : float
+        Absolute feasibility tolerance of a returned point (plus the rounding bound of each row).
+    reach : float, default=inf
+        Emptiness is declared when a verified Farkas certificate excludes every point of norm
+        below ``reach`` (or, with no certificate, when the polyhedron has no interior).
+    start : ndarray of shape (dim,), optional
+        A known feasible point (skips the phase-one program of the robust path).
+
+    Returns
+    -------
+    (delta, lam) or None
+        The optimum and its multipliers (``delta = -A^T lam`` up to rounding), or None.
+    """
+    A = np.ascontiguousarray(A, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    if b.size == 0:
+        return np.zeros(A.shape[1]), np.zeros(0)
+    with np.errstate(all="ignore"):
+        delta, lam, u, denom = nnls_least_distance(A, b)
+        if np.isfinite(denom) and denom > 1e-12 and np.isfinite(delta).all():
+            if _feasible(A, b, delta, tol):
+                return delta, lam
+            delta, lam = _refine(A, b, lam)
+            if _feasible(A, b, delta, tol):
+                return delta, lam
+        elif farkas_reach(A, b, u) >= reach:
+            return None
+        return _robust(A, b, tol=tol, reach=reach, start=start)
+
+
+def _robust(A, b, *, tol, reach, start):
+    """The slow path: phase one (or ``start``), then the primal active-set method."""
+    if start is None or not _feasible(A, b, start, tol):
+        centre, t, duals = _phase_one(A, b, reach)
+        if centre is None:
+            return None
+        if t >= -tol:  # no interior within reach at working precision (or empty)
+            return None
+        start = centre
+    got = _primal_active_set(A, b, np.asarray(start, dtype=np.float64), tol)
+    if got is None or not _feasible(A, b, got[0], tol):
+        raise RuntimeError("least-distance QP: the active-set method did not reach a feasible optimum")
+    return got
