@@ -117,3 +117,30 @@ def test_post_fit_errors(data):
         MahalanobisKNN(4).fit(X, y).certify(Q, y[:150], method="bound")
     with pytest.raises(ValueError, match="y has 3 labels, X has 150 samples"):
         knn.certify(Q, y[:3], method="bound")
+
+
+@pytest.mark.parametrize("call", ["fit", "predict", "exact", "bound", "attack", "learner", "metric"])
+def test_values_near_the_float_range_are_refused(call):
+    """X scaled by 1e200 (squared distances overflow) gets an error naming the argument, not a
+    wrong prediction; 1e90 still works and gives the scaled radii."""
+    from robust_metric_learning import certified_radius_knn, exact_radius_1nn
+    from robust_metric_learning.learners import NCA
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 3)), np.arange(20) % 2
+    big = X * 1e200
+    calls = {
+        "fit": lambda: MahalanobisKNN(1).fit(big, y),
+        "predict": lambda: MahalanobisKNN(1).fit(X, y).predict(big),
+        "exact": lambda: exact_radius_1nn(big, y, X, y),
+        "bound": lambda: certified_radius_knn(X, y, big, y),
+        "attack": lambda: MahalanobisKNN(1).fit(X, y).attack(big, y),
+        "learner": lambda: NCA().fit(big, y),
+        "metric": lambda: exact_radius_1nn(X * 1e90, y, X * 1e90, y, metric=np.eye(3) * 1e60),
+    }
+    with pytest.raises(ValueError, match=r"(X|X_train)\b.*magnitude up to .*rescale"):
+        calls[call]()
+    if call == "exact":
+        from robust_metric_learning import exact_radius_1nn as exact
+        np.testing.assert_allclose(exact(X * 1e90, y, X[:5] * 1e90, y[:5]) / 1e90, exact(X, y, X[:5], y[:5]),
+                                   rtol=1e-9)

@@ -28,6 +28,28 @@ __all__ = [
 ]
 
 
+#: Largest magnitude accepted in data: squared distances (and their products with a metric)
+#: of larger values overflow float64 or lose every digit that tells neighbours apart.
+MAX_ABS = 1e100
+
+
+def check_scale(arr: np.ndarray, *, name: str = "X") -> np.ndarray:
+    """Refuse values beyond :data:`MAX_ABS` in magnitude (clear error; returns ``arr``)."""
+    if arr.size:
+        top = float(np.abs(arr).max())
+        if top > MAX_ABS:
+            raise ValueError(f"{name} has values of magnitude up to {top:.3g}; values must be within "
+                             f"+-{MAX_ABS:.0e} (squared distances would overflow float64): rescale the data")
+    return arr
+
+
+def check_metric_scale(X: np.ndarray, L: np.ndarray | None, *, name: str = "X") -> None:
+    """Refuse a metric (components ``L``) under which ``X`` leaves the range of :func:`check_scale`."""
+    if L is not None:
+        check_scale(L, name="the metric's components L")
+        check_scale(np.abs(X) @ np.abs(L).T, name=f"{name} transformed by the metric (|{name}| |L|^T)")
+
+
 def check_array_2d(X: Any, *, name: str = "X", allow_empty: bool = False) -> np.ndarray:
     """Return ``X`` as a finite, 2-D float64 array or raise a clear error."""
     if X is None:
@@ -49,7 +71,7 @@ def check_array_2d(X: Any, *, name: str = "X", allow_empty: bool = False) -> np.
     if not np.isfinite(arr).all():
         n_bad = int((~np.isfinite(arr)).any(axis=1).sum())
         raise ValueError(f"{name} contains NaN or infinity in {n_bad} row(s); all values must be finite")
-    return arr
+    return check_scale(arr, name=name)
 
 
 def check_labels(y: Any, *, n_samples: int, name: str = "y") -> np.ndarray:
@@ -268,3 +290,65 @@ def check_index(index: Any, *, n_rows: int, size: int | None, name: str = "index
         raise ValueError(f"{name} must hold row numbers in [0, {size}), got values in "
                          f"[{int(t.min())}, {int(t.max())}]")
     return t
+
+
+# ------------------------------------------------------------ scalars and metric files (added for issue 16)
+
+
+def check_real(value: Any, *, name: str, low: float | None = None, low_open: bool = False) -> float:
+    """Return ``value`` as a finite float (``> low`` if ``low_open``, else ``>= low``) or raise.
+
+    Booleans, strings and arrays are refused (``lr=True`` is a mistake, not 1.0).
+    """
+    from numbers import Real
+
+    bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+        value = value.item()  # a 0-d array or tensor holding one number (a bool is refused below)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a finite number{bound}, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not np.isfinite(v) or (low is not None and (v <= low if low_open else v < low)):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return v
+
+
+def check_nonnegative_int(value: Any, *, name: str) -> int:
+    """Return ``value`` as an int >= 0 or raise (seeds, counters)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_metric_array(mat: Any, *, entry: str, source: str, n_features: int | None = None) -> np.ndarray:
+    """Check a metric read from a file and return what ``metric=`` takes (M, or L).
+
+    ``entry`` is ``"mahalanobis"`` (M, must be (d, d), symmetric PSD), ``"components"``
+    (L, (r, d); a square L is returned as ``L.T @ L``) or ``"array"`` (a ``.npy`` file:
+    square is M, else L). ``source`` names the file in messages; with ``n_features`` the
+    width must be d = ``n_features``.
+    """
+    where = f"metric file {source}, entry {entry!r}" if entry != "array" else f"metric file {source}"
+    arr = np.asarray(mat)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{where} must hold numbers, got an array of dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.size == 0:
+        want = "(d, d)" if entry == "mahalanobis" else "(r, d) or (d, d)" if entry == "array" else "(r, d)"
+        raise ValueError(f"{where} must be a non-empty 2-D array of shape {want}, got shape {arr.shape}")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{where} contains NaN or infinity ({int((~np.isfinite(arr)).sum())} value(s)); "
+                         "all values must be finite")
+    square = arr.shape[0] == arr.shape[1]
+    if entry == "mahalanobis" and not square:
+        raise ValueError(f"{where} must be a square (d, d) Mahalanobis matrix M, got shape {arr.shape}")
+    if n_features is not None and arr.shape[1] != n_features:
+        d = n_features
+        want = (f"({d}, {d})" if entry == "mahalanobis" else f"(r, {d})" if entry == "components"
+                else f"({d}, {d}) (M) or (r, {d}) (L)")
+        raise ValueError(f"{where} must have shape {want} for data with {d} features, got shape {arr.shape}")
+    if entry == "components" and square:
+        return arr.T @ arr  # a square L would be read as M: hand over M itself
+    if square:
+        _check_psd(arr, name=f"{where} (square, read as the Mahalanobis matrix M)")
+    return arr

@@ -31,6 +31,7 @@ from ._validation import (
     check_array_2d,
     check_eps,
     check_labels,
+    check_metric_scale,
     check_n_features,
     check_odd_k,
     resolve_metric,
@@ -360,6 +361,8 @@ def _prepare(X_train, y_train, X, y, metric, n_neighbors, memory_budget):
     if not isinstance(memory_budget, (int, np.integer)) or memory_budget < 1:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
     L = resolve_metric(metric, X_train.shape[1])
+    check_metric_scale(X_train, L, name="X_train")
+    check_metric_scale(X, L, name="X")
     geo = _Geometry.build(X_train, codes, classes.size, L, int(memory_budget))
     pos = np.searchsorted(classes, y)
     y_codes = np.where((pos < classes.size) & (classes[np.minimum(pos, classes.size - 1)] == y), pos, -1)

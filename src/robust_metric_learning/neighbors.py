@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._validation import Interval, check_labels, resolve_metric, validate_params
+from ._validation import Interval, check_labels, check_metric_scale, check_scale, resolve_metric, validate_params
 from .margin import DEFAULT_MEMORY_BUDGET, nearest_neighbors, vote
 
 __all__ = ["MahalanobisKNN"]
@@ -70,6 +70,7 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         """Store the training set and resolve the metric."""
         validate_params(self)
         X, y = validate_data(self, X, y, dtype=np.float64)
+        check_scale(X, name="X")
         check_classification_targets(y)
         self.classes_, self._y_codes = np.unique(y, return_inverse=True)
         if self.classes_.size < 2:
@@ -83,6 +84,7 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         if hasattr(metric, "fit") and not hasattr(metric, "components_"):
             self.metric_ = metric = clone(metric).fit(X, y)
         self._L = resolve_metric(metric, X.shape[1])
+        check_metric_scale(X, self._L)
         self.components_ = np.eye(X.shape[1]) if self._L is None else self._L
         self._fit_X = X
         return self
@@ -95,7 +97,7 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
     def kneighbors(self, X, n_neighbors: int | None = None, return_distance: bool = True):
         """Indices (and Mahalanobis distances, not squared) of the nearest training points."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = check_scale(validate_data(self, X, reset=False, dtype=np.float64), name="X")
         k = self.n_neighbors if n_neighbors is None else n_neighbors
         if not isinstance(k, Integral) or not 1 <= k <= self._fit_X.shape[0]:
             raise ValueError(f"n_neighbors must be an integer in [1, {self._fit_X.shape[0]}], got {k!r}")
@@ -134,7 +136,7 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         from .certify import certified_radius_knn, exact_radius_1nn
 
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = check_scale(validate_data(self, X, reset=False, dtype=np.float64), name="X")
         y = check_labels(y, n_samples=X.shape[0])
         # pass self: its components_ is L, never misread as a square M
         common = dict(metric=self, n_jobs=self.n_jobs,
@@ -176,7 +178,7 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         from .attacks import KNNAttack, get_attack
 
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = check_scale(validate_data(self, X, reset=False, dtype=np.float64), name="X")
         y = check_labels(y, n_samples=X.shape[0])
         params = {} if isinstance(method, KNNAttack) else dict(n_jobs=self.n_jobs, random_state=random_state,
                                                                progress=progress)

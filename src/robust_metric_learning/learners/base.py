@@ -9,7 +9,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._validation import validate_params
+from .._validation import check_scale, validate_params
 
 __all__ = ["MetricLearner"]
 
@@ -30,6 +30,7 @@ class MetricLearner(TransformerMixin, BaseEstimator):
         """Learn the metric from ``X`` (n_samples, n_features) and labels ``y``."""
         validate_params(self)
         X, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
+        check_scale(X, name="X")
         check_classification_targets(y)
         self.classes_, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
         if self.classes_.size < 2:
@@ -58,7 +59,7 @@ class MetricLearner(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         """Map ``X`` into the space where the metric is Euclidean: ``X @ L.T``."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = check_scale(validate_data(self, X, reset=False, dtype=np.float64), name="X")
         return X @ self.components_.T
 
     def get_mahalanobis_matrix(self) -> np.ndarray:
