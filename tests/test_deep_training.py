@@ -7,8 +7,10 @@ from pytorch_metric_learning import losses, miners
 from sklearn.datasets import load_digits
 
 from robust_metric_learning.deep import (
-    MLP, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, hyperparameters, train_embedding,
+    MLP, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, SmallCNN, hyperparameters,
+    train_embedding,
 )
+from robust_metric_learning.deep.training import CheckpointError, load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +128,7 @@ def test_training_is_deterministic_and_resumes_exactly(digits01, tmp_path):
         assert torch.equal(pa, pc)
     with pytest.raises(ValueError, match="other settings"):
         train_embedding(fresh(), X, y, **{**kw, "seed": 6}, checkpoint=tmp_path / "ck.pt")
-    state = torch.load(tmp_path / "ck.pt", weights_only=True)
+    state = load_checkpoint(tmp_path / "ck.pt")
     assert len(state["loss"]) == 3
     # a loss differing only in its margin is other settings (its repr does not show the margin)
     with pytest.raises(ValueError, match="other settings"):
@@ -181,3 +183,274 @@ def test_bad_input_gets_clear_errors(digits01):
     flat = torch.nn.Sequential(torch.nn.Linear(64, 3), torch.nn.Flatten(0))
     with pytest.raises(ValueError, match="one row per input"):
         train_embedding(flat, X, y, epochs=1, progress=False)
+
+
+# ------------------------------------------------------------------ issue 16: no silent wrong answer
+
+
+def _fresh(hidden=8, dim=4, **kw):
+    torch.manual_seed(0)
+    return MLP(64, hidden=(hidden,), embedding_dim=dim, **kw)
+
+
+_KW = dict(epochs=3, m=4, batches_per_epoch=4, seed=1, progress=False)
+
+
+class _NaNLossAt(torch.nn.Module):
+    """A triplet loss that returns NaN (still attached to the graph) at its ``at``-th call."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.calls = at, 0
+        self.inner = losses.TripletMarginLoss(margin=0.2)
+
+    def forward(self, emb, labels, indices_tuple=None):
+        self.calls += 1
+        value = self.inner(emb, labels, indices_tuple)
+        return value * float("nan") if self.calls == self.at else value
+
+
+def test_non_finite_loss_stops_naming_epoch_and_batch_and_keeps_the_model(digits01, tmp_path):
+    X, y = digits01
+    model = _fresh()
+    # what the model is after the batch before the failing one: the same run, stopped there
+    ref = _fresh()
+    train_embedding(ref, X, y, **{**_KW, "epochs": 1})  # epoch 1 = calls 1..4
+    with pytest.raises(FloatingPointError, match=r"epoch 2/3, batch 1/4 .*the loss is nan") as info:
+        train_embedding(model, X, y, loss=_NaNLossAt(5), checkpoint=tmp_path / "ck.pt", **_KW)
+    assert "0-based: epoch 1, batch 0" in str(info.value) and str(tmp_path / "ck.pt") in str(info.value)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.equal(p, q)  # not updated with the failing batch
+    assert len(load_checkpoint(tmp_path / "ck.pt")["loss"]) == 1  # the last completed epoch
+
+
+class _PoisonAt(torch.nn.Module):
+    """Identity, except that its ``at``-th call in training mode returns NaN."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                return x * float("nan")
+        return x
+
+
+def test_non_finite_model_output_stops_and_restores_batch_norm_statistics(digits01):
+    X, y = digits01
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), _PoisonAt(3), torch.nn.BatchNorm1d(8),
+                              torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    with pytest.raises(FloatingPointError, match=r"epoch 1/3, batch 3/4 .*model's output"):
+        train_embedding(net, X, y, **_KW)
+    bn = net[3]
+    assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_non_finite_output_of_an_adversarial_forward_is_caught(digits01):
+    """A NaN that only the attack's forward passes see (the model in eval mode) still stops training."""
+    X, y = digits01
+
+    class EvalPoison(torch.nn.Module):
+        """NaN in eval mode (the attack's passes), except on the first call (the probe before training)."""
+
+        calls = 0
+
+        def forward(self, x):
+            if self.training:
+                return x
+            self.calls += 1
+            return x if self.calls == 1 else x * float("nan")
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), EvalPoison())
+    with pytest.raises(FloatingPointError, match=r"epoch 1/3, batch 1/4 .*model's output"):
+        train_embedding(net, X, y, defense=RobustTriplets(eps=0.05, steps=2), **_KW)
+    assert net[2].calls > 1
+    net[2].calls = 1  # the probe before training runs in eval mode too: it reports a NaN model at once
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite embeddings .*X \(before training\)"):
+        train_embedding(net, X, y, **_KW)
+
+
+def test_non_finite_gradient_with_finite_loss_stops(digits01):
+    X, y = digits01
+
+    def sqrt_at_zero(emb, labels, indices_tuple=None):  # value 0, gradient 0 * inf = NaN
+        return torch.sqrt(((emb - emb.detach()) ** 2).sum())
+
+    model = _fresh()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match=r"epoch 1/3, batch 1/4 .*gradient of parameter"):
+        train_embedding(model, X, y, loss=sqrt_at_zero, **_KW)
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_exploding_lr_is_stopped_before_parameters_become_nan(digits01):
+    X, y = digits01
+    model = _fresh(normalize=False)
+    with pytest.raises(FloatingPointError, match=r"epoch \d+/3, batch \d+/4"):
+        train_embedding(model, X, y, lr=1e30, **_KW)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _tensor_record(path, member_suffix="/data/0"):
+    """(offset, size) in the bytes of ``path`` of the uncompressed zip member ending with the suffix."""
+    import struct
+    import zipfile
+
+    raw = path.read_bytes() if hasattr(path, "read_bytes") else path
+    import io
+
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(member_suffix))
+        assert info.compress_type == zipfile.ZIP_STORED
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_checkpoint_with_a_flipped_bit_in_tensor_data_is_refused_or_restarted(digits01, tmp_path):
+    import io
+
+    X, y = digits01
+    path = tmp_path / "ck.pt"
+    train_embedding(_fresh(), X, y, checkpoint=path, **{**_KW, "epochs": 1})
+    raw = bytearray(path.read_bytes())
+    # the payload (the saved training state, itself a torch zip) is the outer file's tensor record;
+    # flip one bit inside the data of the payload's first tensor (a model weight)
+    outer_off, outer_size = _tensor_record(bytes(raw))
+    inner = bytes(raw[outer_off:outer_off + outer_size])
+    inner_off, inner_size = _tensor_record(inner)
+    raw[outer_off + inner_off + inner_size // 2] ^= 0x04
+    path.write_bytes(bytes(raw))
+    # torch alone does not notice: the damaged payload loads, with another weight
+    flipped = torch.load(io.BytesIO(bytes(raw[outer_off:outer_off + outer_size])), weights_only=True)
+    clean = torch.load(io.BytesIO(inner), weights_only=True)
+    assert any(not torch.equal(flipped["model"][k], clean["model"][k]) for k in clean["model"])
+
+    with pytest.raises(CheckpointError, match="SHA-256 does not match") as info:
+        train_embedding(_fresh(), X, y, checkpoint=path, **_KW)
+    assert str(path) in str(info.value) and isinstance(info.value, ValueError)
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(path)
+
+    model = _fresh()
+    with pytest.warns(UserWarning, match=f"{path}.*damaged.*starts afresh"):
+        hist = train_embedding(model, X, y, checkpoint=path, resume="compatible", **_KW)
+    assert hist.resumed_from == 0 and hist.epochs == 3
+    ref = _fresh()
+    train_embedding(ref, X, y, **_KW)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), ref.parameters()))
+    assert len(load_checkpoint(path)["loss"]) == 3  # rewritten, valid
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "old format without checksum"])
+def test_unreadable_or_unverifiable_checkpoint_is_reported_with_its_path(digits01, tmp_path, damage):
+    X, y = digits01
+    path = tmp_path / "ck.pt"
+    train_embedding(_fresh(), X, y, checkpoint=path, **{**_KW, "epochs": 1})
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[: len(raw) * 2 // 3])
+    elif damage == "garbage":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # what an older version wrote: the bare state, no checksum
+        torch.save(load_checkpoint(path), path)
+    with pytest.raises(CheckpointError) as info:
+        train_embedding(_fresh(), X, y, checkpoint=path, **_KW)
+    message = str(info.value)
+    assert str(path) in message and "resume='compatible'" in message
+    assert ("without a checksum" in message) == (damage == "old format without checksum")
+    with pytest.warns(UserWarning, match=str(path)):
+        hist = train_embedding(_fresh(), X, y, checkpoint=path, resume="compatible", **_KW)
+    assert hist.resumed_from == 0 and len(load_checkpoint(path)["loss"]) == 3
+    # resume=False neither reads nor minds it
+    path.write_bytes(b"junk")
+    assert train_embedding(_fresh(), X, y, checkpoint=path, resume=False, **_KW).resumed_from == 0
+
+
+def test_checkpoint_of_another_model_or_more_epochs_is_other_settings(digits01, tmp_path):
+    X, y = digits01
+    path = tmp_path / "ck.pt"
+    train_embedding(_fresh(), X, y, checkpoint=path, **_KW)
+    with pytest.raises(CheckpointError, match="other settings"):
+        train_embedding(_fresh(hidden=9), X, y, checkpoint=path, **_KW)
+    with pytest.raises(CheckpointError, match="holds 3 epochs, more than epochs=2"):
+        train_embedding(_fresh(), X, y, checkpoint=path, **{**_KW, "epochs": 2})
+    hist = train_embedding(_fresh(), X, y, checkpoint=path, resume="compatible", **{**_KW, "epochs": 2})
+    assert hist.resumed_from == 0 and hist.epochs == 2
+
+
+def test_checkpoint_path_is_checked_before_training(digits01, tmp_path):
+    X, y = digits01
+    loss = _NaNLossAt(at=-1)  # counts calls, never NaN
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="checkpoint must be a file path"):
+        train_embedding(_fresh(), X, y, loss=loss, checkpoint=tmp_path, **_KW)
+    with pytest.raises(ValueError, match=r"checkpoint .*file.*cannot be written"):
+        train_embedding(_fresh(), X, y, loss=loss, checkpoint=tmp_path / "file" / "ck.pt", **_KW)
+    assert loss.calls == 0
+
+
+def _nan_weight_mlp():
+    model = _fresh()
+    with torch.no_grad():
+        model.body[1].weight[0, 0] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(lr=float("inf")), ValueError, "lr must be a finite number > 0, got inf"),
+    (dict(lr=-1e-3), ValueError, "lr must be a finite number > 0"),
+    (dict(lr=True), TypeError, "lr must be a finite number > 0, got bool"),
+    (dict(lr="1e-3"), TypeError, "lr must be a finite number"),
+    (dict(weight_decay=-1.0), ValueError, "weight_decay must be a finite number >= 0"),
+    (dict(weight_decay=float("nan")), ValueError, "weight_decay must be"),
+    (dict(seed=-1), ValueError, "seed must be an integer >= 0, got -1"),
+    (dict(seed=1.5), ValueError, "seed must be an integer >= 0"),
+    (dict(epochs=0), ValueError, "epochs must be a positive integer, got 0"),
+    (dict(batches_per_epoch=-3), ValueError, "batches_per_epoch must be a positive integer, got -3"),
+    (dict(m=-1), ValueError, "m must be a positive integer"),
+    (dict(classes_per_batch=1), ValueError, "classes_per_batch must be between 2"),
+    (dict(loss="triplet"), TypeError, "loss must be a callable"),
+    (dict(miner="hard"), TypeError, "miner must be None or a callable"),
+    (dict(loss=lambda emb, labels, indices=None: emb.sum(1)), TypeError,
+     r"loss must return a scalar tensor, got Tensor of shape \(\d+,\)"),
+    (dict(loss=lambda emb, labels, indices=None: torch.tensor(0.0)), ValueError,
+     r"the loss at epoch 1/1, batch 1/2 is not attached to the model's graph"),
+    (dict(progress="no"), TypeError, "progress must be True, False or None"),
+    (dict(resume=1), ValueError, "resume must be"),
+    (dict(y="nan label"), ValueError, "y contains NaN"),
+    (dict(y="singleton"), ValueError, "y: every class needs at least 2 samples"),
+    (dict(y="2d"), ValueError, r"y must have shape \(\d+,\), got \(\d+, 1\)"),
+    (dict(X="1d"), ValueError, r"model cannot be applied to X: rows of shape \(\)"),
+    (dict(X="narrow"), ValueError, r"model cannot be applied to X: rows of shape \(10,\)"),
+    (dict(X="strings"), ValueError, "X must be"),
+    (dict(X="empty"), ValueError, "X must have at least one sample"),
+    (dict(model="smallcnn"), ValueError, r"rows of shape \(64,\); the model takes inputs of shape \(1, 28, 28\)"),
+    (dict(model="none"), TypeError, "model must be a torch.nn.Module, got NoneType"),
+    (dict(model="no parameters"), ValueError, "model has no trainable parameters"),
+    (dict(model="nan weight"), ValueError, "model parameter 'body.1.weight' holds NaN"),
+])
+def test_hostile_arguments_get_errors_naming_them(digits01, change, error, match):
+    X, y = digits01
+    kw = dict(epochs=1, batches_per_epoch=2, progress=False)
+    model = {"smallcnn": lambda: SmallCNN(4), "none": lambda: None, "no parameters": torch.nn.Flatten,
+             "nan weight": _nan_weight_mlp}.get(change.pop("model", None), _fresh)()
+    X = {"1d": X[:, 0], "narrow": X[:, :10], "strings": np.full(X.shape, "a"), "empty": X[:0],
+         None: X}[change.pop("X", None)]
+    yy = change.pop("y", None)
+    if yy == "nan label":
+        y = np.where(np.arange(len(y)) == 0, np.nan, y.astype(float))
+    elif yy == "singleton":
+        y = y.copy()
+        y[0] = 99
+    elif yy == "2d":
+        y = y[:, None]
+    with pytest.raises(error, match=match):
+        train_embedding(model, X, y, **{**kw, **change})

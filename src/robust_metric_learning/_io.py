@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "load_metric", "md5_file", "save_metric"]
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "load_metric", "md5_file", "read_metric",
+           "save_metric"]
 
 _CHUNK = 1 << 20
 _WRITE_MODES = ("wb", "w", "wt")
@@ -229,41 +230,105 @@ def save_metric(path: str | os.PathLike[str], components: Any, *, metadata: dict
     import numpy as np
 
     L = np.asarray(components, dtype=np.float64)
-    if L.ndim != 2:
-        raise ValueError(f"components must be a 2-D array, got shape {L.shape}")
+    if L.ndim != 2 or L.size == 0:
+        raise ValueError(f"components must be a non-empty 2-D array (r, d), got shape {L.shape}")
+    if not np.isfinite(L).all():
+        raise ValueError("components contains NaN or infinity; all values must be finite")
     buf = io.BytesIO()
     np.savez(buf, components=L, metadata=np.array(json.dumps(metadata or {}, sort_keys=True)))
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_metric(path: str | os.PathLike[str]) -> tuple[Any, dict]:
-    """Read a metric file: returns ``(matrix, metadata)``.
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
-    ``.npz`` files hold ``components`` (L, any shape (r, d)) or ``mahalanobis`` (M, (d, d))
-    and optional JSON ``metadata``; a ``.npy`` file holds one matrix (square: M, else L).
-    The matrix is returned as stored, to be passed as ``metric=`` (a square M, or L: a square
-    L is returned as ``L.T @ L``, so the two readings agree).
+
+class _MetricFileError(ValueError):
+    """A readable metric file with the wrong content (raised as it is)."""
+
+
+def read_metric(path: str | os.PathLike[str]) -> tuple[Any, str, dict]:
+    """Read a metric file as stored: returns ``(array, entry, metadata)``.
+
+    ``entry`` is ``"components"`` or ``"mahalanobis"`` (the ``.npz`` entry read) or ``"array"``
+    (a ``.npy`` file). The format is told by the file's first bytes, not its name. A missing,
+    truncated or corrupt file, a pickled (object) array, an ``.npz`` with neither or both
+    entries, or metadata that is not a JSON object raises ValueError (FileNotFoundError when
+    missing) naming the path. Shapes and values are checked by :func:`load_metric`.
     """
     import json
+    import zipfile
+    import zlib
 
     import numpy as np
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"metric file {path} is a folder; expected a .npz or .npy file")
     if not path.is_file():
         raise FileNotFoundError(f"metric file {path} not found")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_NPY_MAGIC):
+        kind = "npy"
+    elif head[:4] in _ZIP_MAGICS:
+        kind = "npz"
+    else:
+        raise ValueError(f"metric file {path} could not be read: it is neither a .npy nor a .npz file "
+                         f"(it starts with {head!r})")
+    damaged = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, UnicodeDecodeError)
     try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), {}
+        if kind == "npy":
+            return np.load(path, allow_pickle=False), "array", {}
         with np.load(path, allow_pickle=False) as data:
-            key = next((k for k in _METRIC_KEYS if k in data.files), None)
-            if key is None:
-                raise ValueError(f"metric file {path} holds {sorted(data.files)}; expected one of {list(_METRIC_KEYS)}")
+            present = [k for k in _METRIC_KEYS if k in data.files]
+            if len(present) != 1:
+                what = "both" if present else "neither of"
+                raise _MetricFileError(f"metric file {path} holds {sorted(data.files)}: {what} "
+                                       f"{list(_METRIC_KEYS)}; expected exactly one of them")
+            key = present[0]
             mat = data[key]
-            meta = json.loads(str(data["metadata"])) if "metadata" in data.files else {}
-    except (OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, ValueError) and str(exc).startswith("metric file"):
-            raise
-        raise ValueError(f"metric file {path} could not be read as .npz/.npy: {exc}") from None
-    if key == "components" and mat.ndim == 2 and mat.shape[0] == mat.shape[1]:
-        mat = mat.T @ mat  # a square L would be read as M: hand over M itself
-    return mat, meta
+            meta = {}
+            if "metadata" in data.files:
+                try:
+                    meta = json.loads(str(data["metadata"]))
+                except ValueError as exc:
+                    raise _MetricFileError(f"metric file {path}: entry 'metadata' is not JSON: {exc}") from None
+                if not isinstance(meta, dict):
+                    raise _MetricFileError(f"metric file {path}: entry 'metadata' must be a JSON object, "
+                                           f"got {type(meta).__name__}")
+    except _MetricFileError:
+        raise
+    except damaged as exc:
+        raise ValueError(f"metric file {path} could not be read as .{kind} (truncated, corrupt, or holding "
+                         f"pickled objects, which are never loaded): "
+                         f"{type(exc).__name__}: {exc}") from None
+    return mat, key, meta
+
+
+def load_metric(path: str | os.PathLike[str], *, n_features: int | None = None) -> tuple[Any, dict]:
+    """Read and check a metric file: returns ``(matrix, metadata)``.
+
+    ``.npz`` files hold ``components`` (L, shape (r, d)) or ``mahalanobis`` (M, symmetric PSD,
+    shape (d, d)) and optional JSON ``metadata``; a ``.npy`` file holds one matrix (square: M,
+    else L). The matrix is returned to be passed as ``metric=`` (a square M, or L: a square L
+    is returned as ``L.T @ L``, so the two readings agree).
+
+    Parameters
+    ----------
+    path : path
+    n_features : int, default=None
+        The data's feature count d: the matrix must then be (d, d) or (r, d).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        A corrupt or truncated file, a wrong entry, a wrong shape (the message names the file,
+        the entry, the expected and the received shape), NaN or infinity, a non-PSD ``M``.
+    """
+    from ._validation import check_metric_array
+
+    mat, entry, meta = read_metric(path)
+    return check_metric_array(mat, entry=entry, source=str(path), n_features=n_features), meta

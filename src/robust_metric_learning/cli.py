@@ -60,12 +60,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_metric_arg(value: str):
+def _read_metric_arg(value: str):
+    """``--metric`` read as stored (format checked): ``(array or "euclidean", entry, metadata)``."""
     if value == "euclidean":
-        return "euclidean", {}
-    from ._io import load_metric
+        return "euclidean", None, {}
+    from ._io import read_metric
 
-    return load_metric(value)
+    return read_metric(value)
+
+
+def _check_out(value: str | None, *, name: str = "--out") -> Path | None:
+    """Make sure ``value`` is a folder we can write into (created if missing) before any computing.
+
+    A probe file is written and removed; any failure is a ValueError naming ``name``.
+    """
+    import tempfile
+
+    if value is None:
+        return None
+    if not str(value).strip():
+        raise ValueError(f"{name} must be a folder path, got an empty string")
+    out = Path(value)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{name} {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".rml-write-probe-", delete=True) as f:
+            f.write(b"probe")
+            f.flush()
+    except OSError as exc:
+        raise ValueError(f"{name} {out} cannot be written: {exc.strerror or exc} "
+                         f"({type(exc).__name__})") from None
+    return out
 
 
 def _markdown_table(rows: list[dict], eps: np.ndarray) -> str:
@@ -82,7 +108,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from sklearn.utils import shuffle
 
     from ._io import atomic_write_text
-    from ._validation import check_eps, check_odd_k
+    from ._validation import check_eps, check_metric_array, check_odd_k
     from .certify import plot_robust_error, robust_error_curve
     from .datasets import load_dataset
     from .experiments.arml import eps_grid
@@ -91,10 +117,20 @@ def cmd_certify(args: argparse.Namespace) -> int:
     ks = [check_odd_k(k, name="--k") for k in args.k]
     if args.n_eval < 1:
         raise ValueError(f"--n-eval must be >= 1, got {args.n_eval}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 4294967295], got {args.seed}")
+    if args.n_jobs == 0:
+        raise ValueError("--n-jobs must be a non-zero integer (-1: all cores), got 0")
     eps = check_eps(args.eps if args.eps is not None else eps_grid(args.dataset), name="--eps")
     eps = np.unique(np.concatenate([[0.0], eps]))
-    metric, meta = _load_metric_arg(args.metric)
+    for k in ks:
+        if args.method == "exact" and k != 1:
+            raise ValueError(f"--method exact is for K=1 only; got --k {k}")
+    out = _check_out(args.out)  # before any computing: a bad --out fails now, not after the work
+    raw, entry, meta = _read_metric_arg(args.metric)
     X_train, y_train, X_test, y_test = load_dataset(args.dataset, data_home=args.data_home)
+    metric = raw if entry is None else check_metric_array(raw, entry=entry, source=args.metric,
+                                                          n_features=X_train.shape[1])
     X_eval, y_eval = shuffle(X_test, y_test, random_state=args.seed)
     X_eval, y_eval = X_eval[: args.n_eval], y_eval[: args.n_eval]
     progress = False if args.quiet else None
@@ -102,8 +138,6 @@ def cmd_certify(args: argparse.Namespace) -> int:
     rows, curves = [], {}
     for k in ks:
         method = ("exact" if k == 1 else "bound") if args.method == "auto" else args.method
-        if method == "exact" and k != 1:
-            raise ValueError(f"--method exact is for K=1 only; got --k {k}")
         knn = MahalanobisKNN(k, metric=metric, n_jobs=args.n_jobs).fit(X_train, y_train)
         t0 = time.perf_counter()
         radii = knn.certify(X_eval, y_eval, method=method, progress=progress)
@@ -117,8 +151,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
     print(f"rml certify: {args.dataset}, metric {args.metric}, {len(y_eval)} test points (seed {args.seed})")
     print(_markdown_table(rows, eps[1:]))
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         settings = {"dataset": args.dataset, "metric": args.metric, "metric_metadata": meta, "k": ks,
                     "method": args.method, "eps": eps.tolist(), "n_eval": len(y_eval), "seed": args.seed,
                     "n_train": len(y_train), "n_features": X_train.shape[1], "n_jobs": args.n_jobs}
@@ -133,7 +166,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import reproduce
 
-    out = Path(args.out or Path("results") / args.name)
+    out = _check_out(str(args.out if args.out is not None else Path("results") / args.name))
     t0 = time.perf_counter()
     reproduce(args.name, out, datasets=args.datasets, methods=args.methods, seeds=args.seeds,
               n_eval=args.n_eval, n_jobs=args.n_jobs, data_home=args.data_home)
@@ -144,8 +177,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    from urllib.parse import urlparse
+
     from .datasets import dataset_status, download_dataset, get_data_home
 
+    if args.data_home is not None and Path(args.data_home).exists() and not Path(args.data_home).is_dir():
+        raise ValueError(f"--data-home {args.data_home} exists and is not a folder")
+    if args.base_url is not None and urlparse(args.base_url).scheme.lower() not in ("http", "https", "ftp", "file"):
+        raise ValueError(f"--base-url must be a URL (http://, https://, ftp:// or file://), got {args.base_url!r}")
     if args.download:
         for name in args.download:
             got = download_dataset(name, data_home=args.data_home, base_url=args.base_url)

@@ -6,12 +6,12 @@ from .metrics import adversarial_retrieval, certified_retrieval, embedding_radiu
 from .models import MLP, EmbeddingNet, L2Normalize, SmallCNN
 from .robust import DEFENSES, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, get_defense
 from .sampler import BalancedBatchSampler
-from .training import TrainHistory, embed, hyperparameters, train_embedding
+from .training import CheckpointError, TrainHistory, embed, hyperparameters, load_checkpoint, train_embedding
 
 __all__ = [
     "MLP", "EmbeddingNet", "L2Normalize", "SmallCNN", "BalancedBatchSampler",
     "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "DEFENSES", "get_defense",
-    "TrainHistory", "train_embedding", "embed", "hyperparameters",
+    "TrainHistory", "train_embedding", "embed", "hyperparameters", "load_checkpoint", "CheckpointError",
     "lipschitz_bound", "layer_bounds", "certified_input_radius",
     "retrieval_metrics", "adversarial_retrieval", "certified_retrieval", "embedding_radius_bound",
 ]

@@ -20,11 +20,13 @@ conversion :func:`certified_input_radius` handles it exactly instead (below).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._validation import check_positive_int, check_real
 from .models import EmbeddingNet, L2Normalize
 
 __all__ = ["lipschitz_bound", "certified_input_radius", "layer_bounds"]
@@ -84,6 +86,9 @@ def _layer_bound(layer: nn.Module, in_shape: tuple[int, ...] | None) -> float:
         k, s = _pool_factor(layer)
         return math.sqrt(math.ceil(k[0] / s[0]) * math.ceil(k[1] / s[1]) / (k[0] * k[1]))
     if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if layer.running_var is None:
+            raise TypeError(f"cannot bound {layer}: it has no running statistics (track_running_stats=False), "
+                            "so it normalises by each batch's own statistics")
         scale = 1.0 / torch.sqrt(layer.running_var.detach().double() + layer.eps)
         if layer.affine:
             scale = scale * layer.weight.detach().double().abs()
@@ -128,10 +133,17 @@ def layer_bounds(model: nn.Module, *, input_shape: tuple[int, ...] | None = None
     list of (str, float)
         The layer's repr and its bound, in order.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     body, _ = _body(model)
     layers = _flatten(body)
+    for name, t in [*body.named_parameters(), *body.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"model parameter {name!r} holds NaN or infinity: its Lipschitz constant is undefined")
     if input_shape is None:
         input_shape = getattr(model, "input_shape", None)
+    else:
+        input_shape = _check_input_shape(input_shape)
     shapes: list[tuple[int, ...] | None] = [None] * len(layers)
     if input_shape is not None and any(isinstance(la, nn.Conv2d) for la in layers):
         param = next(body.parameters(), None)
@@ -141,12 +153,29 @@ def layer_bounds(model: nn.Module, *, input_shape: tuple[int, ...] | None = None
             x = x.reshape(1, -1)
         was_training = body.training
         body.eval()
-        with torch.no_grad():
-            for i, layer in enumerate(layers):
-                shapes[i] = tuple(x.shape[1:])
-                x = layer(x)
-        body.train(was_training)
+        try:
+            with torch.no_grad():
+                for i, layer in enumerate(layers):
+                    shapes[i] = tuple(x.shape[1:])
+                    x = layer(x)
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise ValueError(f"input_shape {tuple(input_shape)} does not fit the model: layer {i} ({layer}) "
+                             f"fails on inputs of shape {shapes[i]} ({type(exc).__name__}: {exc})") from None
+        finally:
+            body.train(was_training)
     return [(repr(layer), _layer_bound(layer, shapes[i])) for i, layer in enumerate(layers)]
+
+
+def _check_input_shape(input_shape: Any) -> tuple[int, ...]:
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if (shape is None or isinstance(input_shape, (str, bytes)) or not shape
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in shape)):
+        raise ValueError(f"input_shape must be a tuple of positive ints (one input, without the batch axis), "
+                         f"got {input_shape!r}")
+    return tuple(int(v) for v in shape)
 
 
 def lipschitz_bound(model: nn.Module, *, input_shape: tuple[int, ...] | None = None) -> float:
@@ -189,17 +218,45 @@ def certified_input_radius(embedding_radius, body_norms, *, lipschitz: float, n_
     Returns
     -------
     ndarray of shape (n,)
-        Certified input radius (0 where the embedding radius is 0).
+        Certified input radius (0 where the embedding radius is 0 or negative: a query already
+        wrong; inf where it is inf).
+
+    Raises
+    ------
+    ValueError or TypeError
+        ``lipschitz`` not a finite number > 0, ``n_features`` not a positive int, NaN in
+        ``embedding_radius``, ``body_norms`` missing (when ``normalized``), of another length,
+        negative or not finite.
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    R = np.maximum(np.asarray(embedding_radius, dtype=np.float64), 0.0)
+    lipschitz = check_real(lipschitz, name="lipschitz", low=0.0, low_open=True)
+    n_features = check_positive_int(n_features, name="n_features")
+    R = _as_1d(embedding_radius, name="embedding_radius")
+    if np.isnan(R).any():
+        raise ValueError(f"embedding_radius contains NaN in {int(np.isnan(R).sum())} of {len(R)} entries")
+    R = np.maximum(R, 0.0)
     finite = np.isfinite(R)
     if normalized:
-        u = np.asarray(body_norms, dtype=np.float64)
+        if body_norms is None:
+            raise ValueError("body_norms is needed when normalized=True (the norms ||body(x)||_2 of the queries)")
+        u = _as_1d(body_norms, name="body_norms")
+        if u.shape != R.shape:
+            raise ValueError(f"body_norms must have shape {R.shape} (one per embedding_radius), got {u.shape}")
+        if not np.isfinite(u).all() or (u < 0).any():
+            raise ValueError(f"body_norms must be finite and >= 0, got values in [{u.min():.6g}, {u.max():.6g}]")
         rho = np.where(finite, R * u / (1.0 + np.where(finite, R, 0.0)), np.inf)
     else:
         rho = R
     factor = math.sqrt(n_features) if norm == "linf" else 1.0
-    with np.errstate(divide="ignore"):
-        return rho / (lipschitz * factor)
+    return rho / (lipschitz * factor)
+
+
+def _as_1d(values: Any, *, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a 1-D array of numbers: {exc}") from None
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {arr.shape}")
+    return arr

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import json
+import math
 import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,12 +21,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import check_model_output, check_positive_int, check_unit_interval
+from .._io import atomic_open
+from .._validation import (
+    check_model_output, check_nonnegative_int, check_positive_int, check_real, check_unit_interval,
+)
 from .lipschitz import _body
 from .robust import Defense, get_defense
 from .sampler import BalancedBatchSampler
 
-__all__ = ["TrainHistory", "train_embedding", "embed", "hyperparameters"]
+__all__ = ["TrainHistory", "train_embedding", "embed", "hyperparameters", "CheckpointError", "load_checkpoint"]
 
 
 @dataclass
@@ -51,12 +57,45 @@ def _inputs(model: nn.Module, X: Any) -> torch.Tensor:
     return check_unit_interval(X, name="X").to(p.dtype if p is not None else torch.float32)
 
 
+def _check_module(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _apply(fn, xb: torch.Tensor, model: nn.Module, *, what: str = "X") -> torch.Tensor:
+    """``fn(xb)``, a failure (wrong input shape, ...) turned into a ValueError naming ``what``'s rows."""
+    try:
+        return fn(xb)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        shape = getattr(model, "input_shape", None)
+        hint = (f"; the model takes inputs of shape {tuple(shape)} ({int(np.prod(shape))} values per row)"
+                if shape is not None else "")
+        raise ValueError(f"model cannot be applied to {what}: rows of shape {tuple(xb.shape[1:])}{hint} "
+                         f"({type(exc).__name__}: {exc})") from exc
+
+
+def _check_finite_output(out: torch.Tensor, *, what: str, first_row: int = 0) -> None:
+    bad = ~torch.isfinite(out).all(dim=1)
+    if bool(bad.any()):
+        rows = (torch.nonzero(bad).flatten() + first_row).tolist()
+        raise FloatingPointError(f"model returned NaN or infinite embeddings for {what}: first at row {rows[0]} "
+                                 f"({len(rows)} of rows {first_row}..{first_row + len(out) - 1}); are its "
+                                 "parameters finite?")
+
+
 @torch.no_grad()
 def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = False) -> torch.Tensor:
     """Embeddings of ``X`` (eval mode, batched, on the model's device; returned on CPU).
 
-    ``body=True`` returns the output before the final ``L2Normalize`` (if any).
+    ``body=True`` returns the output before the final ``L2Normalize`` (if any). A model that
+    cannot take ``X``'s rows raises ValueError; NaN or infinite embeddings raise
+    FloatingPointError.
     """
+    _check_module(model)
+    batch_size = check_positive_int(batch_size, name="batch_size")
     X = _inputs(model, X)
     fn = _body(model)[0] if body else model
     was_training = model.training
@@ -68,8 +107,9 @@ def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = Fals
             xb = X[i:i + batch_size].to(device)
             if body and hasattr(model, "input_shape"):
                 xb = xb.reshape(len(xb), -1)
-            out = fn(xb)
+            out = _apply(fn, xb, model) if i == 0 else fn(xb)
             check_model_output(out, n_rows=len(xb))
+            _check_finite_output(out, what="X", first_row=i)
             outs.append(out.float().cpu())
         return torch.cat(outs)
     finally:
@@ -106,17 +146,138 @@ def _settings_key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: what the outer dict of a checkpoint file says it is (see :func:`_save`)
+_CKPT_FORMAT = "robust_metric_learning.train_embedding checkpoint"
+_CKPT_VERSION = 1
+_STATE_KEYS = ("model", "optimizer", "settings_key", "loss", "seconds", "n_adversarial")
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint that cannot be resumed from (damaged, unverifiable, other settings).
+
+    The message names the file. ``reason`` is ``"damaged"``, ``"unverified"`` or ``"settings"``.
+    """
+
+    def __init__(self, message: str, *, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def _save(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Write ``state`` with its SHA-256, atomically.
+
+    The file is a ``torch.save`` of a small dict: ``format``, ``version``, ``sha256`` and
+    ``payload``, a uint8 tensor holding the bytes of ``torch.save(state)``. Reading needs
+    ``weights_only=True`` only, and any change to the payload (a flipped bit in the tensor
+    data) is caught by the checksum.
+    """
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    wrapper = {"format": _CKPT_FORMAT, "version": _CKPT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
+               "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    with atomic_open(path, "wb") as f:  # temp file in the same folder, fsync, os.replace
+        torch.save(wrapper, f)
+
+
+def _first_line(exc: BaseException) -> str:
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):  # torch's text suggests weights_only=False: never
+        return "UnpicklingError: not a weights-only torch file"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _load(path: Path, device: torch.device) -> dict:
+    """The training state saved in ``path``, verified; CheckpointError naming ``path`` otherwise."""
+    raw = path.read_bytes()  # an unreadable file raises OSError (with the path) as it is
+
+    def damaged(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is damaged: {why}", reason="damaged")
+
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        outer = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds on truncated or garbage files
+        raise damaged(f"{len(raw)} bytes that cannot be read as a checkpoint (truncated or corrupt; "
+                      f"{_first_line(exc)})") from None
+    if not isinstance(outer, dict):
+        raise damaged(f"it holds a {type(outer).__name__}, not a train_embedding checkpoint")
+    if outer.get("format") != _CKPT_FORMAT:
+        if all(k in outer for k in _STATE_KEYS):
+            raise CheckpointError(f"checkpoint {path} was written without a checksum (by an older version of "
+                                  "this package) and cannot be verified", reason="unverified")
+        raise damaged(f"it is not a train_embedding checkpoint (keys {sorted(map(str, outer))[:8]})")
+    if outer.get("version") != _CKPT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {outer.get('version')!r}; this version "
+                              f"reads {_CKPT_VERSION}", reason="unverified")
+    payload, stored = outer.get("payload"), outer.get("sha256")
+    if not (isinstance(payload, torch.Tensor) and payload.dtype == torch.uint8 and payload.dim() == 1
+            and isinstance(stored, str)):
+        raise damaged("its payload or checksum entry is missing or malformed")
+    data = payload.numpy().tobytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != stored:
+        raise damaged(f"its SHA-256 does not match (stored {stored[:16]}..., content {digest[:16]}...): "
+                      "the file changed after it was written")
+    try:
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception as exc:
+        raise damaged(f"its verified payload cannot be read ({_first_line(exc)})") from None
+    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
+        raise damaged("its payload lacks the training state")
+    n = len(state["loss"])
+    if n < 1 or len(state["seconds"]) != n or len(state["n_adversarial"]) != n:
+        raise damaged("its history lists are empty or of different lengths")
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict:
+    """The training state in a checkpoint written by :func:`train_embedding`, checksum verified.
+
+    Returns a dict with ``model`` (state dict), ``optimizer``, ``settings_key`` and the
+    per-epoch ``loss``, ``seconds`` and ``n_adversarial``. Raises :class:`CheckpointError`
+    (naming the file) when the file is damaged or has no checksum, OSError when unreadable.
+    """
+    return _load(Path(path), torch.device(map_location) if isinstance(map_location, str) else map_location)
+
+
+def _model_signature(model: nn.Module) -> dict[str, Any]:
+    """Names, shapes and dtypes of the state dict: a checkpoint of another architecture is other settings."""
+    return {k: [list(v.shape), str(v.dtype)] for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def _check_checkpoint_path(path: Path) -> None:
+    """Fail before training when ``path`` cannot be written (a folder, an unwritable place)."""
+    if path.is_dir():
+        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"checkpoint {path} cannot be written: {exc.strerror or exc} "
+                         f"({type(exc).__name__})") from None
+
+
+def _check_labels(y: Any, n: int) -> np.ndarray:
+    y_np = np.asarray(y)
+    if y_np.ndim != 1 or len(y_np) != n:
+        raise ValueError(f"y must have shape ({n},), got {y_np.shape}")
+    if y_np.dtype.kind == "f" and not np.isfinite(y_np).all():
+        raise ValueError(f"y contains NaN or infinity in {int((~np.isfinite(y_np)).sum())} label(s)")
+    if y_np.dtype.kind in "cVM":
+        raise ValueError(f"y must hold class labels (ints or strings), got dtype {y_np.dtype}")
+    try:
+        classes, codes, counts = np.unique(y_np, return_inverse=True, return_counts=True)
+    except TypeError as exc:
+        raise ValueError(f"y must hold labels of one comparable type: {exc}") from None
+    if len(classes) < 2:
+        raise ValueError(f"y must contain at least 2 classes for a metric loss, got {len(classes)}")
+    if counts.min() < 2:
+        raise ValueError(f"y: every class needs at least 2 samples (a positive for each), class "
+                         f"{classes[counts.argmin()].item()!r} has {counts.min()}")
+    return codes.reshape(-1)
 
 
 def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner: Any = None,
@@ -134,6 +295,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
         current device.
     X : array-like or tensor of shape (n, ...), values in [0, 1]
     y : array-like of shape (n,)
+        At least 2 classes, each with at least 2 samples.
     loss : pytorch-metric-learning loss, default=TripletMarginLoss(margin=0.2)
     miner : pytorch-metric-learning miner, default=None (every triplet of the batch)
     defense : str or Defense, default="natural"
@@ -143,95 +305,203 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     m, classes_per_batch, batches_per_epoch
         The :class:`~robust_metric_learning.deep.sampler.BalancedBatchSampler`.
     lr, weight_decay : float
-        Adam's.
+        Adam's (finite; ``lr > 0``, ``weight_decay >= 0``).
     seed : int, default=0
         Seeds the batches, the attacks' random starts and torch's global generator at each
         epoch, so a run (and a resumed run) is deterministic on a given device.
     checkpoint : path, default=None
-        Saved atomically after every epoch (model, optimiser, history, settings).
+        Saved atomically after every epoch (model, optimiser, history, settings) with the
+        SHA-256 of its content. Checked to be writable before training starts.
     resume : bool or "compatible", default=True
-        Continue from ``checkpoint`` if it exists (loaded with ``weights_only=True``); it must
-        have been written with the same settings (``epochs`` may grow; the loss and miner are
-        compared by :func:`hyperparameters`), else ValueError. ``"compatible"``: a checkpoint
-        written with other settings is ignored (training starts afresh and overwrites it).
+        Continue from ``checkpoint`` if it exists (loaded with ``weights_only=True``, its
+        checksum verified). It must have been written with the same settings (``epochs`` may
+        grow, not shrink; the loss and miner are compared by :func:`hyperparameters`, the model
+        by its parameter names, shapes and dtypes), else :class:`CheckpointError` (a ValueError
+        naming the file); so must a damaged checkpoint (truncated, corrupt, checksum mismatch)
+        and one written without a checksum by an older version. ``"compatible"``: in all these
+        cases training starts afresh with a warning naming the file, and overwrites it.
+        ``False``: the checkpoint is not read (and is overwritten).
     progress : bool, default=None
         tqdm bar over the batches; default: when stderr is a terminal.
 
     Returns
     -------
     TrainHistory
+
+    Raises
+    ------
+    FloatingPointError
+        When the loss, the model's output (on clean or adversarial inputs) or a gradient is
+        NaN or infinite during training; the message names the epoch and the batch. The
+        parameters, the optimiser and the model's buffers are left as they were after the
+        previous batch, and the checkpoint holds the last completed epoch.
     """
     from pytorch_metric_learning import losses
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_module(model)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    for name, p in params:
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise ValueError(f"model parameter {name!r} holds NaN or infinity before training")
     X = _inputs(model, X)
-    y_np = np.asarray(y)
-    if y_np.ndim != 1 or len(y_np) != len(X):
-        raise ValueError(f"y must have shape ({len(X)},), got {y_np.shape}")
-    _, codes = np.unique(y_np, return_inverse=True)
+    codes = _check_labels(y, len(X))
     y_t = torch.as_tensor(codes, dtype=torch.long)
     epochs = check_positive_int(epochs, name="epochs")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if resume not in (True, False, "compatible"):
+    lr = check_real(lr, name="lr", low=0.0, low_open=True)
+    weight_decay = check_real(weight_decay, name="weight_decay", low=0.0)
+    seed = check_nonnegative_int(seed, name="seed")
+    if batches_per_epoch is not None:
+        check_positive_int(batches_per_epoch, name="batches_per_epoch")
+    if resume not in (True, False, "compatible") or isinstance(resume, (int, float)) and not isinstance(resume, bool):
         raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be True, False or None, got {progress!r}")
     loss_fn = losses.TripletMarginLoss(margin=0.2) if loss is None else loss
+    if not callable(loss_fn):
+        raise TypeError(f"loss must be a callable loss (e.g. a pytorch-metric-learning loss), got "
+                        f"{type(loss_fn).__name__} {loss_fn!r}")
+    if miner is not None and not callable(miner):
+        raise TypeError(f"miner must be None or a callable miner, got {type(miner).__name__} {miner!r}")
     defense = get_defense(defense)
     sampler = BalancedBatchSampler(codes, m=m, classes_per_batch=classes_per_batch,
                                    n_batches=batches_per_epoch, seed=seed)
     device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    try:  # the model takes X's rows and returns finite (n, dim) embeddings, before any training
+        with torch.no_grad():
+            probe = X[:2].to(device)
+            out = _apply(model, probe, model)
+        check_model_output(out, n_rows=len(probe))
+        _check_finite_output(out, what="X (before training)")
+    finally:
+        model.train(was_training)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = TrainHistory()
     settings = {"defense": repr(defense), "loss": hyperparameters(loss_fn), "miner": hyperparameters(miner),
                 "epochs": epochs, "m": m, "classes_per_batch": classes_per_batch, "batches": len(sampler), "lr": lr,
-                "weight_decay": weight_decay, "seed": seed, "n": len(X)}
+                "weight_decay": weight_decay, "seed": seed, "n": len(X), "model": _model_signature(model)}
     key = _settings_key({k: v for k, v in settings.items() if k != "epochs"})
     path = Path(checkpoint) if checkpoint is not None else None
     start, state = 0, None
+    if path is not None and path.is_dir():
+        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
     if path is not None and resume and path.exists():
-        state = torch.load(path, map_location=device, weights_only=True)
-        if state.get("settings_key") != key:
+        try:
+            state = _load(path, device)
+            if state.get("settings_key") != key:
+                raise CheckpointError(f"checkpoint {path} was written with other settings; pass resume=False, "
+                                      "resume='compatible' or another checkpoint path", reason="settings")
+            if len(state["loss"]) > epochs:
+                raise CheckpointError(f"checkpoint {path} holds {len(state['loss'])} epochs, more than "
+                                      f"epochs={epochs}; pass resume=False, resume='compatible' or another "
+                                      "checkpoint path", reason="settings")
+            snapshot = (_copy_state(model.state_dict()), _copy_state(opt.state_dict()))
+            try:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                model.load_state_dict(snapshot[0])
+                opt.load_state_dict(snapshot[1])
+                raise CheckpointError(f"checkpoint {path} does not fit the model or optimiser: "
+                                      f"{_first_line(exc)}", reason="damaged") from None
+        except CheckpointError as exc:
             if resume != "compatible":
-                raise ValueError(f"checkpoint {path} was written with other settings; pass resume=False, "
-                                 "resume='compatible' or another checkpoint path")
+                if exc.reason != "settings":
+                    raise CheckpointError(f"{exc}; pass resume='compatible' to start afresh (overwriting it), "
+                                          "resume=False, or another checkpoint path", reason=exc.reason) from None
+                raise
+            if exc.reason != "settings":  # other settings: documented, silent restart as before
+                warnings.warn(f"{exc}; resume='compatible': training starts afresh and will overwrite it",
+                              UserWarning, stacklevel=2)
             state = None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history = TrainHistory(loss=list(state["loss"]), seconds=list(state["seconds"]),
+        history = TrainHistory(loss=[float(v) for v in state["loss"]], seconds=[float(v) for v in state["seconds"]],
                                n_adversarial=[int(v) for v in state["n_adversarial"]])
         start = history.resumed_from = len(history.loss)
-    show = sys.stderr.isatty() if progress is None else bool(progress)
+    if path is not None and start < epochs:
+        _check_checkpoint_path(path)
+    show = sys.stderr.isatty() if progress is None else progress
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    flags: list[torch.Tensor] = []  # per forward call of the current batch: all outputs finite
+
+    def watch(module, inputs, output):
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            flags.append(torch.isfinite(output.detach()).all())
+
+    hook = model.register_forward_hook(watch)
     model.train()
-    for epoch in range(start, epochs):
-        torch.manual_seed(seed * 100003 + epoch)
-        generator = torch.Generator().manual_seed(seed * 100003 + epoch)
-        sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        total, n_adv, n_batches = 0.0, 0, 0
-        bar = tqdm(sampler, disable=not show, desc=f"epoch {epoch + 1}/{epochs} ({defense.name})", leave=False)
-        for batch in bar:
-            idx = torch.as_tensor(batch)
-            xb, yb = X[idx].to(device), y_t[idx].to(device)
-            if n_batches == 0 and epoch == start:
-                with torch.no_grad():
-                    check_model_output(model(xb[:2]), n_rows=2)
-            opt.zero_grad(set_to_none=True)
-            value, made = defense.step_loss(model, xb, yb, loss_fn, miner, generator)
-            value.backward()
-            opt.step()
-            total += float(value.detach())
-            n_adv += made
-            n_batches += 1
-            bar.set_postfix(loss=f"{total / n_batches:.4f}")
-        history.loss.append(total / max(n_batches, 1))
-        history.seconds.append(time.perf_counter() - t0)
-        history.n_adversarial.append(n_adv)
-        if path is not None:
-            _save(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "settings_key": key,
-                         "loss": history.loss, "seconds": history.seconds,
-                         "n_adversarial": history.n_adversarial})
-    model.eval()
+    try:
+        for epoch in range(start, epochs):
+            torch.manual_seed(seed * 100003 + epoch)
+            generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+            sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            total, n_adv, n_batches = 0.0, 0, 0
+            bar = tqdm(sampler, disable=not show, desc=f"epoch {epoch + 1}/{epochs} ({defense.name})", leave=False)
+            for batch in bar:
+                idx = torch.as_tensor(batch)
+                xb, yb = X[idx].to(device), y_t[idx].to(device)
+                kept = [b.clone() for b in buffers]  # batch-norm statistics, restored if the batch fails
+                flags.clear()
+                opt.zero_grad(set_to_none=True)
+                value, made = defense.step_loss(model, xb, yb, loss_fn, miner, generator)
+                if not (isinstance(value, torch.Tensor) and value.numel() == 1):
+                    raise TypeError(f"loss must return a scalar tensor, got {type(value).__name__}"
+                                    + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""))
+                if not value.requires_grad:
+                    raise ValueError(f"the loss at epoch {epoch + 1}/{epochs}, batch {n_batches + 1}/{len(sampler)} "
+                                     "is not attached to the model's graph (requires_grad=False); a loss must "
+                                     "be computed from the embeddings it is given")
+                value.backward()
+                grads = [(n, p.grad) for n, p in params if p.grad is not None]
+                checks = flags + [torch.isfinite(value.detach()).all()] + [torch.isfinite(g).all() for _, g in grads]
+                if not bool(torch.stack([c.to(device) for c in checks]).all()):
+                    for b, k in zip(buffers, kept):
+                        b.copy_(k)
+                    _raise_not_finite(value, flags, grads, epoch=epoch, epochs=epochs, batch=n_batches,
+                                      n_batches=len(sampler), lr=lr, path=path)
+                opt.step()
+                total += float(value.detach())
+                n_adv += made
+                n_batches += 1
+                bar.set_postfix(loss=f"{total / n_batches:.4f}")
+            history.loss.append(total / max(n_batches, 1))
+            history.seconds.append(time.perf_counter() - t0)
+            history.n_adversarial.append(n_adv)
+            if path is not None:
+                _save(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "settings_key": key,
+                             "loss": history.loss, "seconds": history.seconds,
+                             "n_adversarial": history.n_adversarial})
+    finally:
+        hook.remove()
+        model.eval()
     return history
 
+
+def _copy_state(state: Any) -> Any:
+    """A deep copy of a (nested) state dict's tensors, so that it can be restored."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _copy_state(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_copy_state(v) for v in state)
+    return state
+
+
+def _raise_not_finite(value, flags, grads, *, epoch, epochs, batch, n_batches, lr, path) -> None:
+    if not all(bool(f) for f in flags):
+        what = "the model's output (on the batch or on its adversarial inputs) holds NaN or infinity"
+    elif not math.isfinite(float(value.detach())):
+        what = f"the loss is {float(value.detach())}"
+    else:
+        name = next(n for n, g in grads if not bool(torch.isfinite(g).all()))
+        what = f"the gradient of parameter {name!r} holds NaN or infinity"
+    saved = f"; checkpoint {path} holds the last completed epoch" if path is not None and epoch > 0 else ""
+    raise FloatingPointError(
+        f"training stopped at epoch {epoch + 1}/{epochs}, batch {batch + 1}/{n_batches} (0-based: epoch {epoch}, "
+        f"batch {batch}): {what}. The parameters were not updated with this batch (the model holds its state "
+        f"after the previous batch{saved}); try a smaller lr (now {lr:g}) or check the model and the loss")
