@@ -41,7 +41,7 @@ def test_linear_bound_is_exact():
     torch.manual_seed(0)
     lin = nn.Linear(7, 5)
     (_, bound), = layer_bounds(nn.Sequential(lin))
-    assert bound == pytest.approx(float(torch.linalg.svdvals(lin.weight.double())[0]), rel=1e-8)
+    assert bound == pytest.approx(float(torch.linalg.svdvals(lin.weight.detach().double())[0]), rel=1e-8)
 
 
 @pytest.mark.parametrize("make", [
@@ -218,3 +218,145 @@ def test_adversarial_retrieval_is_monotone_in_eps_even_when_the_attack_is_not():
     np.testing.assert_array_equal(res["flipped"][0], ref["flipped"][0])  # 0.05's breaks count at 0.2
     assert res["precision_at_1"][0] == pytest.approx(ref["precision_at_1"][0])
     assert res["precision_at_1"][0] <= res["precision_at_1"][1] < res["precision_at_1"][2]
+
+
+# ------------------------------------------------------------------ issue 16: no silent wrong answer
+
+
+@pytest.mark.parametrize("eps", [-0.1, float("nan"), float("inf"), [], [[0.1]], "a", [0.1, -0.2]])
+def test_certified_retrieval_refuses_bad_eps(eps):
+    from robust_metric_learning.deep import certified_retrieval
+
+    model, X, y = _retrieval_problem()
+    with pytest.raises(ValueError, match=r"^eps must be"):
+        certified_retrieval(model, X, y, eps=eps)
+
+
+@pytest.mark.parametrize("lipschitz, error", [(-1.0, ValueError), (0.0, ValueError), (float("nan"), ValueError),
+                                              (float("inf"), ValueError), ("2", TypeError), (True, TypeError)])
+def test_certified_retrieval_and_input_radius_refuse_bad_lipschitz(lipschitz, error):
+    from robust_metric_learning.deep import certified_retrieval
+
+    model, X, y = _retrieval_problem()
+    with pytest.raises(error, match=r"^lipschitz must be a finite number > 0, got"):
+        certified_retrieval(model, X, y, eps=0.1, lipschitz=lipschitz)
+    with pytest.raises(error, match=r"^lipschitz must be a finite number > 0, got"):
+        certified_input_radius([0.1], [1.0], lipschitz=lipschitz, n_features=4)
+
+
+def test_certified_retrieval_is_never_above_the_clean_recall_and_checks_its_other_arguments():
+    from robust_metric_learning.deep import certified_retrieval, embed
+
+    model, X, y = _retrieval_problem()
+    emb = embed(model, X).double()
+    clean = retrieval_metrics(emb, y, emb, y, self_index=np.arange(len(y)))["precision_at_1"]
+    res = certified_retrieval(model, X, y, eps=[0.0, 1e-4, 0.01])
+    assert res["certified_recall_at_1"][0] <= clean + 1e-12
+    assert res["certified_recall_at_1"] == sorted(res["certified_recall_at_1"], reverse=True)
+    assert np.all(res["radii"] >= 0) and not np.isnan(res["radii"]).any()
+    # an explicit bound twice as large halves every radius
+    half = certified_retrieval(model, X, y, eps=0.0, lipschitz=2 * res["lipschitz"])["radii"]
+    np.testing.assert_allclose(half, res["radii"] / 2)
+    for kw, match in [(dict(n_positives=0), "n_positives must be a positive integer, got 0"),
+                      (dict(n_positives=1.5), "n_positives must be a positive integer"),
+                      (dict(batch_size=-1), "batch_size must be a positive integer, got -1"),
+                      (dict(norm="l1"), "norm must be 'linf' or 'l2'")]:
+        with pytest.raises(ValueError, match=match):
+            certified_retrieval(model, X, y, eps=0.1, **kw)
+    with pytest.raises(ValueError, match="X must have at least 2 rows"):
+        certified_retrieval(model, X[:1], y[:1], eps=0.1)
+    with pytest.raises(ValueError, match=r"y must have shape \(60,\)"):
+        certified_retrieval(model, X, y[:-1], eps=0.1)
+    with pytest.raises(ValueError, match="y contains NaN"):
+        certified_retrieval(model, X, np.where(y == 0, np.nan, y), eps=0.1)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        certified_retrieval("model", X, y, eps=0.1)
+    # a SmallCNN (28x28 images) fed 8x8 digits: the error names X and the expected shape
+    with pytest.raises(ValueError, match=r"model cannot be applied to X: rows of shape \(16,\); the model takes "
+                                         r"inputs of shape \(1, 28, 28\)"):
+        certified_retrieval(SmallCNN(4), X, y, eps=0.1)
+    # string labels work like their codes; one class: nothing can change R@1 (radius inf)
+    named = certified_retrieval(model, X, np.array(["a", "b", "c"])[y], eps=0.01)
+    assert named["certified_recall_at_1"] == certified_retrieval(model, X, y, eps=0.01)["certified_recall_at_1"]
+    one = certified_retrieval(model, X, np.zeros(len(y)), eps=0.5)
+    assert one["certified_recall_at_1"] == [1.0] and np.isinf(one["radii"]).all()
+
+
+def test_embedding_radius_bound_does_not_depend_on_the_block_with_small_classes():
+    """A class with one or two items in the block used to cut every row's positives to its size."""
+    rng = np.random.default_rng(3)
+    y = np.r_[np.repeat([0, 1, 2], 15), [3], [4, 4]]
+    E = torch.as_tensor(rng.normal(size=(len(y), 3)) + 2.0 * (y[:, None] % 3))
+    labels = torch.as_tensor(y)
+    one_block = embedding_radius_bound(E, labels, n_positives=5, batch_size=1000)
+    for bs in (1, 7):
+        torch.testing.assert_close(embedding_radius_bound(E, labels, n_positives=5, batch_size=bs), one_block)
+    assert one_block[y == 3].item() == 0  # no other item of its class: not certified
+    assert (one_block[y < 3] > 0).any()
+    for i in range(len(E)):  # still sound against the exact radius
+        rest = np.delete(np.arange(len(E)), i)
+        exact = exact_radius_1nn(E.numpy()[rest], y[rest], E.numpy()[i:i + 1], y[i:i + 1])[0]
+        assert one_block[i] <= exact + 1e-9
+    with pytest.raises(ValueError, match="emb contains NaN"):
+        embedding_radius_bound(E * float("nan"), labels)
+
+
+def test_certified_input_radius_checks_its_arrays():
+    for kw, match in [(dict(embedding_radius=[np.nan]), "embedding_radius contains NaN"),
+                      (dict(body_norms=[-1.0]), "body_norms must be finite and >= 0"),
+                      (dict(body_norms=[np.inf]), "body_norms must be finite and >= 0"),
+                      (dict(body_norms=[1.0, 2.0]), r"body_norms must have shape \(1,\)"),
+                      (dict(body_norms=None), "body_norms is needed"),
+                      (dict(embedding_radius=[[0.1]]), "embedding_radius must be a 1-D array"),
+                      (dict(embedding_radius=["x"]), "embedding_radius must be a 1-D array of numbers"),
+                      (dict(n_features=0), "n_features must be a positive integer, got 0"),
+                      (dict(norm="l1"), "norm must be")]:
+        args = dict(embedding_radius=[0.1], body_norms=[1.0], lipschitz=1.0, n_features=4) | kw
+        with pytest.raises(ValueError, match=match):
+            certified_input_radius(args.pop("embedding_radius"), args.pop("body_norms"), **args)
+    # negative margins (a query already wrong) give radius 0; unnormalised models need no norms
+    assert certified_input_radius([-0.3], None, lipschitz=2.0, n_features=4, norm="l2", normalized=False)[0] == 0
+
+
+def test_lipschitz_bound_refuses_what_it_cannot_bound():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        lipschitz_bound("abc")
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3))
+    for shape in [(1, -3, 5), "abc", (), (1, 2.5, 3)]:
+        with pytest.raises(ValueError, match="input_shape must be a tuple of positive ints"):
+            lipschitz_bound(conv, input_shape=shape)
+    with pytest.raises(ValueError, match=r"input_shape \(1, 8, 8\) does not fit the model"):
+        lipschitz_bound(SmallCNN(4), input_shape=(1, 8, 8))
+    lin = nn.Sequential(nn.Linear(3, 3))
+    with torch.no_grad():
+        lin[0].weight[1, 1] = float("inf")
+    with pytest.raises(ValueError, match="model parameter '0.weight' holds NaN or infinity"):
+        lipschitz_bound(lin)
+    with pytest.raises(TypeError, match="no running statistics"):
+        lipschitz_bound(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, track_running_stats=False)))
+
+
+def test_embed_reports_non_finite_embeddings_and_bad_batch_size():
+    from robust_metric_learning.deep import embed
+
+    model, X, _ = _retrieval_problem()
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        embed(model, X, batch_size=0)
+    with torch.no_grad():
+        model.body[1].bias[0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"NaN or infinite embeddings for X: first at row 0 \(7 of rows 0..6\)"):
+        embed(model, X, batch_size=7)
+
+
+def test_adversarial_retrieval_takes_string_labels():
+    """String labels give the same result as their integer codes (not a TypeError)."""
+    from robust_metric_learning.attacks import PGD
+    from robust_metric_learning.deep import MLP, adversarial_retrieval
+
+    torch.manual_seed(0)
+    model = MLP(16, hidden=(8,), embedding_dim=4)
+    X = np.random.default_rng(0).random((6, 16)).astype("f4")
+    kw = dict(eps=[0.0, 0.1], attack=PGD(steps=3, random_state=0))
+    by_str = adversarial_retrieval(model, X, np.array(list("aabbcc")), **kw)
+    by_int = adversarial_retrieval(model, X, np.array([0, 0, 1, 1, 2, 2]), **kw)
+    assert by_str["precision_at_1"] == by_int["precision_at_1"]

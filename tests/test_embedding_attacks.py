@@ -12,18 +12,26 @@ import torch
 from sklearn.datasets import load_digits
 
 from robust_metric_learning.attacks import (
+    APGD,
     FGSM,
     PGD,
+    STEP_SCHEDULES,
     EmbeddingAttack,
     EmbeddingShift,
+    EnsembleAttack,
     L2Norm,
     LinfNorm,
+    Objective,
     RandomSearch,
+    RetrievalCrossEntropy,
+    RetrievalEnsemble,
     RetrievalObjective,
     TripletRoleObjective,
+    apgd_checkpoints,
     get_norm,
     perturb,
 )
+from robust_metric_learning.attacks import apgd as apgd_module
 
 torch.set_num_threads(1)
 
@@ -642,3 +650,315 @@ def test_triplet_role_from_batch_equals_the_per_triplet_form(role):
     assert torch.allclose(fast(adv[sub], sub), slow(adv[sub], sub))
     with pytest.raises(ValueError, match="triplets"):
         TripletRoleObjective.from_batch(clean, (a, p, n + 9), role=role, groups=groups)
+
+
+# ------------------------------------------------------------------------- APGD and the evaluation ensemble
+
+
+def _checkpoints_loop(steps):
+    """Reference: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) in exact
+    fractions; the iterations ceil(p_j * steps) strictly inside (0, steps), each once."""
+    from fractions import Fraction
+    from math import ceil
+
+    p = [Fraction(0), Fraction(22, 100)]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - Fraction(3, 100), Fraction(6, 100)))
+    out = []
+    for pj in p[1:]:
+        w = ceil(pj * steps)
+        if 0 < w < steps and w not in out:
+            out.append(w)
+    return out
+
+
+def test_apgd_checkpoints_follow_the_published_schedule():
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    for steps in range(1, 400):
+        assert apgd_checkpoints(steps) == _checkpoints_loop(steps), steps
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+            apgd_checkpoints(bad)
+
+
+def _apgd_loop(score_grad, x, start, eps, steps, momentum=0.75, rho=0.75):
+    """Reference APGD on one input (l_inf, no early stop), written as the paper states it."""
+    ckpt = _checkpoints_loop(steps)
+    proj = lambda z: np.clip(np.clip(z, x - eps, x + eps), 0.0, 1.0)  # noqa: E731
+    eta = 2 * eps
+    f, g = score_grad(start)
+    best_x, best_f = start, f
+    cur = prev = x_max = start
+    f_cur = f_max = f_max_last = f
+    g_max = g
+    halved_last, improved, last, etas = False, 0, 0, []
+    for k in range(steps):
+        etas.append(eta)
+        z = proj(cur + eta * np.sign(g))
+        new = z if k == 0 else proj(cur + momentum * (z - cur) + (1 - momentum) * (cur - prev))
+        f_new, g_new = score_grad(new)
+        if f_new > best_f:
+            best_x, best_f = new, f_new
+        improved += f_new > f_cur
+        if f_new > f_max:
+            x_max, f_max, g_max = new, f_new, g_new
+        prev, cur, f_cur, g = cur, new, f_new, g_new
+        if k + 1 in ckpt:
+            halve = improved < rho * (k + 1 - last) or (not halved_last and f_max <= f_max_last)
+            if halve:
+                eta /= 2
+                cur = prev = x_max
+                g, f_cur = g_max, f_max
+            halved_last, f_max_last, improved, last = halve, f_max, 0, k + 1
+    return best_x, best_f, etas
+
+
+def test_apgd_matches_a_plain_loop_reference():
+    net = _mlp(n_in=10, dim=4, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(5, 10, generator=gen, dtype=torch.float64)
+    obj = EmbeddingShift(torch.randn(5, 4, generator=gen, dtype=torch.float64))  # never succeeds
+    eps, steps = 0.08, 30
+    best_x, best, done = apgd_module._apgd(net, x, obj, torch.arange(5), LinfNorm(),
+                                           torch.full((5,), eps, dtype=torch.float64),
+                                           steps=steps, restarts=1, momentum=0.75, rho=0.75, early_stop=True,
+                                           generator=torch.Generator().manual_seed(11))
+    assert not done.any()
+    start = (x + LinfNorm().random_start(x.shape, eps, torch.Generator().manual_seed(11), dtype=x.dtype)).clamp(0, 1)
+    halvings = 0
+    for i in range(5):
+        def score_grad(z, i=i):
+            t = torch.tensor(z, requires_grad=True)
+            s = obj(net(t[None]), torch.tensor([i]))[0]
+            (gr,) = torch.autograd.grad(s, t)
+            return float(s.detach()), gr.numpy()
+
+        ref_x, ref_f, etas = _apgd_loop(score_grad, x[i].numpy(), start[i].numpy(), eps, steps)
+        np.testing.assert_allclose(best_x[i].numpy(), ref_x, rtol=0, atol=1e-12)
+        assert float(best[i]) == pytest.approx(ref_f, rel=1e-12)
+        halvings += int(round(np.log2(etas[0] / etas[-1])))
+    assert halvings >= 5  # the step did adapt
+
+
+class _Target(Objective):
+    """Score ``-||f(x') - target||``: its maximum (0) lies inside the ball; never succeeds."""
+
+    def __init__(self, target):
+        self.target = target
+        self.n_samples, self.embedding_dim = target.shape
+
+    def __call__(self, emb, index):
+        return -(emb - self.target[index]).norm(dim=1)
+
+    def success(self, emb, index):
+        return torch.zeros(len(index), dtype=torch.bool)
+
+
+def test_apgd_settles_where_fixed_step_pgd_bounces(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    n, d, eps = 6, 20, 0.1
+    x = 0.25 + 0.5 * torch.rand(n, d, generator=gen, dtype=torch.float64)
+    star = x + eps * (torch.rand(n, d, generator=gen, dtype=torch.float64) - 0.5)  # interior optimum
+    net = torch.nn.Linear(d, d, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.eye(d))
+    obj = _Target(star)
+    pgd = PGD(steps=40, rel_step_size=0.25, random_state=0)(net, x, obj, eps=eps).scores
+    apgd = APGD(steps=40, random_state=0)(net, x, obj, eps=eps).scores
+    decay = PGD(steps=40, rel_step_size=0.25, step_schedule="cosine", random_state=0)(net, x, obj, eps=eps).scores
+    # the fixed step of eps/4 bounces around the optimum; halving the step settles, so does a decaying step
+    assert float(apgd.min()) > 4 * float(pgd.max())
+    assert float(decay.min()) > 4 * float(pgd.max())
+    # without its checkpoints (no halving) APGD's step of 2 eps jumps between corners: worse than PGD
+    monkeypatch.setattr(apgd_module, "apgd_checkpoints", lambda steps: [])
+    stuck = APGD(steps=40, random_state=0)(net, x, obj, eps=eps).scores
+    assert float(stuck.max()) < float(pgd.min())
+
+
+def test_step_schedules():
+    for name, f in STEP_SCHEDULES.items():
+        assert f(0, 100) == 1.0
+        assert f(99, 100) <= (1.0 if name == "constant" else 0.011)
+    with pytest.raises(ValueError, match="'step_schedule' parameter of PGD"):
+        PGD(step_schedule="exp")(torch.nn.Linear(3, 2), torch.rand(2, 3), EmbeddingShift(torch.zeros(2, 2)), eps=0.1)
+
+
+def _retrieval_ce_loop(q, gallery, g_lab, q_lab, own, T):
+    d = np.array([np.linalg.norm(q - g) for g in gallery])
+    keep = np.arange(len(gallery)) != own
+    logits = -d[keep] / T
+    same = (g_lab[keep] == q_lab)
+    lse = lambda v: np.log(np.sum(np.exp(v - v.max()))) + v.max()  # noqa: E731
+    return lse(logits) - lse(logits[same]) if same.any() else lse(logits)
+
+
+def test_retrieval_cross_entropy_matches_a_loop_and_shares_success():
+    rng = np.random.default_rng(7)
+    gallery = rng.normal(size=(25, 4))
+    g_lab = rng.integers(0, 3, size=25)
+    g_lab[5] = 7  # query 5 has no other same-class item
+    own = np.array([0, 1, 2, 3, 4, 5, -1, -1])
+    q_lab = np.where(own >= 0, g_lab[np.maximum(own, 0)], 1)
+    margin = RetrievalObjective(torch.tensor(gallery), g_lab, q_lab, query_in_gallery=own)
+    ce = RetrievalCrossEntropy(torch.tensor(gallery), g_lab, q_lab, query_in_gallery=own, temperature=0.3)
+    # the temperature is relative to the median nearest-neighbour distance within the gallery
+    nn = [min(np.linalg.norm(gallery[i] - gallery[j]) for j in range(25) if j != i) for i in range(25)]
+    assert ce.temperature_ == pytest.approx(0.3 * np.sort(nn)[12], rel=1e-12)
+    q = torch.tensor(rng.normal(size=(8, 4)), requires_grad=True)
+    idx = torch.arange(8)
+    s = ce(q, idx)
+    for i in range(8):
+        ref = _retrieval_ce_loop(q[i].detach().numpy(), gallery, g_lab, q_lab[i], own[i], ce.temperature_)
+        assert float(s[i].detach()) == pytest.approx(ref, rel=1e-10)
+    (g,) = torch.autograd.grad(s.sum(), q)
+    assert bool(torch.isfinite(g).all())
+    assert torch.equal(ce.success(q.detach(), idx), margin.success(q.detach(), idx))
+    # built from the margin objective: the same context and scores
+    twin = RetrievalCrossEntropy.from_objective(margin, temperature=0.3)
+    torch.testing.assert_close(twin(q.detach(), idx), s.detach())
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got -1"):
+        RetrievalCrossEntropy(torch.tensor(gallery), g_lab, q_lab, temperature=-1)
+    with pytest.raises(ValueError, match="objective must be a RetrievalObjective, got EmbeddingShift"):
+        RetrievalCrossEntropy.from_objective(EmbeddingShift(torch.zeros(2, 2)))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.8)])
+def test_apgd_and_ensembles_stay_in_the_threat_model(cnn, digits, norm, eps):
+    x, y = digits
+    x, y = x[:40], y[:40]
+    nrm = get_norm(norm)
+    with torch.no_grad():
+        emb = cnn(x)
+    shift = EmbeddingShift(emb)
+    retrieval = RetrievalObjective(emb, y, y, query_in_gallery=np.arange(40))
+    runs = [(APGD(norm=norm, steps=8, restarts=2, random_state=0), shift),
+            (APGD(norm=norm, steps=8, random_state=0), retrieval),
+            (EnsembleAttack(members=[APGD(norm=norm, steps=5, random_state=0),
+                                     PGD(norm=norm, steps=5, random_state=1)]), shift),
+            (RetrievalEnsemble(norm=norm, steps=8, restarts=1, pgd_steps=4, random_state=0), retrieval)]
+    for attack, obj in runs:
+        res = attack(cnn, x, obj, eps=eps)
+        for out in (res.raw, res.clipped):
+            assert out.shape == x.shape
+            assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+            assert torch.all(nrm.measure(out - x) <= eps + 1e-6)
+        with torch.no_grad():
+            e = cnn(res.clipped)
+        torch.testing.assert_close(res.embeddings, e)
+        torch.testing.assert_close(res.scores, obj(e, torch.arange(40)))
+        assert torch.equal(res.success, obj.success(e, torch.arange(40)))
+    assert bool(((res.clipped == 0) & (x == 0)).any())  # the box was active
+
+
+def test_ensemble_is_the_worst_case_of_its_members(cnn, digits):
+    x, y = digits
+    with torch.no_grad():
+        gallery = cnn(x)
+    obj = RetrievalObjective(gallery, y, y, query_in_gallery=np.arange(len(y)))
+    first = PGD(steps=5, rel_step_size=0.25, random_state=3)
+    second = APGD(steps=10, random_state=4)
+    ens = EnsembleAttack(members=[first, (second, RetrievalCrossEntropy.from_objective)])
+    eps = [0.01, 0.03]
+    res = ens(cnn, x, obj, eps=eps)
+    alone = first(cnn, x, obj, eps=eps)
+    assert res.success.shape == (2, len(y))
+    # every query the first member broke is broken, with the first member's output
+    assert torch.all(res.success >= alone.success)
+    torch.testing.assert_close(res.clipped[alone.success], alone.clipped[alone.success])
+    assert bool((res.success & ~alone.success).any())  # the second member broke more
+    # where nobody broke it, the ensemble keeps the output of higher margin
+    assert torch.all(res.scores[~res.success] >= alone.scores[~res.success] - 1e-6)
+    with pytest.raises(ValueError, match="members must be a non-empty sequence"):
+        EnsembleAttack(members=[])(cnn, x, obj, eps=0.1)
+    with pytest.raises(ValueError, match=r"members\[1\] must be an embedding attack"):
+        EnsembleAttack(members=[first, "pgd"])(cnn, x, obj, eps=0.1)
+    with pytest.raises(ValueError, match="the members must share one norm"):
+        EnsembleAttack(members=[first, APGD(norm="l2")])(cnn, x, obj, eps=0.1)
+    with pytest.raises(ValueError, match="its objective must be a RetrievalObjective, got EmbeddingShift"):
+        RetrievalEnsemble(steps=2, restarts=1)(cnn, x, EmbeddingShift(gallery), eps=0.1)
+
+
+@pytest.fixture(scope="module")
+def trained_mlp():
+    """An MLP embedding of 8x8 digits trained (natural) on classes 0-4; 120 test images of 5-9."""
+    from robust_metric_learning.deep import MLP, train_embedding
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    tr = rng.permutation(np.flatnonzero(y < 5))[:400]
+    te = rng.permutation(np.flatnonzero(y >= 5))[:120]
+    torch.manual_seed(0)
+    net = MLP(64, hidden=(32,), embedding_dim=16)
+    train_embedding(net, X[tr], y[tr], epochs=3, m=8, seed=0, progress=False)
+    return net.eval(), X[te], y[te]
+
+
+def test_ensemble_breaks_at_least_what_fixed_step_pgd_breaks(trained_mlp):
+    from robust_metric_learning.deep import adversarial_retrieval
+
+    net, X, y = trained_mlp
+    eps = [0.03, 0.05, 0.1]
+    pgd = adversarial_retrieval(net, X, y, eps=eps, attack=PGD(steps=20, rel_step_size=0.25, random_state=0))
+    ens = adversarial_retrieval(net, X, y, eps=eps,
+                                attack=RetrievalEnsemble(steps=20, restarts=1, pgd_steps=10, random_state=0))
+    default = adversarial_retrieval(net, X, y, eps=eps[1])  # the default attack: the full ensemble
+    assert ens["clean"]["precision_at_1"] > 0.7
+    for r_ens, r_pgd in zip(ens["precision_at_1"], pgd["precision_at_1"]):
+        assert r_ens <= r_pgd
+    assert ens["precision_at_1"][1] < pgd["precision_at_1"][1]  # strictly stronger at eps 0.05
+    assert default["precision_at_1"][0] <= ens["precision_at_1"][1]
+
+
+@pytest.mark.parametrize("eps,got", [(-0.1, r"\[-0.1\]"), (float("nan"), r"\[nan\]"), (float("inf"), r"\[inf\]"),
+                                     ([0.1, -0.01], r"\[0.1, -0.01\]")])
+def test_bad_eps_is_refused_by_the_deep_evaluation_and_every_attack(trained_mlp, eps, got):
+    from robust_metric_learning.deep import adversarial_retrieval
+
+    net, X, y = trained_mlp
+    msg = "eps must be finite and >= 0, got " + got
+    with pytest.raises(ValueError, match=msg):
+        adversarial_retrieval(net, X, y, eps=eps)
+    x = torch.as_tensor(X[:10])
+    with torch.no_grad():
+        obj = RetrievalObjective(net(x), y[:10], y[:10], query_in_gallery=np.arange(10))
+    for attack in (PGD(steps=2), APGD(steps=2), RandomSearch(), RetrievalEnsemble(steps=2, restarts=1),
+                   EnsembleAttack(members=[PGD(steps=2)])):
+        with pytest.raises(ValueError, match=msg):
+            attack(net, x, obj, eps=eps)
+
+
+def test_bad_eps_type_is_named(trained_mlp):
+    from robust_metric_learning.deep import adversarial_retrieval
+
+    net, X, y = trained_mlp
+    with pytest.raises(ValueError, match="eps must be a number or a list of numbers.*got 'big'"):
+        adversarial_retrieval(net, X, y, eps="big")
+    with pytest.raises(ValueError, match="eps must be a non-empty 1-D list of numbers"):
+        adversarial_retrieval(net, X, y, eps=[])
+
+
+def test_apgd_bad_parameters(cnn, digits):
+    x, _ = digits
+    with torch.no_grad():
+        obj = EmbeddingShift(cnn(x[:4]))
+    for params, name in (({"steps": 0}, "steps"), ({"restarts": 0}, "restarts"), ({"momentum": 0.0}, "momentum"),
+                         ({"rho": 1.5}, "rho"), ({"early_stop": 1}, "early_stop")):
+        with pytest.raises(ValueError, match=f"'{name}' parameter of APGD"):
+            APGD(**params)(cnn, x[:4], obj, eps=0.1)
+    with pytest.raises(ValueError, match="'pgd_steps' parameter of RetrievalEnsemble"):
+        RetrievalEnsemble(pgd_steps=0)(cnn, x[:4], obj, eps=0.1)
+    with pytest.raises(ValueError, match="does not depend on the model's output through autograd"):
+        APGD(steps=2)(cnn, x[:4], _Detached(obj), eps=0.1)
+
+
+class _Detached(Objective):
+    def __init__(self, inner):
+        self.inner = inner
+        self.n_samples = inner.n_samples
+
+    def __call__(self, emb, index):
+        return self.inner(emb.detach(), index)
+
+    def success(self, emb, index):
+        return self.inner.success(emb, index)

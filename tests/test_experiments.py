@@ -264,6 +264,9 @@ def tiny_dml(monkeypatch):
     monkeypatch.setattr(dml, "TRAIN", {"epochs": 1, "m": 6, "lr": 1e-3})
     monkeypatch.setattr(dml, "TRAIN_STEPS", 2)
     monkeypatch.setattr(dml, "EVAL_STEPS", 2)
+    monkeypatch.setattr(dml, "EVAL_RESTARTS", 1)
+    monkeypatch.setattr(dml, "EVAL_PGD_STEPS", 2)
+    monkeypatch.setattr(dml, "DECAY_PGD", {**dml.DECAY_PGD, "steps": 5, "restarts": 1})
     monkeypatch.setattr(dml, "N_SHIFT_CHECK", 20)
     return dml
 

@@ -17,9 +17,11 @@ minimal adversarial perturbation (a certified radius is a lower bound).
 
 Attacks on embedding models (deep metric learning), called as
 ``raw, clipped, success = PGD(steps=20)(model, images, objective, eps=[0.01, 0.1])``:
-``PGD``, ``FGSM``, ``RandomSearch`` (gradient-free baseline), the functional core ``perturb``
-(for robust training), norms (``LinfNorm``, ``L2Norm``) and objectives (``EmbeddingShift``,
-``RetrievalObjective``, ``TripletRoleObjective``).
+``PGD``, ``FGSM``, ``RandomSearch`` (gradient-free baseline), ``APGD`` (adaptive step, Croce &
+Hein 2020), the worst-case ensembles ``EnsembleAttack`` and ``RetrievalEnsemble`` (the evaluation
+of retrieval), the functional core ``perturb`` (for robust training), norms (``LinfNorm``,
+``L2Norm``) and objectives (``EmbeddingShift``, ``RetrievalObjective``,
+``RetrievalCrossEntropy``, ``TripletRoleObjective``).
 """
 
 from __future__ import annotations
@@ -32,17 +34,20 @@ from .base import AttackResult, KNNAttack, MinimizationAttack
 from .boundary import BoundaryAttack
 from .knn import ExactAttack, StructuralAttack
 from .noise import NoiseAttack, NoiseResult
-from .gradient import FGSM, PGD, EmbeddingAttack, EmbeddingAttackResult, RandomSearch, perturb
+from .gradient import FGSM, PGD, STEP_SCHEDULES, EmbeddingAttack, EmbeddingAttackResult, RandomSearch, perturb
+from .apgd import APGD, EnsembleAttack, RetrievalEnsemble, apgd_checkpoints
 from .norms import NORMS, L2Norm, LinfNorm, Norm, get_norm
-from .objectives import EmbeddingShift, Objective, RetrievalObjective, TripletRoleObjective
+from .objectives import EmbeddingShift, Objective, RetrievalCrossEntropy, RetrievalObjective, TripletRoleObjective
 
 __all__ = [
+    "APGD",
     "ATTACKS",
     "AttackResult",
     "BoundaryAttack",
     "EmbeddingAttack",
     "EmbeddingAttackResult",
     "EmbeddingShift",
+    "EnsembleAttack",
     "FGSM",
     "L2Norm",
     "LinfNorm",
@@ -51,8 +56,12 @@ __all__ = [
     "Objective",
     "PGD",
     "RandomSearch",
+    "RetrievalCrossEntropy",
+    "RetrievalEnsemble",
     "RetrievalObjective",
+    "STEP_SCHEDULES",
     "TripletRoleObjective",
+    "apgd_checkpoints",
     "get_norm",
     "perturb",
     "ExactAttack",

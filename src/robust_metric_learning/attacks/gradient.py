@@ -20,6 +20,7 @@ change; "l2": Euclidean norm of the whole perturbation of one input).
 
 from __future__ import annotations
 
+import math
 import sys
 from numbers import Integral, Real
 from typing import Any, Sequence
@@ -44,6 +45,7 @@ __all__ = [
     "FGSM",
     "PGD",
     "RandomSearch",
+    "STEP_SCHEDULES",
     "perturb",
 ]
 
@@ -91,11 +93,18 @@ def _keep_best(best: torch.Tensor, best_x: torch.Tensor, score: torch.Tensor, x_
     best_x[better] = x_adv[better]
 
 
+#: step-size schedules of PGD: factor of the step at step t (0-based) of T
+STEP_SCHEDULES = {
+    "constant": lambda t, T: 1.0,
+    "linear": lambda t, T: 1.0 - t / T,
+    "cosine": lambda t, T: 0.5 * (1.0 + math.cos(math.pi * t / T)),
+}
+
+
 def _pgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, steps: int, alpha: torch.Tensor,
-         random_start: bool, restarts: int, generator: torch.Generator | None):
+         random_start: bool, restarts: int, generator: torch.Generator | None, schedule: str = "constant"):
     """PGD on one batch, no validation; returns (best x_adv, best score), both detached."""
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    alpha_b = alpha.reshape(shape)
+    factor = STEP_SCHEDULES[schedule]
     best = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
     best_x = x.clone()
     for _ in range(restarts):
@@ -104,7 +113,7 @@ def _pgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, steps: int, 
             x_adv = (x + delta).clamp_(0.0, 1.0)
         else:
             x_adv = x.clone()
-        for _ in range(steps):
+        for t in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
                 s = _score(objective, _embed(model, x_adv, objective), index)
@@ -114,8 +123,7 @@ def _pgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, steps: int, 
                 (grad,) = torch.autograd.grad(s.sum(), x_adv)
             x_adv = x_adv.detach()
             _keep_best(best, best_x, s.detach(), x_adv)
-            delta = norm.project(x_adv - x + alpha_b * norm.normalize(grad), eps)
-            x_adv = (x + delta).clamp_(0.0, 1.0)
+            x_adv = norm.ascent(x_adv, x, grad, factor(t, steps) * alpha, eps)
         with torch.no_grad():
             s = _score(objective, _embed(model, x_adv, objective), index)
         _keep_best(best, best_x, s, x_adv)
@@ -393,6 +401,10 @@ class PGD(EmbeddingAttack):
     random_start : bool, default=True
         Start uniformly in the eps-ball (else at the input).
     restarts : int, default=1
+    step_schedule : {"constant", "linear", "cosine"}, default="constant"
+        The step at step t of T is the step above times 1, ``1 - t / T`` or
+        ``(1 + cos(pi t / T)) / 2`` (:data:`STEP_SCHEDULES`); a fixed step can bounce around
+        the best point (between corners of the box), a decaying one settles.
     batch_size, random_state, progress
         See :class:`EmbeddingAttack`.
 
@@ -420,17 +432,20 @@ class PGD(EmbeddingAttack):
         "rel_step_size": [None, Interval(Real, 0, None, closed="neither")],
         "random_start": [bool],
         "restarts": [Interval(Integral, 1, None)],
+        "step_schedule": [Options(*STEP_SCHEDULES)],
     }
 
     def __init__(self, *, norm: str | Norm = "linf", steps: int = 10, step_size: float | None = None,
                  rel_step_size: float | None = None, random_start: bool = True, restarts: int = 1,
-                 batch_size: int = 256, random_state: int | None = None, progress: bool | None = None):
+                 step_schedule: str = "constant", batch_size: int = 256, random_state: int | None = None,
+                 progress: bool | None = None):
         super().__init__(norm=norm, batch_size=batch_size, random_state=random_state, progress=progress)
         self.steps = steps
         self.step_size = step_size
         self.rel_step_size = rel_step_size
         self.random_start = random_start
         self.restarts = restarts
+        self.step_schedule = step_schedule
 
     @property
     def n_forward(self) -> int:
@@ -455,7 +470,7 @@ class PGD(EmbeddingAttack):
         eps_t = torch.full((n,), eps, dtype=x.dtype, device=x.device)
         alpha = torch.full((n,), self._step(eps), dtype=x.dtype, device=x.device)
         x_adv, _ = _pgd(model, x, objective, index, norm, eps_t, int(self.steps), alpha, self.random_start,
-                        int(self.restarts), generator)
+                        int(self.restarts), generator, self.step_schedule)
         return x_adv
 
 

@@ -11,6 +11,11 @@ themselves never branch on ``p``:
 ``measure(delta)``                 the norm of each sample's perturbation
 =================================  ===================================================
 
+Two steps built from them (a norm may override them, e.g. with an exact projection onto the
+intersection of the ball and the box): ``feasible(x_adv, x, eps)``, back into the ball around
+``x`` and the box [0, 1]; ``ascent(x_adv, x, grad, step, eps)``, one projected steepest-ascent
+step of length ``step`` (PGD's and APGD's step).
+
 The first axis is the sample axis; every other axis is flattened into one vector per sample.
 ``eps`` is a number or a tensor with one value per sample.
 """
@@ -68,6 +73,18 @@ class Norm:
     def measure(self, delta: torch.Tensor) -> torch.Tensor:
         """The norm of each sample's perturbation, shape (n,)."""
         raise NotImplementedError
+
+    def feasible(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+        """``x_adv`` moved into the ball of radius ``eps`` around ``x`` (:meth:`project`), then
+        clipped to the box [0, 1] (clipping only shrinks each coordinate's change)."""
+        return (x + self.project(x_adv - x, eps)).clamp_(0.0, 1.0)
+
+    def ascent(self, x_adv: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, step: float | torch.Tensor,
+               eps: float | torch.Tensor) -> torch.Tensor:
+        """One step of length ``step`` (per sample, units of the norm) from ``x_adv`` along
+        :meth:`normalize` ``(grad)``, made :meth:`feasible`."""
+        delta = self.project(x_adv - x + _per_sample(step, x_adv) * self.normalize(grad), eps)
+        return (x + delta).clamp_(0.0, 1.0)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

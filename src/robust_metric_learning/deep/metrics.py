@@ -18,6 +18,7 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_acc
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
+from .._validation import check_eps
 from ..margin import margin_from_distances, pairwise_sq_distances
 from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .training import _inputs, embed
@@ -131,6 +132,15 @@ def _recall_at_1_mask(q, ql, g, gl, self_index) -> torch.Tensor:
     return gl[neighbor_lists(q, g, 1, self_index=self_index)[:, 0]] == ql
 
 
+def _check_attack_eps(eps: Any) -> list[float]:
+    """Attack budgets as a list of finite floats >= 0, or a ValueError naming ``eps``."""
+    try:
+        arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(f"eps must be a number or a list of numbers (finite, >= 0), got {eps!r}") from None
+    return [float(e) for e in check_eps(arr)]
+
+
 def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
                           attack: Any = None, queries: Any = None, batch_size: int = 1024) -> dict[str, Any]:
     """Recall@1 and MAP@R with attacked queries against the clean gallery (leave-one-out).
@@ -140,7 +150,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     its nearest same-class gallery item and towards the nearest other-class one
     (:class:`~robust_metric_learning.attacks.objectives.RetrievalObjective`). With several
     budgets, a query broken at a smaller one stays broken at the larger ones (that perturbation
-    is within them too; its embedding is the one scored), so Recall@1 never rises with eps.
+    is within them too; its embedding is the one scored, and it is not attacked again), so Recall@1 never rises with eps.
 
     Parameters
     ----------
@@ -148,9 +158,12 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     X : array or tensor of shape (n, ...), values in [0, 1]
     y : array of shape (n,)
     eps : float or list of float
-        Budgets, in the attack's norm.
-    attack : attack object, default=PGD(norm="linf", steps=20)
+        Budgets (finite, >= 0), in the attack's norm.
+    attack : attack object, default=RetrievalEnsemble(norm="linf", random_state=0)
         Called as ``attack(model, inputs, objective, eps=e)`` returning ``(raw, clipped, success)``.
+        The default is the worst case over APGD on the retrieval margin, APGD on a
+        cross-entropy over the gallery and PGD
+        (:class:`~robust_metric_learning.attacks.RetrievalEnsemble`).
     queries : array of int, default=None
         Rows of ``X`` used as queries (default: all).
 
@@ -162,15 +175,16 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         whether the attack broke it), plus the clean values and ``attacked`` (per query,
         whether it was attacked, i.e. correct at R@1).
     """
-    from ..attacks.gradient import PGD
+    from ..attacks.apgd import RetrievalEnsemble
     from ..attacks.objectives import RetrievalObjective
 
+    eps_list = _check_attack_eps(eps)
     X = _inputs(model, X)
-    labels = torch.as_tensor(np.asarray(y))
-    if labels.shape != (len(X),):
-        raise ValueError(f"y must have shape ({len(X)},), got {tuple(labels.shape)}")
-    eps_list = [float(e) for e in np.atleast_1d(np.asarray(eps, dtype=np.float64))]
-    attack = PGD(norm="linf", steps=20) if attack is None else attack
+    y_np = np.asarray(y)
+    if y_np.shape != (len(X),):
+        raise ValueError(f"y must have shape ({len(X)},), got {tuple(y_np.shape)}")
+    labels = torch.as_tensor(np.unique(y_np, return_inverse=True)[1].reshape(-1))  # any label type
+    attack = RetrievalEnsemble(norm="linf", random_state=0) if attack is None else attack
     gallery = embed(model, X, batch_size=batch_size).double()
     qrows = torch.arange(len(X)) if queries is None else torch.as_tensor(np.asarray(queries), dtype=torch.long)
     if qrows.dim() != 1 or len(qrows) == 0 or int(qrows.min()) < 0 or int(qrows.max()) >= len(X):
@@ -183,24 +197,25 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     out: dict[str, Any] = {"eps": eps_list, "clean": clean, "attacked": correct.numpy(),
                            "precision_at_1": [], "mean_average_precision_at_r": [], "success": [],
                            "flipped": []}
-    objective = RetrievalObjective(gallery.float(), labels, labels[rows], query_in_gallery=rows)
     per_eps: dict[int, tuple] = {}
     broken = torch.zeros(len(rows), dtype=torch.bool)  # by some smaller budget so far
-    broken_emb = gallery[rows].clone()  # the perturbation that broke it (the latest such)
+    broken_emb = gallery[rows].clone()  # per query: the perturbation that broke it, else the latest try
     for i in sorted(range(len(eps_list)), key=lambda i: eps_list[i]):
         e = eps_list[i]
         q_emb = gallery[qrows].clone()
         flipped = torch.zeros(len(qrows), dtype=torch.bool)
-        if e > 0 and len(rows):
-            result = attack(model, X[rows], objective, eps=e)
+        todo = torch.nonzero(~broken).flatten()  # broken within a smaller budget: broken here too
+        if e > 0 and len(todo):
+            sub = rows[todo]
+            objective = RetrievalObjective(gallery.float(), labels, labels[sub], query_in_gallery=sub)
+            result = attack(model, X[sub], objective, eps=e)
             emb = getattr(result, "embeddings", None)
             adv = (embed(model, result[1], batch_size=batch_size) if emb is None else emb.detach().cpu()).double()
-            now = ~_recall_at_1_mask(adv, labels[rows], gallery, labels, rows)
-            keep = broken & ~now  # broken within a smaller budget only: that perturbation counts
-            adv[keep] = broken_emb[keep]
-            broken_emb[now] = adv[now]
-            broken |= now
-            q_emb[hit] = adv
+            now = ~_recall_at_1_mask(adv, labels[sub], gallery, labels, sub)
+            broken_emb[todo] = adv  # this eps's perturbation (kept at larger ones where it broke)
+            broken[todo[now]] = True
+        if e > 0 and len(rows):
+            q_emb[hit] = broken_emb  # the breaking perturbation, or this eps's attempt
             flipped[hit] = broken
         m = retrieval_metrics(q_emb, q_labels, gallery, labels, self_index=qrows)
         per_eps[i] = (m["precision_at_1"], m["mean_average_precision_at_r"],
@@ -217,9 +232,23 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
 
     ``min over other-class j of max over the n_positives nearest same-class p of
     margin(z; g_p, g_j)`` (DESIGN §2 with M = I, a subset of the positives), clipped at 0:
-    0 when the query is already wrong at R@1.
+    0 when the query is already wrong at R@1, or has no other item of its class; inf when
+    there is no item of another class. Each row uses its own positives, so the result does
+    not depend on ``batch_size``.
     """
-    G = emb.double()
+    from .._validation import check_positive_int
+
+    n_positives = check_positive_int(n_positives, name="n_positives")
+    batch_size = check_positive_int(batch_size, name="batch_size")
+    G = torch.as_tensor(emb).double()
+    if not isinstance(labels, torch.Tensor):
+        labels = np.asarray(labels)
+        labels = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1) if labels.ndim == 1 else labels)
+    if G.dim() != 2 or labels.shape != (len(G),):
+        raise ValueError(f"emb must be 2-D (n, dim) and labels of shape (n,), got {tuple(G.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if not bool(torch.isfinite(G).all()):
+        raise ValueError("emb contains NaN or infinity")
     sq = (G * G).sum(1)
     n = len(G)
     out = torch.empty(n, dtype=torch.float64)
@@ -230,15 +259,18 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
         d[torch.arange(len(Q)), rows] = float("inf")
         same = labels[rows][:, None] == labels[None, :]
         d_pos_all = d.masked_fill(~same, float("inf"))
-        k = min(n_positives, int(same.sum(1).min()) - 1) if bool(same.any()) else 0
-        if k <= 0:
-            out[rows] = float("inf") if not bool((~same).any()) else 0.0
+        # positives per row: its own class minus itself; rows with fewer than k get inf
+        # distances in the padding, whose margins are -inf and never win the max
+        k = min(n_positives, int(same.sum(1).max()) - 1)
+        if k <= 0:  # no row of the block has a positive: wrong at R@1 (or alone: inf)
+            out[rows] = torch.where((~same).any(1), 0.0, float("inf")).double()
             continue
         d_pos, p_idx = torch.topk(d_pos_all, k, dim=1, largest=False)  # (b, k)
         P = G[p_idx]  # (b, k, dim)
         # ||g_p - g_j|| for every positive p of the query and every gallery row j
         pair = ((P * P).sum(-1, keepdim=True) + sq[None, None, :] - 2 * P @ G.T).clamp_min(0).sqrt()
         m = margin_from_distances(d_pos[:, :, None], d[:, None, :], pair)  # (b, k, n)
+        m = m.masked_fill(torch.isinf(d_pos)[:, :, None], float("-inf"))  # padding: no positive there
         best = m.max(dim=1).values.masked_fill(same, float("inf"))
         best[torch.arange(len(Q)), rows] = float("inf")
         out[rows] = best.min(dim=1).values.clamp_min(0)
@@ -255,20 +287,62 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
     (:func:`embedding_radius_bound`) converted by :func:`~.lipschitz.certified_input_radius`
     with ``lipschitz`` (default: :func:`~.lipschitz.lipschitz_bound` of the model).
 
+    Parameters
+    ----------
+    model : torch.nn.Module
+    X : array or tensor of shape (n, ...), values in [0, 1], n >= 2
+    y : array of shape (n,)
+    eps : float or list of float
+        Budgets (finite, >= 0), in ``norm``.
+    norm : {"linf", "l2"}, default="linf"
+    lipschitz : float, default=None
+        An upper bound (finite, > 0) on the l2 Lipschitz constant of the model's body.
+    n_positives : int, default=5
+        Nearest same-class items used by the margin bound (more: tighter, slower).
+    batch_size : int, default=1024
+
     Returns
     -------
     dict
         ``eps``, ``certified_recall_at_1`` (one per eps), ``radii`` (per query, input norm),
-        ``lipschitz``.
+        ``lipschitz``. A query whose class has no other item counts as not certified (radius
+        0; :func:`retrieval_metrics` leaves such queries out); with a single class every
+        query's radius is inf.
     """
+    from .._validation import check_eps, check_positive_int, check_real
+    from .training import _check_module
+
+    _check_module(model)
+    try:
+        eps_list = [float(e) for e in check_eps(eps, name="eps")]
+    except (TypeError, ValueError) as exc:
+        if str(exc).startswith("eps "):
+            raise
+        raise ValueError(f"eps must be a number or a list of numbers (finite, >= 0), got {eps!r}") from None
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if lipschitz is not None:
+        lipschitz = check_real(lipschitz, name="lipschitz", low=0.0, low_open=True)
+    n_positives = check_positive_int(n_positives, name="n_positives")
+    batch_size = check_positive_int(batch_size, name="batch_size")
     X = _inputs(model, X)
-    labels = torch.as_tensor(np.asarray(y))
-    if labels.shape != (len(X),):
-        raise ValueError(f"y must have shape ({len(X)},), got {tuple(labels.shape)}")
-    eps_list = [float(e) for e in np.atleast_1d(np.asarray(eps, dtype=np.float64))]
+    y_np = np.asarray(y)
+    if y_np.shape != (len(X),):
+        raise ValueError(f"y must have shape ({len(X)},), got {tuple(y_np.shape)}")
+    if y_np.dtype.kind == "f" and not np.isfinite(y_np).all():
+        raise ValueError("y contains NaN or infinity")
+    if len(X) < 2:
+        raise ValueError(f"X must have at least 2 rows (leave-one-out: each query needs a gallery), got {len(X)}")
+    labels = torch.as_tensor(np.unique(y_np, return_inverse=True)[1].reshape(-1))
     _, normalized = _body(model)
-    L = lipschitz_bound(model) if lipschitz is None else float(lipschitz)
     emb = embed(model, X, batch_size=batch_size).double()
+    if lipschitz is None:
+        L = lipschitz_bound(model)
+        if not (np.isfinite(L) and L > 0):
+            raise ValueError(f"the model's Lipschitz bound is {L}: certified radii are undefined (all weights "
+                             "zero, or an overflow); pass lipschitz= a finite bound > 0")
+    else:
+        L = lipschitz
     R = embedding_radius_bound(emb, labels, n_positives=n_positives)
     norms = embed(model, X, batch_size=batch_size, body=True).double().norm(dim=1).numpy() if normalized else None
     radii = certified_input_radius(R.numpy(), norms, lipschitz=L,

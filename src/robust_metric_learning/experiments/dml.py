@@ -19,15 +19,18 @@ the others (leave-one-out; DESIGN §3). Both subsets are drawn with the task's s
 * Training (``TRAIN``): Adam, class-balanced batches (all 5 classes x ``m``), ``epochs``.
 
 Evaluation: clean Recall@1, MAP@R, NMI; adversarial Recall@1 and MAP@R at ``EVAL_EPS`` (l_inf,
-PGD-``EVAL_STEPS`` with a fixed step ``EVAL_REL_STEP * eps``, retrieval objective, only queries
-correct at R@1 attacked, clean gallery);
-certified Recall@1 at the same l_inf radii and at ``CERT_L2_EPS`` (l2), from the embedding
-margin bound and the network's Lipschitz bound. Checks on every model, failing loudly:
-certified-robust queries are never broken by PGD (soundness); and, at the training eps, recorded
-for the report: on the first ``N_STRENGTH`` queries, PGD with 2.5x the steps and with 3
-restarts against PGD-``EVAL_STEPS`` (adversarial R@1 must not be higher), and PGD's embedding shift against random search with the
-same number of forward passes on ``N_SHIFT_CHECK`` queries (PGD must find at least as much on
-every query).
+only queries correct at R@1 attacked, clean gallery), each the worst case over the evaluation
+ensemble (:class:`~robust_metric_learning.attacks.RetrievalEnsemble`): APGD on the retrieval
+margin and APGD on the gallery cross-entropy (``EVAL_STEPS`` steps, ``EVAL_RESTARTS``
+restarts each), and PGD-``EVAL_PGD_STEPS`` with a fixed step ``EVAL_REL_STEP * eps``
+(``EVAL_RESTARTS`` restarts); certified Recall@1 at the same l_inf radii and at ``CERT_L2_EPS``
+(l2), from the embedding margin bound and the network's Lipschitz bound. Checks on every model,
+failing loudly: certified-robust queries are never broken by the attack (soundness); and, at the
+training eps, recorded for the report: on the first ``N_STRENGTH`` queries, the ensemble against
+the ensemble with doubled steps and restarts (the R@1 difference shows whether it converged) and
+against a plain PGD with a decaying step (``DECAY_PGD``; the ensemble must be at least as
+strong), and PGD's embedding shift against random search with the same number of forward passes
+on ``N_SHIFT_CHECK`` queries (PGD must find at least as much on every query).
 """
 
 from __future__ import annotations
@@ -72,21 +75,34 @@ OURS: dict[str, Any] = {"rate": 1.0, "role": "anchor"}
 MINER: dict[str, Any] = {"margin": 0.5, "type_of_triplets": "all"}
 #: evaluation
 EVAL_EPS = (0.01, 0.03, 0.1, 0.3)
-EVAL_STEPS = 20
-#: PGD step in evaluation, relative to eps (fixed, so a longer or restarted run extends the shorter
-#: run's trajectory from the same seeded start and, keeping the best iterate, is never weaker)
+#: the evaluation ensemble: APGD steps and restarts (of every member), the PGD member's steps
+#: and its fixed step relative to eps
+EVAL_STEPS = 100
+EVAL_RESTARTS = 4
+EVAL_PGD_STEPS = 20
 EVAL_REL_STEP = 0.25
+#: the strength check's plain PGD with a decaying step (eps/4 at first, cosine to 0)
+DECAY_PGD: dict[str, Any] = {"steps": 100, "restarts": 3, "rel_step_size": 0.25, "step_schedule": "cosine"}
 CERT_L2_EPS = (0.01, 0.03, 0.1, 0.3)
 N_SHIFT_CHECK = 200
 #: queries (first rows of the evaluation set, the whole set as gallery) of the attack-strength check
 N_STRENGTH = 300
 
 
-def _eval_attack(seed: int, *, steps: int = EVAL_STEPS, restarts: int = 1):
-    """The evaluation attack: PGD, l_inf, step ``EVAL_REL_STEP * eps``, seeded."""
+def _eval_attack(seed: int, *, scale: int = 1):
+    """The evaluation attack: the retrieval ensemble, l_inf, seeded; ``scale`` multiplies its steps
+    and restarts (2 for the strength check)."""
+    from ..attacks import RetrievalEnsemble
+
+    return RetrievalEnsemble(norm="linf", steps=scale * EVAL_STEPS, restarts=scale * EVAL_RESTARTS,
+                             pgd_steps=scale * EVAL_PGD_STEPS, pgd_rel_step_size=EVAL_REL_STEP, random_state=seed)
+
+
+def _decay_pgd(seed: int):
+    """The strength check's plain PGD with a decaying step (``DECAY_PGD``), l_inf, seeded."""
     from ..attacks import PGD
 
-    return PGD(norm="linf", steps=steps, rel_step_size=EVAL_REL_STEP, restarts=restarts, random_state=seed)
+    return PGD(norm="linf", random_state=seed, **DECAY_PGD)
 
 
 def _loss(name: str):
@@ -137,7 +153,10 @@ def protocol() -> dict[str, Any]:
 
     return {"train_classes": TRAIN_CLASSES, "n_train": N_TRAIN, "n_eval": N_EVAL, "model": MODEL, "train": TRAIN,
             "train_eps": TRAIN_EPS, "train_steps": TRAIN_STEPS, "ours": OURS, "eval_eps": EVAL_EPS,
-            "eval_steps": EVAL_STEPS, "eval_rel_step": EVAL_REL_STEP, "cert_l2_eps": CERT_L2_EPS,
+            "eval_attack": {"name": "RetrievalEnsemble", "steps": EVAL_STEPS, "restarts": EVAL_RESTARTS,
+                            "pgd_steps": EVAL_PGD_STEPS, "pgd_rel_step": EVAL_REL_STEP,
+                            "members": ["APGD margin", "APGD cross-entropy", "PGD"]},
+            "decay_pgd": DECAY_PGD, "cert_l2_eps": CERT_L2_EPS,
             "n_shift_check": N_SHIFT_CHECK, "n_strength": N_STRENGTH,
             # adversarial R@1 counts a query broken at a smaller eps as broken at the larger ones
             "adv_monotone_in_eps": True,
@@ -161,11 +180,34 @@ def load_task_data(dataset: str, seed: int, data_home=None) -> tuple[np.ndarray,
     return (X_tr[tr].astype(np.float32), y_tr[tr], X_te[te].astype(np.float32), y_te[te])
 
 
+class _PassCounter:
+    """Counts the inputs ``model`` forwards (``forward``), and those forwarded with autograd on
+    (``backward``: an attack's gradient passes), while in a ``with`` block."""
+
+    def __init__(self, model):
+        self.model = model
+        self.forward = self.backward = 0
+
+    def _hook(self, module, inputs, output) -> None:
+        import torch
+
+        n = int(inputs[0].shape[0]) if inputs and hasattr(inputs[0], "shape") else 0
+        self.forward += n
+        self.backward += n if torch.is_grad_enabled() else 0
+
+    def __enter__(self) -> "_PassCounter":
+        self._handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
 def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoint=None) -> dict[str, Any]:
     """Train one model, evaluate it, run the checks; a JSON-ready payload."""
     import torch
 
-    from ..attacks import EmbeddingShift, RandomSearch
+    from ..attacks import PGD, EmbeddingShift, RandomSearch
     from ..deep import adversarial_retrieval, certified_retrieval, embed, retrieval_metrics, train_embedding
 
     X_tr, y_tr, X_ev, y_ev = data
@@ -178,7 +220,10 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     t0 = time.perf_counter()
     emb = embed(model, X_ev)
     clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), nmi=True, seed=seed)
-    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=_eval_attack(seed))
+    t1 = time.perf_counter()
+    with _PassCounter(model) as passes:
+        adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=_eval_attack(seed))
+    adv_s = time.perf_counter() - t1
     cert = certified_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), norm="linf")
     cert_l2 = certified_retrieval(model, X_ev, y_ev, eps=list(CERT_L2_EPS), norm="l2")
     # soundness: a query certified at eps is never broken by the attack at eps
@@ -186,17 +231,17 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
         broken = flipped & (cert["radii"] > e)
         if broken.any():
             raise RuntimeError(f"soundness violated in dml {dataset}/{loss}/{defense}: {int(broken.sum())} "
-                               f"queries certified at eps={e} were broken by PGD")
+                               f"queries certified at eps={e} were broken by the evaluation attack")
     eval_s = time.perf_counter() - t0
     # attack strength at the training eps
     t0 = time.perf_counter()
     stronger = {}
     subset = np.arange(min(N_STRENGTH, len(y_ev)))
-    for label, attack in (("pgd", _eval_attack(seed)), ("steps", _eval_attack(seed, steps=int(2.5 * EVAL_STEPS))),
-                          ("restarts", _eval_attack(seed, restarts=3))):
+    for label, attack in (("ensemble", _eval_attack(seed)), ("doubled", _eval_attack(seed, scale=2)),
+                          ("decay_pgd", _decay_pgd(seed))):
         r = adversarial_retrieval(model, X_ev, y_ev, eps=[TRAIN_EPS], attack=attack, queries=subset)
         stronger[label] = r["precision_at_1"][0]
-    pgd = _eval_attack(seed)
+    pgd = PGD(norm="linf", steps=EVAL_PGD_STEPS, rel_step_size=EVAL_REL_STEP, random_state=seed)
     xq = torch.as_tensor(X_ev[:N_SHIFT_CHECK])
     objective = EmbeddingShift(emb[:N_SHIFT_CHECK])
     s_pgd = pgd(model, xq, objective, eps=TRAIN_EPS).scores
@@ -214,10 +259,15 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
         "cert_l2_eps": list(CERT_L2_EPS), "certified_recall_at_1_l2": cert_l2["certified_recall_at_1"],
         "median_certified_radius_l2": float(np.median(cert_l2["radii"])),
         "strength": {"eps": TRAIN_EPS, "n_queries": int(len(subset)), **stronger,
-                     "monotone": bool(max(stronger["steps"], stronger["restarts"]) <= stronger["pgd"] + 1e-12),
+                     # points of R@1 that doubling the steps and restarts took off (0: converged)
+                     "doubled_drop_points": 100 * (stronger["ensemble"] - stronger["doubled"]),
+                     "beats_decay_pgd": bool(stronger["ensemble"] <= stronger["decay_pgd"] + 1e-12),
                      "shift_pgd_mean": float(s_pgd.mean()), "shift_random_mean": float(s_rs.mean()),
                      "shift_pgd_below_random": int((s_pgd < s_rs - 1e-6).sum())},
-        "train_s": train_s, "eval_s": eval_s, "check_s": check_s,
+        "train_s": train_s, "eval_s": eval_s, "check_s": check_s, "adv_s": adv_s,
+        # the adversarial evaluation's cost (every eps): inputs forwarded per query, with gradient
+        # (each then has one backward pass) and without
+        "adv_passes_per_query": {"forward": passes.forward / len(y_ev), "backward": passes.backward / len(y_ev)},
     }
 
 
@@ -237,8 +287,10 @@ def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]]) -> di
     summary: dict[str, Any] = {"experiment": name, "protocol": protocol(), "results": results}
     lines = [f"# rml reproduce {name}", "",
              f"Embedding nets trained on classes {TRAIN_CLASSES[0]}-{TRAIN_CLASSES[-1]}, retrieval on the unseen "
-             "classes (test images, leave-one-out). Adversarial R@1: "
-             f"PGD-{EVAL_STEPS} (step {EVAL_REL_STEP:g} eps), l_inf, attacked queries against the clean gallery. "
+             "classes (test images, leave-one-out). Adversarial R@1: the worst case over APGD on the retrieval "
+             f"margin and APGD on the gallery cross-entropy ({EVAL_STEPS} steps) and PGD-{EVAL_PGD_STEPS} (step "
+             f"{EVAL_REL_STEP:g} eps), {EVAL_RESTARTS} restarts each, l_inf, attacked queries against the clean "
+             "gallery. "
              "Training attacks: "
              f"PGD-{TRAIN_STEPS}, l_inf eps = {TRAIN_EPS}. Certified R@1: embedding margin bound / "
              "Lipschitz bound of the network.", ""]
@@ -272,9 +324,14 @@ def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]]) -> di
             for d, p in per_def.items():
                 s = p["strength"]
                 lines.append(f"- {d}: attack checks at eps {s['eps']} on {s['n_queries']} queries: R@1 "
-                             f"PGD-{EVAL_STEPS} {s['pgd']:.3f}, "
-                             f"{int(2.5 * EVAL_STEPS)} steps {s['steps']:.3f}, 3 restarts {s['restarts']:.3f} "
-                             f"({'monotone' if s['monotone'] else 'NOT monotone'}); embedding shift PGD "
+                             f"ensemble {s['ensemble']:.3f}, doubled steps and restarts {s['doubled']:.3f} "
+                             f"({-s['doubled_drop_points']:+.1f} points), PGD-{DECAY_PGD['steps']} x "
+                             f"{DECAY_PGD['restarts']} with a decaying step {s['decay_pgd']:.3f} "
+                             f"({'ensemble at least as strong' if s['beats_decay_pgd'] else 'ensemble WEAKER'}); "
+                             f"adversarial evaluation {p['adv_s']:.0f} s, "
+                             f"{p['adv_passes_per_query']['forward']:.0f} forward / "
+                             f"{p['adv_passes_per_query']['backward']:.0f} backward passes per query over the "
+                             f"{len(EVAL_EPS)} eps; embedding shift PGD "
                              f"{s['shift_pgd_mean']:.3f} vs random search {s['shift_random_mean']:.3f} "
                              f"(PGD below on {s['shift_pgd_below_random']} of {N_SHIFT_CHECK} queries); "
                              f"Lipschitz bound {p['lipschitz']:.3g}; epoch {np.mean(p['epoch_s']):.1f} s")
