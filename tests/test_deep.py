@@ -360,3 +360,31 @@ def test_adversarial_retrieval_takes_string_labels():
     by_str = adversarial_retrieval(model, X, np.array(list("aabbcc")), **kw)
     by_int = adversarial_retrieval(model, X, np.array([0, 0, 1, 1, 2, 2]), **kw)
     assert by_str["precision_at_1"] == by_int["precision_at_1"]
+
+
+def test_embedding_radius_bound_with_near_duplicates_of_other_classes():
+    """Two gallery items 1e-9 apart under different labels: the expanded square of their pair
+    norm cancels; the bound must stay the reference's (pair norms by subtraction), not blow up."""
+    from robust_metric_learning.deep import embedding_radius_bound
+
+    rng = np.random.default_rng(0)
+    n_checked = 0
+    for _ in range(30):
+        G = rng.normal(size=(20, 4))
+        G /= np.linalg.norm(G, axis=1, keepdims=True)
+        y = np.arange(20) % 3
+        G[5] = G[4] + 1e-9 * rng.normal(size=4)
+        y[5] = (y[4] + 1) % 3
+        r = embedding_radius_bound(torch.tensor(G), torch.tensor(y)).numpy()
+        for q in range(20):
+            d = ((G - G[q]) ** 2).sum(1)
+            d[q] = np.inf
+            if y[np.argmin(d)] != y[q]:
+                continue
+            P = np.flatnonzero((y == y[q]) & (np.arange(20) != q))
+            P = P[np.argsort(d[P], kind="stable")][:5]
+            ref = min(max((d[j] - d[p]) / (2 * np.linalg.norm(G[p] - G[j])) for p in P)
+                      for j in np.flatnonzero(y != y[q]))
+            assert r[q] <= max(ref, 0.0) * (1 + 1e-5) + 1e-12
+            n_checked += 1
+    assert n_checked > 150

@@ -29,6 +29,8 @@ import numpy as np
 __all__ = ["least_distance", "farkas_reach", "nnls_least_distance"]
 
 _EPS = float(np.finfo(np.float64).eps)
+#: the largest reach a certificate of emptiness has to cover, relative to max |b_i|
+_FAR = 1e8
 _SPLIT = 134217729.0  # 2**27 + 1, Veltkamp's splitting constant for float64
 
 
@@ -127,7 +129,7 @@ def _phase_one(A: np.ndarray, b: np.ndarray, reach: float) -> tuple[np.ndarray |
     from scipy.optimize import linprog
 
     m, dim = A.shape
-    scale = max(1.0, float(np.abs(b).max(initial=0.0)))
+    scale = float(np.abs(b).max(initial=0.0)) or 1.0  # relative: data of any scale
     c = np.zeros(dim + 1)
     c[-1] = 1.0
     A_ub = np.hstack([A, -np.ones((m, 1))])
@@ -136,7 +138,8 @@ def _phase_one(A: np.ndarray, b: np.ndarray, reach: float) -> tuple[np.ndarray |
     res = linprog(c, A_ub=A_ub, b_ub=b / scale, bounds=bounds, method="highs",
                   options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
     if res.status != 0:
-        return None, np.nan, None
+        raise RuntimeError(f"least-distance QP: HiGHS's phase one failed on {m} constraints in {dim} "
+                           f"dimensions (status {res.status}: {res.message})")
     duals = -np.asarray(res.ineqlin.marginals, dtype=np.float64)
     return res.x[:dim] * scale, float(res.x[-1]) * scale, duals
 
@@ -160,9 +163,9 @@ def _primal_active_set(A: np.ndarray, b: np.ndarray, x: np.ndarray, tol: float,
             basis = Vt[sv > 1e-12 * sv[0]]
             p = np.zeros(dim) if basis.shape[0] == dim else -(x - basis.T @ (basis @ x))
             coef = np.linalg.lstsq(Aw.T, x, rcond=None)[0]
-        if np.linalg.norm(p) <= 1e-13 * max(1.0, np.linalg.norm(x)):
+        if np.linalg.norm(p) <= 1e-13 * np.linalg.norm(x):
             lam = -coef  # x = -Aw^T lam at a stationary point of the working set
-            if not W or lam.min() >= -1e-12 * max(1.0, np.abs(lam).max()):
+            if not W or lam.min() >= -1e-12 * np.abs(lam).max():
                 full = np.zeros(m)
                 full[W] = np.clip(lam, 0.0, None)
                 return x, full
@@ -208,7 +211,8 @@ def least_distance(A: np.ndarray, b: np.ndarray, *, tol: float, reach: float = n
         Absolute feasibility tolerance of a returned point (plus the rounding bound of each row).
     reach : float, default=inf
         Emptiness is declared when a verified Farkas certificate excludes every point of norm
-        below ``reach`` (or, with no certificate, when the polyhedron has no interior).
+        below ``min(reach, 1e8 max|b_i|)`` (an infinite reach cannot be verified in floating
+        point), or when the polyhedron has no interior within reach at working precision.
     start : ndarray of shape (dim,), optional
         A known feasible point (skips the phase-one program of the robust path).
 
@@ -221,29 +225,88 @@ def least_distance(A: np.ndarray, b: np.ndarray, *, tol: float, reach: float = n
     b = np.ascontiguousarray(b, dtype=np.float64)
     if b.size == 0:
         return np.zeros(A.shape[1]), np.zeros(0)
+    reach = min(float(reach), _FAR * float(np.abs(b).max()))
     with np.errstate(all="ignore"):
         delta, lam, u, denom = nnls_least_distance(A, b)
         if np.isfinite(denom) and denom > 1e-12 and np.isfinite(delta).all():
-            if _feasible(A, b, delta, tol):
+            if _optimal(A, b, delta, lam, tol):
                 return delta, lam
             delta, lam = _refine(A, b, lam)
-            if _feasible(A, b, delta, tol):
+            if _optimal(A, b, delta, lam, tol):
                 return delta, lam
         elif farkas_reach(A, b, u) >= reach:
             return None
         return _robust(A, b, tol=tol, reach=reach, start=start)
 
 
+def _optimal(A: np.ndarray, b: np.ndarray, delta: np.ndarray, lam: np.ndarray, tol: float) -> bool:
+    """Feasible (:func:`_feasible`), multipliers non-negative, and the duality gap
+    ``lam^T (b - A delta)`` (which bounds ``||delta||^2 - ||delta*||^2``) small: the norm returned
+    is within a relative 1e-9 (plus ``tol``) of the optimum's."""
+    if not (_feasible(A, b, delta, tol) and np.isfinite(lam).all()):
+        return False
+    scale = float(np.abs(lam).max(initial=0.0))
+    if lam.min(initial=0.0) < -1e-9 * max(scale, 1e-300):
+        return False
+    gap = float(np.clip(lam, 0.0, None) @ np.clip(b - A @ delta, 0.0, None))
+    dd = float(delta @ delta)
+    return gap <= 2e-9 * dd + 2.0 * tol * np.sqrt(dd) + 1e-300
+
+
 def _robust(A, b, *, tol, reach, start):
     """The slow path: phase one (or ``start``), then the primal active-set method."""
     if start is None or not _feasible(A, b, start, tol):
         centre, t, duals = _phase_one(A, b, reach)
-        if centre is None:
+        if abs(t) <= tol:  # no interior within reach at working precision: met with equality at best
             return None
-        if t >= -tol:  # no interior within reach at working precision (or empty)
-            return None
+        if t > tol:  # every point within reach violates a constraint by t: HiGHS's duals must prove it
+            y = _polish(A, duals)
+            if farkas_reach(A, b, y) >= reach or _farkas_box(A, b, y, reach):
+                return None
+            if t <= 1e-7 * float(np.abs(b).max()):  # within working precision of feasible: no interior
+                return None
+            raise RuntimeError(f"least-distance QP: HiGHS finds no point within reach {reach:.3g} of {len(b)} "
+                               f"constraints in {A.shape[1]} dimensions (violation {t:.3g}), and its duals "
+                               "do not verify it")
         start = centre
     got = _primal_active_set(A, b, np.asarray(start, dtype=np.float64), tol)
     if got is None or not _feasible(A, b, got[0], tol):
-        raise RuntimeError("least-distance QP: the active-set method did not reach a feasible optimum")
+        raise RuntimeError(f"least-distance QP: the active-set method did not reach a feasible optimum of "
+                           f"{len(b)} constraints in {A.shape[1]} dimensions (tolerance {tol:.3g})")
     return got
+
+
+def _polish(A: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A Farkas candidate on the support of ``y`` with ``A^T y`` as small as rounding allows:
+    ``min ||A_S^T z||`` over ``z >= 0`` summing to 1 (NNLS; an LP's duals are only as exact
+    as its tolerances)."""
+    from scipy.optimize import nnls
+
+    y = np.clip(np.nan_to_num(np.asarray(y, dtype=np.float64)), 0.0, None)
+    S = np.flatnonzero(y > 1e-12 * y.max(initial=0.0))
+    out = np.zeros(y.size)
+    if S.size:
+        weight = 1e3 * max(1.0, float(np.abs(A[S]).max()))
+        E = np.vstack([A[S].T, np.full(S.size, weight)])
+        f = np.zeros(E.shape[0])
+        f[-1] = weight
+        try:
+            out[S] = nnls(E, f, maxiter=50 * S.size + 100)[0]
+        except RuntimeError:
+            out[S] = y[S]
+    return out
+
+
+def _farkas_box(A: np.ndarray, b: np.ndarray, y: np.ndarray, reach: float) -> bool:
+    """Whether ``y >= 0`` proves that no ``delta`` with ``|delta|_inf <= reach`` (a box holding the
+    ball of radius ``reach``) meets ``A delta <= b``: ``b^T y + reach ||A^T y||_1 < 0``, evaluated
+    with correctly rounded sums and bounded towards the safe side."""
+    if not np.isfinite(reach):
+        return False
+    y = np.clip(np.asarray(y, dtype=np.float64), 0.0, None)
+    if not np.isfinite(y).all() or not y.any():
+        return False
+    s = _dot_exact(A, y)
+    bty = _dot_exact(b[:, None], y)[0]
+    l1 = math.fsum(np.abs(s)) * (1.0 + (s.size + 2) * _EPS)
+    return bool(bty + abs(bty) * _EPS + reach * l1 * (1.0 + 2 * _EPS) < 0)

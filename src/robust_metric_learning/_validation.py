@@ -113,7 +113,10 @@ def check_odd_k(k: Any, *, name: str = "n_neighbors") -> int:
 
 def check_eps(eps: Any, *, name: str = "eps") -> np.ndarray:
     """Return perturbation budgets as a 1-D float array of finite non-negative values."""
-    arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    try:
+        arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a list of numbers (finite, >= 0), got {eps!r}") from None
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D list of numbers, got shape {arr.shape}")
     if not np.isfinite(arr).all() or (arr < 0).any():

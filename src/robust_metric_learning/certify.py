@@ -37,7 +37,16 @@ from ._validation import (
     resolve_metric,
 )
 from ._solver import least_distance
-from .margin import NEAR_TIE, TIE, DEFAULT_MEMORY_BUDGET, margin_from_distances, pairwise_sq_distances, row_blocks, smallest_k, vote
+from .margin import (
+    DEFAULT_MEMORY_BUDGET,
+    NEAR_TIE,
+    margin_from_distances,
+    pairwise_sq_distances,
+    repair_pair_norms,
+    row_blocks,
+    smallest_k,
+    vote,
+)
 
 __all__ = [
     "exact_radius_1nn",
@@ -141,18 +150,16 @@ class _ClassSplit:
 
 
 def _exact_ties(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, geo: _Geometry) -> np.ndarray:
-    """``D`` (pair norms ``||M (x_i - x_j)||`` from the expanded square, which cancels) with the
-    near-zero entries recomputed by subtraction, and set to exactly 0 where the pair is tied under
-    ``M`` to rounding (a duplicated point, a difference in the null space of ``M``): every
-    distance from such a pair is equal, so ``predict``'s index rule decides between them."""
+    """``D`` (pair norms ``||M (x_i - x_j)||`` from the expanded square) repaired by
+    :func:`~robust_metric_learning.margin.repair_pair_norms`: 0 where the pair is tied under ``M``
+    to rounding (a duplicated point, a difference in the null space of ``M``), so that
+    ``predict``'s index rule decides between them."""
     nrm = np.sqrt(geo.MX_sq)
-    near = D <= NEAR_TIE * (nrm[rows][:, None] + nrm[cols][None, :])
-    if near.any():
-        r, c = np.nonzero(near)
-        diff = np.linalg.norm(geo.MX[rows[r]] - geo.MX[cols[c]], axis=1)
-        tied = diff <= TIE * (nrm[rows[r]] + nrm[cols[c]])
+    ri, ci = np.nonzero(D <= NEAR_TIE * (nrm[rows][:, None] + nrm[cols][None, :]))
+    if ri.size:
         D = D.copy() if not D.flags.writeable else D
-        D[r, c] = np.where(tied, 0.0, diff)
+        r, c = rows[ri], cols[ci]
+        D[ri, ci] = repair_pair_norms(D[ri, ci], geo.MX[r], geo.MX[c], nrm[r], nrm[c])
     return D
 
 
@@ -254,7 +261,11 @@ def _project_negative(split: _ClassSplit, j: int, dP: np.ndarray, d_j: float, un
         slack[zero] = np.inf
         if not ok or slack[Wi].min() < -thresh:
             # x_j itself (delta = x_j - x) meets every constraint: the region is never empty
-            delta, lam = least_distance(AW, bhat[Wi], tol=thresh, start=start)
+            got = least_distance(AW, bhat[Wi], tol=thresh, start=start)
+            if got is None:  # x_j meets every constraint, so this is a numerical failure
+                raise RuntimeError(f"exact 1-NN projection onto negative {j}: the least-distance solver "
+                                   f"found no point although x_j itself is one ({Wi.size} constraints)")
+            delta, lam = got
             slack = bhat - 2.0 * (split.MXP @ delta - mx_j @ delta) / safe
             slack[zero] = np.inf
         slack[Wi] = np.inf

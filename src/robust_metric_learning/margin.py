@@ -22,7 +22,8 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "NORM_FLOOR",
     "NEAR_TIE",
-    "TIE",
+    "tie_tolerance",
+    "repair_pair_norms",
     "margin",
     "margin_from_distances",
     "pairwise_sq_distances",
@@ -40,10 +41,28 @@ DEFAULT_MEMORY_BUDGET: int = 512 * 2**20
 #: Floor on ``||M (x+ - x-)||`` so coincident pairs give a zero margin, not NaN.
 NORM_FLOOR: float = 1e-12
 #: A pair norm ``||M (x_i - x_j)||`` below ``NEAR_TIE`` times ``||M x_i|| + ||M x_j||`` is
-#: recomputed by subtraction (the expanded square cancels); below ``TIE`` times that sum the pair
-#: is tied under ``M`` to rounding (equal distances from every point: the index rule decides).
+#: recomputed by subtraction (the expanded square cancels); below :func:`tie_tolerance` times that
+#: sum the pair is tied under ``M`` to rounding (equal distances from every point: the index rule
+#: decides).
 NEAR_TIE: float = 1e-6
-TIE: float = 64 * float(np.finfo(np.float64).eps)
+
+
+def tie_tolerance(dim: int) -> float:
+    """Relative size of the rounding of a product with a ``dim``-column metric: differences below
+    it (relative to the magnitudes involved) are ties, whatever the BLAS kernel. ``8 (dim + 8) eps``."""
+    return 8.0 * (int(dim) + 8) * float(np.finfo(np.float64).eps)
+
+
+def repair_pair_norms(norms, A, B, a_norm, b_norm):
+    """``norms[t] = ||A[t] - B[t]||`` from the expanded square (which cancels for near pairs), with
+    the near entries recomputed by subtraction and the tied ones (see :func:`tie_tolerance`) set to
+    exactly 0. Works on numpy arrays and torch tensors; ``norms`` is updated in place and returned."""
+    near = norms <= NEAR_TIE * (a_norm + b_norm)
+    if bool(near.any()):
+        diff = ((A[near] - B[near]) ** 2).sum(-1) ** 0.5
+        tol = tie_tolerance(A.shape[-1]) * (a_norm[near] + b_norm[near])
+        norms[near] = diff * (diff > tol)
+    return norms
 
 
 def margin_from_distances(d_pos, d_neg, pair_norm, *, floor: float = NORM_FLOOR):
@@ -188,17 +207,23 @@ def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None, Z: np.ndarray
     point with the smaller index comes first. With the transformed training points ``Z`` and
     query ``q`` (``d`` their squared distances from the expanded square, whose rounding depends
     on the BLAS kernel and on each row's position), every entry within rounding of the k-th is
-    recomputed by subtraction, so that equal points (a duplicate, a point in another's ``M``
-    null space) have equal distances and the index rule, not rounding, decides between them.
+    recomputed by subtraction, and distances that differ by less than the rounding of the
+    transformed points (:func:`tie_tolerance`) are tied: equal points (a duplicate, a point in
+    another's ``M`` null space) are ordered by the index rule, not by rounding.
     """
     if kth is None:
         kth = np.partition(d, k - 1)[k - 1]
     if Z is not None:
-        window = 1e-12 * (float(q @ q) + float(d.max(initial=0.0)) + 1.0)
-        cand = np.flatnonzero(d <= kth + window)
+        qq = float(q @ q)
+        cand = np.flatnonzero(d <= kth + 1e-12 * (qq + float(d.max(initial=0.0)) + 1.0))
         diff = Z[cand] - q
         exact = np.einsum("ij,ij->i", diff, diff)
-        return cand[np.lexsort((cand, exact))[:k]]
+        # distances within the rounding of the transformed points are ties: grouped, index first
+        tol = tie_tolerance(Z.shape[1]) * (qq + np.einsum("ij,ij->i", Z[cand], Z[cand]))
+        order = np.lexsort((cand, exact))
+        e, t = exact[order], tol[order]
+        group = np.concatenate([[0], np.cumsum(np.diff(e) > np.maximum(t[1:], t[:-1]))])
+        return cand[order][np.lexsort((cand[order], group))[:k]]
     cand = np.flatnonzero(d <= kth)
     return cand[np.lexsort((cand, d[cand]))[:k]]
 

@@ -68,8 +68,8 @@ def _apgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, *, steps: i
           momentum: float, rho: float, early_stop: bool, generator: torch.Generator | None):
     """APGD on one batch, no validation; returns (best x_adv, best score, success), detached.
 
-    The best iterate of a sample is its first successful one when any succeeded, else the one of
-    highest score. With ``early_stop`` a sample stops (within and across restarts) once it succeeded.
+    The best iterate of a sample is a successful one when any succeeded (the first, with
+    ``early_stop``; else the successful one of highest score), else the one of highest score. With ``early_stop`` a sample stops (within and across restarts) once it succeeded.
     """
     n = x.shape[0]
     best_x = x.clone()
@@ -280,6 +280,11 @@ class EnsembleAttack(EmbeddingAttack):
 
     def __init__(self, *, members: Sequence[EmbeddingAttack | tuple[EmbeddingAttack, Callable | None]]):
         self.members = members
+
+    @property
+    def n_forward(self) -> int:
+        """Forward passes per input at most: the sum over the members."""
+        return sum(int(a.n_forward) for a, _ in self._members())
 
     def _members(self) -> list[tuple[EmbeddingAttack, Callable | None]]:
         members = self.members

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from .._solver import farkas_reach, least_distance
 from ..certify import exact_radius_1nn
-from ..margin import NEAR_TIE, NORM_FLOOR, TIE, margin_from_distances, vote
+from ..margin import NEAR_TIE, NORM_FLOOR, margin_from_distances, repair_pair_norms, tie_tolerance, vote
 from .base import MinimizationAttack, _Target
 
 __all__ = ["ExactAttack", "StructuralAttack"]
@@ -281,12 +281,9 @@ def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray
                 pm, po = pm[short], po[short]
         m_idx, o_idx = members[pm], near[po]
         dot = np.einsum("ij,ij->i", MXm[pm], MX[o_idx])
-        norm = np.sqrt(np.maximum(MX_sq[m_idx] + MX_sq[o_idx] - 2.0 * dot, 0.0))
-        size = pt.mx_norm[m_idx] + pt.mx_norm[o_idx]
-        small = norm <= NEAR_TIE * size
-        if small.any():  # the expanded square cancels: recompute by subtraction
-            norm[small] = np.linalg.norm(MX[m_idx[small]] - MX[o_idx[small]], axis=1)
-        coincident = norm <= TIE * size  # tied under M: the index rule decides, not delta
+        norm = repair_pair_norms(np.sqrt(np.maximum(MX_sq[m_idx] + MX_sq[o_idx] - 2.0 * dot, 0.0)),
+                                 MX[m_idx], MX[o_idx], pt.mx_norm[m_idx], pt.mx_norm[o_idx])
+        coincident = norm == 0  # tied under M: the index rule decides, not delta
         if (coincident & (o_idx < m_idx)).any():
             return None  # a rival always ranks before a member: the template cannot be met
         viol = np.full(pm.size, -np.inf)
@@ -548,9 +545,9 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
                         acc = 0.0  # could prove the bound: its exact distance to the half-space
                         m_ = members[i]
                         for t in range(dim):
-                            acc += MX[m_, t] * MX[o, t]
-                        nr = np.sqrt(max(MX_sq[m_] + MX_sq[o] - 2.0 * acc, 0.0))
-                        if nr > floor:
+                            acc += (MX[m_, t] - MX[o, t]) ** 2  # by subtraction: no cancellation
+                        nr = np.sqrt(acc)
+                        if nr > tie * (nrm_m[i] + mx_norm[o]):
                             v = g / nr + tau
                             if dd + v * v >= bound * bound:
                                 return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
@@ -586,7 +583,7 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
                 acc += MX[m_, t] * MX[o_, t]
             nr = np.sqrt(max(MX_sq[m_] + MX_sq[o_] - 2.0 * acc, 0.0))
             size = mx_norm[m_] + mx_norm[o_]
-            if nr <= near_tie * size:  # the expanded square cancels: recompute by subtraction
+            if nr <= near_tie * size:  # as margin.repair_pair_norms: recompute by subtraction
                 acc = 0.0
                 for t in range(dim):
                     acc += (MX[m_, t] - MX[o_, t]) ** 2
@@ -706,14 +703,16 @@ def _region_qp_fast(pt: _Point, members: np.ndarray, kind: tuple, excused: np.nd
         geo.MX, geo.MX_sq, np.zeros((1, geo.MX.shape[1])) if L is None else np.ascontiguousarray(L), L is not None,
         pt.d, np.ascontiguousarray(members, dtype=np.int64), riv, root,
         np.ascontiguousarray(excused, dtype=np.int64), pt.mx_norm, float(tau), float(tol), float(bound),
-        max_rounds, _PER_ROUND, NORM_FLOOR, _LOCAL_RIVALS, NEAR_TIE, TIE)
+        max_rounds, _PER_ROUND, NORM_FLOOR, _LOCAL_RIVALS, NEAR_TIE, tie_tolerance(geo.MX.shape[1]))
     if status == _QP_DONE:
         return delta, (W_m, W_o, lam)
     if status == _QP_NONE:
         return None
     if status == _QP_EMPTY:
         dot = np.einsum("ij,ij->i", geo.MX[W_m], geo.MX[W_o])
-        nrm = np.sqrt(np.maximum(geo.MX_sq[W_m] + geo.MX_sq[W_o] - 2.0 * dot, 0.0))
+        mx_norm = np.sqrt(geo.MX_sq)
+        nrm = repair_pair_norms(np.sqrt(np.maximum(geo.MX_sq[W_m] + geo.MX_sq[W_o] - 2.0 * dot, 0.0)),
+                                geo.MX[W_m], geo.MX[W_o], mx_norm[W_m], mx_norm[W_o])
         U = (geo.MX[W_o] - geo.MX[W_m]) / nrm[:, None]
         b = margin_from_distances(pt.d[W_m], pt.d[W_o], nrm) - tau
         if farkas_reach(U, b, lam) >= bound:

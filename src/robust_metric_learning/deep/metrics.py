@@ -19,7 +19,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
 from .._validation import check_eps
-from ..margin import margin_from_distances, pairwise_sq_distances
+from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .training import _inputs, embed
 
@@ -132,15 +132,6 @@ def _recall_at_1_mask(q, ql, g, gl, self_index) -> torch.Tensor:
     return gl[neighbor_lists(q, g, 1, self_index=self_index)[:, 0]] == ql
 
 
-def _check_attack_eps(eps: Any) -> list[float]:
-    """Attack budgets as a list of finite floats >= 0, or a ValueError naming ``eps``."""
-    try:
-        arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise ValueError(f"eps must be a number or a list of numbers (finite, >= 0), got {eps!r}") from None
-    return [float(e) for e in check_eps(arr)]
-
-
 def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
                           attack: Any = None, queries: Any = None, batch_size: int = 1024) -> dict[str, Any]:
     """Recall@1 and MAP@R with attacked queries against the clean gallery (leave-one-out).
@@ -150,7 +141,8 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     its nearest same-class gallery item and towards the nearest other-class one
     (:class:`~robust_metric_learning.attacks.objectives.RetrievalObjective`). With several
     budgets, a query broken at a smaller one stays broken at the larger ones (that perturbation
-    is within them too; its embedding is the one scored, and it is not attacked again), so Recall@1 never rises with eps.
+    is within them too; its embedding is the one scored, and it is not attacked again), so
+    Recall@1 never rises with eps.
 
     Parameters
     ----------
@@ -178,7 +170,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     from ..attacks.apgd import RetrievalEnsemble
     from ..attacks.objectives import RetrievalObjective
 
-    eps_list = _check_attack_eps(eps)
+    eps_list = [float(e) for e in check_eps(eps)]
     X = _inputs(model, X)
     y_np = np.asarray(y)
     if y_np.shape != (len(X),):
@@ -269,6 +261,10 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
         P = G[p_idx]  # (b, k, dim)
         # ||g_p - g_j|| for every positive p of the query and every gallery row j
         pair = ((P * P).sum(-1, keepdim=True) + sq[None, None, :] - 2 * P @ G.T).clamp_min(0).sqrt()
+        # near pairs: the expanded square cancels (a too small norm would inflate the margin)
+        A, B = torch.broadcast_to(P[:, :, None, :], (*pair.shape, G.shape[1])), G[None, None].expand(*pair.shape, -1)
+        pair = repair_pair_norms(pair, A, B, P.norm(dim=-1)[:, :, None].expand_as(pair),
+                                 sq.sqrt()[None, None].expand_as(pair))
         m = margin_from_distances(d_pos[:, :, None], d[:, None, :], pair)  # (b, k, n)
         m = m.masked_fill(torch.isinf(d_pos)[:, :, None], float("-inf"))  # padding: no positive there
         best = m.max(dim=1).values.masked_fill(same, float("inf"))
@@ -313,12 +309,7 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
     from .training import _check_module
 
     _check_module(model)
-    try:
-        eps_list = [float(e) for e in check_eps(eps, name="eps")]
-    except (TypeError, ValueError) as exc:
-        if str(exc).startswith("eps "):
-            raise
-        raise ValueError(f"eps must be a number or a list of numbers (finite, >= 0), got {eps!r}") from None
+    eps_list = [float(e) for e in check_eps(eps, name="eps")]
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if lipschitz is not None:

@@ -28,8 +28,8 @@ restarts each), and PGD-``EVAL_PGD_STEPS`` with a fixed step ``EVAL_REL_STEP * e
 failing loudly: certified-robust queries are never broken by the attack (soundness); and, at the
 training eps, recorded for the report: on the first ``N_STRENGTH`` queries, the ensemble against
 the ensemble with doubled steps and restarts (the R@1 difference shows whether it converged) and
-against a plain PGD with a decaying step (``DECAY_PGD``; the ensemble must be at least as
-strong), and PGD's embedding shift against random search with the same number of forward passes
+against a plain PGD with a decaying step (``DECAY_PGD``; the report flags an ensemble that
+is weaker), and PGD's embedding shift against random search with the same number of forward passes
 on ``N_SHIFT_CHECK`` queries (PGD must find at least as much on every query).
 """
 
