@@ -153,7 +153,7 @@ def _primal_active_set(A: np.ndarray, b: np.ndarray, x: np.ndarray, tol: float,
     floor = _slack_floor(A, b, x, tol)
     W = [int(i) for i in np.argsort(b - A @ x, kind="stable") if b[i] - A[i] @ x <= floor[i]]
     W = _independent(A, W)
-    max_iter = max_iter or 10 * (m + dim) + 50
+    max_iter = max_iter or 50 * (m + dim) + 100
     for _ in range(max_iter):
         p = -x  # the step minimising ||x + p|| with A_W p = 0: -x less its part in A_W's row space
         coef = np.zeros(0)
@@ -163,7 +163,9 @@ def _primal_active_set(A: np.ndarray, b: np.ndarray, x: np.ndarray, tol: float,
             basis = Vt[sv > 1e-12 * sv[0]]
             p = np.zeros(dim) if basis.shape[0] == dim else -(x - basis.T @ (basis @ x))
             coef = np.linalg.lstsq(Aw.T, x, rcond=None)[0]
-        if np.linalg.norm(p) <= 1e-13 * np.linalg.norm(x):
+        # a step below 1e-9 of |x| (an ill-conditioned working set's rounding; it can bring the
+        # constraint just dropped straight back) changes |x| by a relative 1e-9 at most: stationary
+        if np.linalg.norm(p) <= 1e-9 * np.linalg.norm(x):
             lam = -coef  # x = -Aw^T lam at a stationary point of the working set
             if not W or lam.min() >= -1e-12 * np.abs(lam).max():
                 full = np.zeros(m)
