@@ -261,3 +261,29 @@ def test_exact_radius_follows_the_index_tie_rule():
     X_first, y_first = np.vstack([X[:1], X]), np.append(1, y)
     assert MahalanobisKNN(1).fit(X_first, y_first).predict(q)[0] == 1
     assert exact_radius_1nn(X_first, y_first, q, [0])[0] == 0.0
+
+
+def test_null_space_pairs_follow_the_index_rule_in_predict_and_the_radii():
+    """Two training points that differ only in the null space of M (under other labels) are tied
+    at every query: predict orders them by index, and the exact radius and the certified bound
+    are 0 exactly where predict is wrong (never a positive radius on a wrong prediction)."""
+    from robust_metric_learning import certified_radius_knn
+
+    rng = np.random.default_rng(0)
+    L = rng.normal(size=(2, 3))
+    v = np.linalg.svd(L)[2][-1]  # L v = 0
+    n_wrong = n_right = 0
+    for trial in range(40):
+        x0 = rng.normal(size=3)
+        X = np.vstack([x0, x0 + 0.7 * v, x0 + 10, x0 - 10])
+        y = np.array([0, 1, 1, 0]) if trial % 2 else np.array([1, 0, 1, 0])
+        Q = x0 + 0.01 * rng.normal(size=(5, 3))
+        yq = np.zeros(5, dtype=int)
+        knn = MahalanobisKNN(1, metric=L).fit(X, y)
+        wrong = knn.predict(Q) != yq
+        assert (wrong == (y[0] != 0)).all()  # the earlier of the tied pair decides, everywhere
+        exact = exact_radius_1nn(X, y, Q, yq, metric=L)
+        bound = certified_radius_knn(X, y, Q, yq, metric=L)
+        assert ((exact == 0) == wrong).all() and ((bound == 0) | ~wrong).all() and (bound[wrong] == 0).all()
+        n_wrong, n_right = n_wrong + wrong.sum(), n_right + (~wrong).sum()
+    assert n_wrong > 50 and n_right > 50

@@ -75,6 +75,7 @@ class _Geometry:
     Z_sq: np.ndarray  # (n,) squared row norms of Z
     MX: np.ndarray  # (n, d) = X M (centred)
     MX_sq: np.ndarray  # (n,) squared row norms of MX
+    mag: np.ndarray  # (n,) magnitudes that MX's rows are computed from: ||M|| (||X_i|| + ||mean||)
     memory_budget: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -89,7 +90,9 @@ class _Geometry:
             Z = Xc @ L.T
             MX = Z @ L
         sq = lambda A: np.einsum("ij,ij->i", A, A)  # noqa: E731
-        return cls(Xc, mean, codes, n_classes, L, Z, sq(Z), MX, sq(MX), memory_budget)
+        m_norm = 1.0 if L is None else float((L * L).sum())  # ||L||_F^2 >= ||M||_2
+        mag = m_norm * (np.sqrt(sq(Xc)) + float(np.linalg.norm(mean)))
+        return cls(Xc, mean, codes, n_classes, L, Z, sq(Z), MX, sq(MX), mag, memory_budget)
 
     def sq_dist(self, Q: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distances from raw query rows ``Q`` to all training points."""
@@ -154,12 +157,12 @@ def _exact_ties(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, geo: _Geometr
     :func:`~robust_metric_learning.margin.repair_pair_norms`: 0 where the pair is tied under ``M``
     to rounding (a duplicated point, a difference in the null space of ``M``), so that
     ``predict``'s index rule decides between them."""
-    nrm = np.sqrt(geo.MX_sq)
-    ri, ci = np.nonzero(D <= NEAR_TIE * (nrm[rows][:, None] + nrm[cols][None, :]))
+    mag = geo.mag
+    ri, ci = np.nonzero(D <= NEAR_TIE * (mag[rows][:, None] + mag[cols][None, :]))
     if ri.size:
         D = D.copy() if not D.flags.writeable else D
         r, c = rows[ri], cols[ci]
-        D[ri, ci] = repair_pair_norms(D[ri, ci], geo.MX[r], geo.MX[c], nrm[r], nrm[c])
+        D[ri, ci] = repair_pair_norms(D[ri, ci], geo.MX[r], geo.MX[c], mag[r], mag[c])
     return D
 
 
@@ -380,12 +383,21 @@ def _prepare(X_train, y_train, X, y, metric, n_neighbors, memory_budget):
     return geo, X, y_codes
 
 
+def _magnitude(geo: _Geometry, Q: np.ndarray) -> np.ndarray:
+    """Per query row, the magnitude its transformed distances are computed from (for the tie
+    tolerance of :func:`~robust_metric_learning.margin.smallest_k`)."""
+    l_norm = 1.0 if geo.L is None else float(np.linalg.norm(geo.L))
+    x_max = float(np.sqrt(np.einsum("ij,ij->i", geo.X, geo.X)).max()) + float(np.linalg.norm(geo.mean))
+    return l_norm * (x_max + np.linalg.norm(Q, axis=1))
+
+
 def _predict_codes(geo: _Geometry, X: np.ndarray, k: int) -> np.ndarray:
     out = np.empty(len(X), dtype=np.int64)
     for sl in row_blocks(len(X), geo.X.shape[0], memory_budget=geo.memory_budget):
         D = geo.sq_dist(X[sl])
         ZQ = (X[sl] - geo.mean) if geo.L is None else (X[sl] - geo.mean) @ geo.L.T
-        idx = np.stack([smallest_k(row, k, Z=geo.Z, q=zq) for row, zq in zip(D, ZQ)])
+        mag = _magnitude(geo, X[sl])
+        idx = np.stack([smallest_k(row, k, Z=geo.Z, q=zq, mag=m) for row, zq, m in zip(D, ZQ, mag)])
         out[sl] = vote(geo.codes[idx], geo.n_classes)
     return out
 

@@ -56,7 +56,9 @@ def tie_tolerance(dim: int) -> float:
 def repair_pair_norms(norms, A, B, a_norm, b_norm):
     """``norms[t] = ||A[t] - B[t]||`` from the expanded square (which cancels for near pairs), with
     the near entries recomputed by subtraction and the tied ones (see :func:`tie_tolerance`) set to
-    exactly 0. Works on numpy arrays and torch tensors; ``norms`` is updated in place and returned."""
+    exactly 0. ``a_norm``, ``b_norm``: the magnitudes the rows were computed from (their norms, or
+    for ``A = X M`` the norms of ``X`` times that of ``M``). Works on numpy arrays and torch
+    tensors; ``norms`` is updated in place and returned."""
     near = norms <= NEAR_TIE * (a_norm + b_norm)
     if bool(near.any()):
         diff = ((A[near] - B[near]) ** 2).sum(-1) ** 0.5
@@ -188,19 +190,23 @@ def nearest_neighbors(Q, X, n_neighbors: int, components=None, *,
     dist = np.empty((Qt.shape[0], k))
     ind = np.empty((Qt.shape[0], k), dtype=np.int64)
     ZXn = ZX.numpy()
+    l_norm = 1.0 if L is None else float(torch.linalg.matrix_norm(L))
+    x_max = float(torch.linalg.vector_norm(Xt, dim=1).max())
     for sl in row_blocks(Qt.shape[0], 2 * n, memory_budget=memory_budget):
         ZQ = _transform(Qt[sl], L)
         D = pairwise_sq_distances(ZQ, ZX, B_sq=ZX_sq)
         Dn, ZQn = D.numpy(), ZQ.numpy()
+        q_norm = torch.linalg.vector_norm(Qt[sl], dim=1).numpy()
         kth = torch.kthvalue(D, k, dim=1).values.numpy()
         for r in range(Dn.shape[0]):
-            ind[sl.start + r] = sel = smallest_k(Dn[r], k, kth=kth[r], Z=ZXn, q=ZQn[r])
+            ind[sl.start + r] = sel = smallest_k(Dn[r], k, kth=kth[r], Z=ZXn, q=ZQn[r],
+                                                 mag=l_norm * (x_max + q_norm[r]))
             dist[sl.start + r] = Dn[r, sel]
     return dist, ind
 
 
 def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None, Z: np.ndarray | None = None,
-               q: np.ndarray | None = None) -> np.ndarray:
+               q: np.ndarray | None = None, mag: float | None = None) -> np.ndarray:
     """Indices of the ``k`` smallest entries of ``d``, ordered by (value, index).
 
     This is the package's one tie rule for neighbours: at equal distance the training
@@ -208,8 +214,10 @@ def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None, Z: np.ndarray
     query ``q`` (``d`` their squared distances from the expanded square, whose rounding depends
     on the BLAS kernel and on each row's position), every entry within rounding of the k-th is
     recomputed by subtraction, and distances that differ by less than the rounding of the
-    transformed points (:func:`tie_tolerance`) are tied: equal points (a duplicate, a point in
-    another's ``M`` null space) are ordered by the index rule, not by rounding.
+    transformed points (:func:`tie_tolerance` times ``mag**2``; ``mag``: the magnitude they were
+    computed from, ``||L|| (max_i ||x_i|| + ||x||)``, default the norms of ``Z`` and ``q``) are
+    tied: equal points (a duplicate, a point in another's ``M`` null space) are ordered by the
+    index rule, not by rounding.
     """
     if kth is None:
         kth = np.partition(d, k - 1)[k - 1]
@@ -219,10 +227,12 @@ def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None, Z: np.ndarray
         diff = Z[cand] - q
         exact = np.einsum("ij,ij->i", diff, diff)
         # distances within the rounding of the transformed points are ties: grouped, index first
-        tol = tie_tolerance(Z.shape[1]) * (qq + np.einsum("ij,ij->i", Z[cand], Z[cand]))
+        if mag is None:
+            mag = np.sqrt(qq) + np.sqrt(np.einsum("ij,ij->i", Z[cand], Z[cand]).max())
+        tol = tie_tolerance(Z.shape[1]) * mag * mag
         order = np.lexsort((cand, exact))
-        e, t = exact[order], tol[order]
-        group = np.concatenate([[0], np.cumsum(np.diff(e) > np.maximum(t[1:], t[:-1]))])
+        e = exact[order]
+        group = np.concatenate([[0], np.cumsum(np.diff(e) > tol)])
         return cand[order][np.lexsort((cand[order], group))[:k]]
     cand = np.flatnonzero(d <= kth)
     return cand[np.lexsort((cand, d[cand]))[:k]]

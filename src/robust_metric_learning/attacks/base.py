@@ -21,7 +21,7 @@ from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_array_2d, check_eps, check_labels, check_n_features, check_positive_int
-from ..certify import _Geometry
+from ..certify import _Geometry, _magnitude
 from ..margin import pairwise_sq_distances, row_blocks, smallest_k, vote
 
 __all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
@@ -95,8 +95,9 @@ class _Target:
             tied = ((D <= kth + window).sum(1) > k).numpy()
             idx = idx.numpy()
             Zu, ZQn = self.Zu.numpy(), ZQ.numpy()
+            mag = _magnitude(geo, Q[sl])  # bounds the uncentred rows of Zu too
             for r in np.flatnonzero(tied):
-                idx[r] = smallest_k(D[r].numpy(), k, Z=Zu, q=ZQn[r])
+                idx[r] = smallest_k(D[r].numpy(), k, Z=Zu, q=ZQn[r], mag=mag[r])
             out[sl] = vote(geo.codes[idx], self.n_classes)
         return out
 

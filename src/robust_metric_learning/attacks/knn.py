@@ -282,7 +282,7 @@ def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray
         m_idx, o_idx = members[pm], near[po]
         dot = np.einsum("ij,ij->i", MXm[pm], MX[o_idx])
         norm = repair_pair_norms(np.sqrt(np.maximum(MX_sq[m_idx] + MX_sq[o_idx] - 2.0 * dot, 0.0)),
-                                 MX[m_idx], MX[o_idx], pt.mx_norm[m_idx], pt.mx_norm[o_idx])
+                                 MX[m_idx], MX[o_idx], geo.mag[m_idx], geo.mag[o_idx])
         coincident = norm == 0  # tied under M: the index rule decides, not delta
         if (coincident & (o_idx < m_idx)).any():
             return None  # a rival always ranks before a member: the template cannot be met
@@ -465,7 +465,7 @@ def _top_stable(v, k):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx_norm, tau, tol, bound,
+def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx_norm, mag, tau, tol, bound,
                         max_rounds, per_round, floor, q_local, near_tie, tie):  # pragma: no cover - compiled
     """See ``_region_qp``; the rounds first scan only the ``q_local`` nearest rivals (their QP is a
     lower bound, often enough to stop at ``bound``), then all within reach. Returns
@@ -547,7 +547,7 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
                         for t in range(dim):
                             acc += (MX[m_, t] - MX[o, t]) ** 2  # by subtraction: no cancellation
                         nr = np.sqrt(acc)
-                        if nr > tie * (nrm_m[i] + mx_norm[o]):
+                        if nr > tie * (mag[m_] + mag[o]):
                             v = g / nr + tau
                             if dd + v * v >= bound * bound:
                                 return _QP_NONE, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
@@ -582,7 +582,7 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
             for t in range(dim):
                 acc += MX[m_, t] * MX[o_, t]
             nr = np.sqrt(max(MX_sq[m_] + MX_sq[o_] - 2.0 * acc, 0.0))
-            size = mx_norm[m_] + mx_norm[o_]
+            size = mag[m_] + mag[o_]
             if nr <= near_tie * size:  # as margin.repair_pair_norms: recompute by subtraction
                 acc = 0.0
                 for t in range(dim):
@@ -702,7 +702,7 @@ def _region_qp_fast(pt: _Point, members: np.ndarray, kind: tuple, excused: np.nd
     status, delta, W_m, W_o, lam = _region_qp_compiled(
         geo.MX, geo.MX_sq, np.zeros((1, geo.MX.shape[1])) if L is None else np.ascontiguousarray(L), L is not None,
         pt.d, np.ascontiguousarray(members, dtype=np.int64), riv, root,
-        np.ascontiguousarray(excused, dtype=np.int64), pt.mx_norm, float(tau), float(tol), float(bound),
+        np.ascontiguousarray(excused, dtype=np.int64), pt.mx_norm, geo.mag, float(tau), float(tol), float(bound),
         max_rounds, _PER_ROUND, NORM_FLOOR, _LOCAL_RIVALS, NEAR_TIE, tie_tolerance(geo.MX.shape[1]))
     if status == _QP_DONE:
         return delta, (W_m, W_o, lam)
@@ -710,9 +710,8 @@ def _region_qp_fast(pt: _Point, members: np.ndarray, kind: tuple, excused: np.nd
         return None
     if status == _QP_EMPTY:
         dot = np.einsum("ij,ij->i", geo.MX[W_m], geo.MX[W_o])
-        mx_norm = np.sqrt(geo.MX_sq)
         nrm = repair_pair_norms(np.sqrt(np.maximum(geo.MX_sq[W_m] + geo.MX_sq[W_o] - 2.0 * dot, 0.0)),
-                                geo.MX[W_m], geo.MX[W_o], mx_norm[W_m], mx_norm[W_o])
+                                geo.MX[W_m], geo.MX[W_o], geo.mag[W_m], geo.mag[W_o])
         U = (geo.MX[W_o] - geo.MX[W_m]) / nrm[:, None]
         b = margin_from_distances(pt.d[W_m], pt.d[W_o], nrm) - tau
         if farkas_reach(U, b, lam) >= bound:
