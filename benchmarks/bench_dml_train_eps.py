@@ -2,7 +2,7 @@
 
 The setting of ``rml reproduce dml`` (experiments/dml.py: SmallCNN, classes 0-4 for training,
 retrieval on the unseen classes 5-9, the protocol's loss, miner and PGD steps in training,
-PGD-``EVAL_STEPS`` with the retrieval objective in evaluation), with the training ε and the
+its evaluation ensemble ``dml._eval_attack``), with the training ε and the
 number of epochs varied. Naive training perturbs every member of every triplet at once, ours
 only the anchor (``dml.OURS``): at equal ε the two are not equally strong training attacks, and
 this measures how each one's robustness grows with the budget and with longer training.
