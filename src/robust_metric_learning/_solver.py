@@ -227,7 +227,8 @@ def least_distance(A: np.ndarray, b: np.ndarray, *, tol: float, reach: float = n
     b = np.ascontiguousarray(b, dtype=np.float64)
     if b.size == 0:
         return np.zeros(A.shape[1]), np.zeros(0)
-    reach = min(float(reach), _FAR * float(np.abs(b).max()))
+    far = _FAR * float(np.abs(b).max())  # 0 when b = 0: then delta = 0 is the optimum
+    reach = min(float(reach), far) if far > 0 else float(reach)
     with np.errstate(all="ignore"):
         delta, lam, u, denom = nnls_least_distance(A, b)
         if np.isfinite(denom) and denom > 1e-12 and np.isfinite(delta).all():
