@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["least_distance", "farkas_reach", "nnls_least_distance"]
+__all__ = ["least_distance", "farkas_reach", "effective_reach", "nnls_least_distance"]
 
 _EPS = float(np.finfo(np.float64).eps)
 #: the largest reach a certificate of emptiness has to cover, relative to max |b_i|
@@ -227,8 +227,7 @@ def least_distance(A: np.ndarray, b: np.ndarray, *, tol: float, reach: float = n
     b = np.ascontiguousarray(b, dtype=np.float64)
     if b.size == 0:
         return np.zeros(A.shape[1]), np.zeros(0)
-    far = _FAR * float(np.abs(b).max())  # 0 when b = 0: then delta = 0 is the optimum
-    reach = min(float(reach), far) if far > 0 else float(reach)
+    reach = effective_reach(b, reach)
     with np.errstate(all="ignore"):
         delta, lam, u, denom = nnls_least_distance(A, b)
         if np.isfinite(denom) and denom > 1e-12 and np.isfinite(delta).all():
@@ -240,6 +239,13 @@ def least_distance(A: np.ndarray, b: np.ndarray, *, tol: float, reach: float = n
         elif farkas_reach(A, b, u) >= reach:
             return None
         return _robust(A, b, tol=tol, reach=reach, start=start)
+
+
+def effective_reach(b: np.ndarray, reach: float) -> float:
+    """The reach an emptiness certificate must cover: ``min(reach, 1e8 max|b_i|)`` (an infinite
+    reach cannot be verified in floating point; with ``b = 0``, ``delta = 0`` is feasible)."""
+    far = _FAR * float(np.abs(b).max(initial=0.0))
+    return min(float(reach), far) if far > 0 else float(reach)
 
 
 def _optimal(A: np.ndarray, b: np.ndarray, delta: np.ndarray, lam: np.ndarray, tol: float) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from .._solver import farkas_reach, least_distance
+from .._solver import effective_reach, farkas_reach, least_distance
 from ..certify import exact_radius_1nn
 from ..margin import NEAR_TIE, NORM_FLOOR, margin_from_distances, repair_pair_norms, tie_tolerance, vote
 from .base import MinimizationAttack, _Target
@@ -714,7 +714,7 @@ def _region_qp_fast(pt: _Point, members: np.ndarray, kind: tuple, excused: np.nd
                                 geo.MX[W_m], geo.MX[W_o], geo.mag[W_m], geo.mag[W_o])
         U = (geo.MX[W_o] - geo.MX[W_m]) / nrm[:, None]
         b = margin_from_distances(pt.d[W_m], pt.d[W_o], nrm) - tau
-        if farkas_reach(U, b, lam) >= bound:
+        if farkas_reach(U, b, lam) >= effective_reach(b, bound):
             return None
     return _region_qp(pt, members, kind, excused, tau=tau, tol=tol, bound=bound, max_rounds=max_rounds)
 
