@@ -69,7 +69,8 @@ def _apgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, *, steps: i
     """APGD on one batch, no validation; returns (best x_adv, best score, success), detached.
 
     The best iterate of a sample is a successful one when any succeeded (the first, with
-    ``early_stop``; else the successful one of highest score), else the one of highest score. With ``early_stop`` a sample stops (within and across restarts) once it succeeded.
+    ``early_stop``; else the successful one of highest score), else the one of highest score.
+    With ``early_stop`` a sample stops (within and across restarts) once it succeeded.
     """
     n = x.shape[0]
     best_x = x.clone()
