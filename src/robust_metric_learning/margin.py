@@ -23,6 +23,7 @@ __all__ = [
     "NORM_FLOOR",
     "NEAR_TIE",
     "tie_tolerance",
+    "tie_window",
     "repair_pair_norms",
     "margin",
     "margin_from_distances",
@@ -205,6 +206,12 @@ def nearest_neighbors(Q, X, n_neighbors: int, components=None, *,
     return dist, ind
 
 
+def tie_window(qq: float, d_max: float, tol: float) -> float:
+    """How far above the k-th expanded distance a neighbour may lie and still tie with it after
+    the exact recomputation: the expanded square's rounding, or a chain of ties of size ``tol``."""
+    return max(1e-12 * (qq + d_max + 1.0), 16.0 * tol)
+
+
 def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None, Z: np.ndarray | None = None,
                q: np.ndarray | None = None, mag: float | None = None) -> np.ndarray:
     """Indices of the ``k`` smallest entries of ``d``, ordered by (value, index).
@@ -223,13 +230,13 @@ def smallest_k(d: np.ndarray, k: int, *, kth: float | None = None, Z: np.ndarray
         kth = np.partition(d, k - 1)[k - 1]
     if Z is not None:
         qq = float(q @ q)
-        cand = np.flatnonzero(d <= kth + 1e-12 * (qq + float(d.max(initial=0.0)) + 1.0))
+        if mag is None:
+            mag = np.sqrt(qq) + np.sqrt(np.einsum("ij,ij->i", Z, Z).max())
+        # distances within the rounding of the transformed points are ties: grouped, index first
+        tol = tie_tolerance(Z.shape[1]) * mag * mag
+        cand = np.flatnonzero(d <= kth + tie_window(qq, float(d.max(initial=0.0)), tol))
         diff = Z[cand] - q
         exact = np.einsum("ij,ij->i", diff, diff)
-        # distances within the rounding of the transformed points are ties: grouped, index first
-        if mag is None:
-            mag = np.sqrt(qq) + np.sqrt(np.einsum("ij,ij->i", Z[cand], Z[cand]).max())
-        tol = tie_tolerance(Z.shape[1]) * mag * mag
         order = np.lexsort((cand, exact))
         e = exact[order]
         group = np.concatenate([[0], np.cumsum(np.diff(e) > tol)])

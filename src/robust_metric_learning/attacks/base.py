@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .._validation import check_array_2d, check_eps, check_labels, check_n_features, check_positive_int
 from ..certify import _Geometry, _magnitude
-from ..margin import pairwise_sq_distances, row_blocks, smallest_k, vote
+from ..margin import pairwise_sq_distances, row_blocks, smallest_k, tie_tolerance, tie_window, vote
 
 __all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
 
@@ -91,11 +91,13 @@ class _Target:
             kth = vals[:, -1:]
             # rows where another point is within rounding of the k-th distance need the exact
             # distances and the index tie rule (smallest_k)
-            window = 1e-12 * ((ZQ * ZQ).sum(1, keepdim=True) + D.max(1, keepdim=True).values + 1.0)
+            mag = _magnitude(geo, Q[sl])  # bounds the uncentred rows of Zu too
+            tol = tie_tolerance(self.Zu.shape[1]) * mag * mag
+            qq, d_max = (ZQ * ZQ).sum(1).numpy(), D.max(1).values.numpy()
+            window = torch.as_tensor([tie_window(a, b, c) for a, b, c in zip(qq, d_max, tol)])[:, None]
             tied = ((D <= kth + window).sum(1) > k).numpy()
             idx = idx.numpy()
             Zu, ZQn = self.Zu.numpy(), ZQ.numpy()
-            mag = _magnitude(geo, Q[sl])  # bounds the uncentred rows of Zu too
             for r in np.flatnonzero(tied):
                 idx[r] = smallest_k(D[r].numpy(), k, Z=Zu, q=ZQn[r], mag=mag[r])
             out[sl] = vote(geo.codes[idx], self.n_classes)
