@@ -475,7 +475,9 @@ def exact_radius_1nn(X_train, y_train, X, y, *, metric: Any = "euclidean", retur
     Returns
     -------
     radii : ndarray of shape (m,)
-        l2 norm of the minimal perturbation (0 where 1-NN is already wrong).
+        l2 norm of the minimal perturbation (0 where 1-NN is already wrong; inf where no
+        perturbation changes the prediction: every other-class point is tied under ``M`` with an
+        earlier same-class point, as with ``M = 0``).
     X_adv : ndarray of shape (m, d), only when ``return_adversarial``.
 
     Examples
