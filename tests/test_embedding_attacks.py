@@ -835,7 +835,8 @@ def test_apgd_and_ensembles_stay_in_the_threat_model(cnn, digits, norm, eps):
             (APGD(norm=norm, steps=8, random_state=0), retrieval),
             (EnsembleAttack(members=[APGD(norm=norm, steps=5, random_state=0),
                                      PGD(norm=norm, steps=5, random_state=1)]), shift),
-            (RetrievalEnsemble(norm=norm, steps=8, restarts=1, pgd_steps=4, random_state=0), retrieval)]
+            (RetrievalEnsemble(norm=norm, steps=8, restarts=1, pgd_steps=4, focus=((0.3, 1), (0.1, 2)),
+                               random_state=0), retrieval)]
     for attack, obj in runs:
         res = attack(cnn, x, obj, eps=eps)
         for out in (res.raw, res.clipped):
@@ -878,6 +879,76 @@ def test_ensemble_is_the_worst_case_of_its_members(cnn, digits):
         RetrievalEnsemble(steps=2, restarts=1)(cnn, x, EmbeddingShift(gallery), eps=0.1)
 
 
+def test_retrieval_ensemble_has_one_cross_entropy_member_per_temperature(cnn, digits):
+    x, y = digits
+    with torch.no_grad():
+        gallery = cnn(x)
+    obj = RetrievalObjective(gallery, y, y, query_in_gallery=np.arange(len(y)))
+    one = RetrievalEnsemble(temperatures=(0.1,), restarts=4, focus=(), random_state=0)
+    three = RetrievalEnsemble(temperatures=(0.1, 0.03, 0.01), restarts=4, focus=((0.3, 4), (0.1, 32)), random_state=0)
+    m1, m3 = one.members, three.members
+    assert [type(a).__name__ for a, _ in m3] == ["APGD"] * 4 + ["PGD"] + ["APGD"] * 6
+    assert m3[0][1] is None and m3[4][1] is None
+    assert [f(obj).temperature for _, f in m3[1:4]] == [0.1, 0.03, 0.01]
+    assert [f(obj).temperature for _, f in m3[5:]] == [0.1, 0.03, 0.01] * 2
+    assert [a.restarts for a, _ in m3] == [4] * 5 + [4] * 3 + [32] * 3
+    # adding temperatures and focus stages keeps the seeds of the members both ensembles have
+    assert [a.random_state for a, _ in m1] == [m3[i][0].random_state for i in (0, 1, 4)]
+    assert len({a.random_state for a, _ in m3}) == 11
+    assert one.n_forward == 4 * (2 * 101 + 21) + 3
+    assert three.n_forward == (4 * 4 + 36 * 3) * 101 + 4 * 21 + 2 + 3 + 6
+    assert RetrievalEnsemble().n_forward == (1 * 3 + 36 * 2) * 101 + 21 + 2 + 2 + 4  # the defaults
+    for bad in ((), (0.1, 0.0), (0.1, -1.0), (float("nan"),), "0.1", 0.1, (True,)):
+        with pytest.raises(ValueError, match="'temperatures' parameter of RetrievalEnsemble must be a non-empty "
+                                             "sequence of a number in"):
+            RetrievalEnsemble(temperatures=bad, steps=2, restarts=1)(cnn, x[:4], obj, eps=0.1, index=np.arange(4))
+    for bad in (((0.1, 0),), ((0.1, 1.5),), ((-0.1, 2),), ((float("inf"), 2),), ((0.1,),), (0.1, 2), "x", None):
+        with pytest.raises(ValueError, match=r"'focus' parameter of RetrievalEnsemble must be a sequence of \("):
+            RetrievalEnsemble(focus=bad, steps=2, restarts=1)(cnn, x[:4], obj, eps=0.1, index=np.arange(4))
+
+
+def test_retrieval_ensemble_focus_stages_attack_only_near_misses(cnn, digits, monkeypatch):
+    x, y = digits
+    with torch.no_grad():
+        gallery = cnn(x)
+    obj = RetrievalObjective(gallery, y, y, query_in_gallery=np.arange(len(y)))
+    s = obj.gallery_scale()
+    base = {"steps": 3, "restarts": 1, "pgd_steps": 2, "temperatures": (0.1,), "random_state": 0}
+    ens = RetrievalEnsemble(**base, focus=((0.5, 2), (0.1, 3)))
+    rest = torch.arange(6)
+    scores = torch.tensor([-0.1, -0.6, -0.49, -2.0, -0.5, 0.0], dtype=torch.float64) * s
+    for member in range(3):  # margin, cross-entropy, PGD: every unbroken query
+        assert torch.equal(ens._select(member, obj, rest, scores), rest)
+    assert ens._select(3, obj, rest, scores).tolist() == [0, 2, 4, 5]  # stage 1: margin >= -0.5 s
+    assert ens._select(4, obj, rest, scores).tolist() == [0, 5]  # stage 2: margin >= -0.1 s
+    # the first stage is called with exactly the unbroken near misses the members left
+    off = RetrievalEnsemble(**base, focus=())
+    r_off = off(cnn, x, obj, eps=0.02)
+    near = torch.nonzero(~r_off.success & (r_off.scores.double() >= -0.5 * s)).flatten()
+    assert 0 < len(near) < int((~r_off.success).sum())
+    calls = []
+    orig = APGD.__call__
+
+    def spy(self, model, inputs, objective, *, eps, index=None):
+        calls.append((self.restarts, index.clone()))
+        return orig(self, model, inputs, objective, eps=eps, index=index)
+
+    monkeypatch.setattr(APGD, "__call__", spy)
+    res = ens(cnn, x, obj, eps=0.02)
+    assert [c[0] for c in calls[:3]] == [1, 1, 2]
+    assert torch.equal(calls[2][1], near)
+    if len(calls) == 4:  # the second stage: a subset of the first's, the near misses left
+        assert calls[3][0] == 3 and bool(torch.isin(calls[3][1], near).all())
+    assert torch.all(res.success >= r_off.success)
+    far = ~torch.isin(torch.arange(len(y)), near)
+    assert torch.equal(res.clipped[far], r_off.clipped[far])
+    # margins of 0 focus on nothing unbroken: the result is the one without the stages
+    calls.clear()
+    r0 = RetrievalEnsemble(**base, focus=((0.0, 2),))(cnn, x, obj, eps=0.02)
+    assert [c[0] for c in calls] == [1, 1]
+    assert torch.equal(r0.success, r_off.success) and torch.equal(r0.clipped, r_off.clipped)
+
+
 @pytest.fixture(scope="module")
 def trained_mlp():
     """An MLP embedding of 8x8 digits trained (natural) on classes 0-4; 120 test images of 5-9."""
@@ -901,7 +972,8 @@ def test_ensemble_breaks_at_least_what_fixed_step_pgd_breaks(trained_mlp):
     eps = [0.03, 0.05, 0.1]
     pgd = adversarial_retrieval(net, X, y, eps=eps, attack=PGD(steps=20, rel_step_size=0.25, random_state=0))
     ens = adversarial_retrieval(net, X, y, eps=eps,
-                                attack=RetrievalEnsemble(steps=20, restarts=1, pgd_steps=10, random_state=0))
+                                attack=RetrievalEnsemble(steps=20, restarts=1, pgd_steps=10, focus=((0.1, 4),),
+                                                         random_state=0))
     default = adversarial_retrieval(net, X, y, eps=eps[1])  # the default attack: the full ensemble
     assert ens["clean"]["precision_at_1"] > 0.7
     for r_ens, r_pgd in zip(ens["precision_at_1"], pgd["precision_at_1"]):
@@ -922,7 +994,7 @@ def test_bad_eps_is_refused_by_the_deep_evaluation_and_every_attack(trained_mlp,
     x = torch.as_tensor(X[:10])
     with torch.no_grad():
         obj = RetrievalObjective(net(x), y[:10], y[:10], query_in_gallery=np.arange(10))
-    for attack in (PGD(steps=2), APGD(steps=2), RandomSearch(), RetrievalEnsemble(steps=2, restarts=1),
+    for attack in (PGD(steps=2), APGD(steps=2), RandomSearch(), RetrievalEnsemble(steps=2, restarts=1, focus=((0.1, 1),)),
                    EnsembleAttack(members=[PGD(steps=2)])):
         with pytest.raises(ValueError, match=msg):
             attack(net, x, obj, eps=eps)

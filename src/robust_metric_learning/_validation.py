@@ -7,7 +7,7 @@ clear message that names the argument, what was expected and what was received.
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -208,6 +208,36 @@ class Options:
 
     def __str__(self) -> str:
         return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+class SequenceOf:
+    """A constraint accepting a sequence (not a string) whose items all meet ``item``; empty only
+    with ``allow_empty``."""
+
+    def __init__(self, item: Any, *, allow_empty: bool = False):
+        self.item, self.allow_empty = item, allow_empty
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+            return False
+        return (self.allow_empty or len(value) > 0) and all(self.item.accepts(v) for v in value)
+
+    def __str__(self) -> str:
+        return f"a {'' if self.allow_empty else 'non-empty '}sequence of {self.item}"
+
+
+class TupleOf:
+    """A constraint accepting a tuple or list whose items meet ``items`` one by one."""
+
+    def __init__(self, *items: Any):
+        self.items = items
+
+    def accepts(self, value: Any) -> bool:
+        return (isinstance(value, (tuple, list)) and len(value) == len(self.items)
+                and all(c.accepts(v) for c, v in zip(self.items, value)))
+
+    def __str__(self) -> str:
+        return "(" + ", ".join(str(c) for c in self.items) + ")"
 
 
 def validate_params(estimator: Any) -> None:

@@ -299,6 +299,23 @@ class RetrievalObjective(Objective):
         has_same = torch.isfinite(d_same)
         return torch.where(has_same, d_same, 0.0) - d_other
 
+    def gallery_scale(self) -> float:
+        """The median distance from a gallery item to its nearest other gallery item (1.0 where
+        that is 0 or the gallery has one item): the scale of the margin, computed once."""
+        scale = self.__dict__.get("_gallery_scale")
+        if scale is None:
+            g = self._context["gallery"]
+            nearest = []
+            for s in range(0, len(g), 1024):
+                D = self._dist.matrix(g[s:s + 1024], g)
+                D[torch.arange(len(D)), torch.arange(s, s + len(D))] = float("inf")
+                nearest.append(D.amin(1))
+            scale = float(torch.cat(nearest).median()) if len(g) > 1 else 1.0
+            if not (np.isfinite(scale) and scale > 0):  # duplicated gallery items
+                scale = 1.0
+            self._gallery_scale = scale
+        return scale
+
     def nearest(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Gallery row of the 1-NN of each perturbed query (itself excluded; float64; ties: smaller row)."""
         with torch.no_grad():
@@ -368,15 +385,7 @@ class RetrievalCrossEntropy(RetrievalObjective):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
                 not (np.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-        g = self._context["gallery"]
-        nearest = []
-        for s in range(0, len(g), 1024):
-            D = self._dist.matrix(g[s:s + 1024], g)
-            D[torch.arange(len(D)), torch.arange(s, s + len(D))] = float("inf")
-            nearest.append(D.amin(1))
-        scale = float(torch.cat(nearest).median()) if len(g) > 1 else 1.0
-        if not (np.isfinite(scale) and scale > 0):  # duplicated gallery items
-            scale = 1.0
+        scale = self.gallery_scale()
         self.temperature = float(temperature)
         self.temperature_ = float(temperature) * scale
 
