@@ -10,9 +10,12 @@ adversarial R@1 under:
 * ``pgd20``: the old default of ``adversarial_retrieval``, ``PGD(steps=20)`` (step 2 eps / 20);
 * ``decay_pgd``: plain PGD with a decaying step, ``dml.DECAY_PGD`` (eps / 4 at first, cosine to
   0 over 100 steps, 3 restarts);
-* ``ensemble``: the new default, ``RetrievalEnsemble()`` (APGD margin + APGD cross-entropy +
-  PGD-20, 100 steps and 4 restarts);
-* ``doubled``: the ensemble with doubled steps, restarts and PGD steps.
+* ``ensemble_v1``: the first ensemble, ``RetrievalEnsemble(restarts=4, temperatures=(0.1,),
+  focus=())`` (APGD margin + APGD cross-entropy + PGD-20, 100 steps and 4 restarts each);
+* ``ensemble``: the default, ``RetrievalEnsemble()`` (APGD margin, APGD cross-entropy at
+  temperatures 0.1 and 0.03 and PGD-20, one restart each, then the focus stages on the near
+  misses);
+* ``doubled``: the default with doubled steps and restarts, ``RetrievalEnsemble().scaled(2)``.
 
 With several ``--attack-seeds`` every attack runs once per seed (the model is the same). For
 each run: R@1, wall seconds (one torch thread) and the inputs the model forwarded per query,
@@ -36,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "eval_attack.json"
 N_TRAIN, N_EVAL, EPOCHS, EPS = 3000, 300, 3, 0.1
-ATTACKS = ("pgd20", "decay_pgd", "ensemble", "doubled")
+ATTACKS = ("pgd20", "decay_pgd", "ensemble_v1", "ensemble", "doubled")
 
 
 def _attack(name: str, seed: int):
@@ -47,11 +50,10 @@ def _attack(name: str, seed: int):
         return PGD(norm="linf", steps=20, random_state=seed)
     if name == "decay_pgd":
         return PGD(norm="linf", random_state=seed, **dml.DECAY_PGD)
+    if name == "ensemble_v1":
+        return RetrievalEnsemble(norm="linf", restarts=4, temperatures=(0.1,), focus=(), random_state=seed)
     ens = RetrievalEnsemble(norm="linf", random_state=seed)
-    if name == "doubled":
-        ens = RetrievalEnsemble(norm="linf", steps=2 * ens.steps, restarts=2 * ens.restarts,
-                                pgd_steps=2 * ens.pgd_steps, random_state=seed)
-    return ens
+    return ens.scaled(2) if name == "doubled" else ens
 
 
 def run_one(defense: str, seed: int, attack_seeds: list[int]) -> dict:

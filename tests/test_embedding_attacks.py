@@ -907,6 +907,20 @@ def test_retrieval_ensemble_has_one_cross_entropy_member_per_temperature(cnn, di
             RetrievalEnsemble(focus=bad, steps=2, restarts=1)(cnn, x[:4], obj, eps=0.1, index=np.arange(4))
 
 
+def test_retrieval_ensemble_scaled_doubles_every_budget():
+    ens = RetrievalEnsemble(norm="l2", steps=7, restarts=2, pgd_steps=3, pgd_rel_step_size=0.5,
+                            temperatures=(0.2,), focus=((0.3, 4), (0.1, 5)), batch_size=9, random_state=3)
+    d = ens.scaled(2)
+    assert (d.steps, d.restarts, d.pgd_steps) == (14, 4, 6)
+    assert [tuple(f) for f in d.focus] == [(0.3, 8), (0.1, 10)]
+    assert (d.norm, d.pgd_rel_step_size, tuple(d.temperatures), d.batch_size, d.random_state) == \
+        ("l2", 0.5, (0.2,), 9, 3)
+    assert ens.scaled(1).n_forward == ens.n_forward
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="factor must be an integer >= 1"):
+            ens.scaled(bad)
+
+
 def test_retrieval_ensemble_focus_stages_attack_only_near_misses(cnn, digits, monkeypatch):
     x, y = digits
     with torch.no_grad():

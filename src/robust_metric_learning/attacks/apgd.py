@@ -496,6 +496,18 @@ class RetrievalEnsemble(EnsembleAttack):
             *focus,
         ]
 
+    def scaled(self, factor: int) -> "RetrievalEnsemble":
+        """A copy with ``steps``, ``restarts``, ``pgd_steps`` and every focus stage's restarts
+        multiplied by ``factor`` (2: the doubling check of convergence)."""
+        validate_params(self)
+        if isinstance(factor, bool) or not isinstance(factor, Integral) or factor < 1:
+            raise ValueError(f"factor must be an integer >= 1, got {factor!r}")
+        f = int(factor)
+        return RetrievalEnsemble(norm=self.norm, steps=f * self.steps, restarts=f * self.restarts,
+                                 pgd_steps=f * self.pgd_steps, pgd_rel_step_size=self.pgd_rel_step_size,
+                                 temperatures=self.temperatures, focus=[(m, f * int(r)) for m, r in self.focus],
+                                 batch_size=self.batch_size, random_state=self.random_state, progress=self.progress)
+
     def _select(self, member: int, objective: Any, rest: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         k = len(self.temperatures)
         if member < 2 + k:

@@ -100,10 +100,9 @@ def _eval_attack(seed: int, *, scale: int = 1):
     and restarts (2 for the strength check)."""
     from ..attacks import RetrievalEnsemble
 
-    return RetrievalEnsemble(norm="linf", steps=scale * EVAL_STEPS, restarts=scale * EVAL_RESTARTS,
-                             pgd_steps=scale * EVAL_PGD_STEPS, pgd_rel_step_size=EVAL_REL_STEP,
-                             temperatures=EVAL_TEMPERATURES, focus=[(m, scale * r) for m, r in EVAL_FOCUS],
-                             random_state=seed)
+    return RetrievalEnsemble(norm="linf", steps=EVAL_STEPS, restarts=EVAL_RESTARTS, pgd_steps=EVAL_PGD_STEPS,
+                             pgd_rel_step_size=EVAL_REL_STEP, temperatures=EVAL_TEMPERATURES, focus=EVAL_FOCUS,
+                             random_state=seed).scaled(scale)
 
 
 def _decay_pgd(seed: int):
