@@ -142,9 +142,16 @@ def test_paired_against_best_counts_discordant_points_and_mcnemar_p():
 
 
 def test_soundness_violation_fails_loudly():
-    with pytest.raises(RuntimeError, match="soundness violated"):
-        runner._check_sound("x", np.array([0.1, 0.3]), np.array([0.2, 0.25]), "certified > empirical")
-    runner._check_sound("x", np.array([0.1, np.inf]), np.array([0.1, np.inf]), "ok")
+    from robust_metric_learning.experiments.checks import check_certified_unbroken, check_radii
+
+    with pytest.raises(RuntimeError, match="soundness violated in x: certified > empirical on 1 point"):
+        check_radii("x", np.array([0.1, 0.3]), np.array([0.2, 0.25]), "certified > empirical")
+    check_radii("x", np.array([0.1, np.inf]), np.array([0.1, np.inf]), "ok")
+    check_radii("x", np.array([0.1 * (1 + 1e-7)]), np.array([0.1]), "within the relative slack")
+    radii = np.array([0.0, 0.05, 0.2])
+    check_certified_unbroken("m", radii, [0.01, 0.1], [np.array([1, 0, 0], bool), np.array([1, 1, 0], bool)])
+    with pytest.raises(RuntimeError, match="soundness violated in m: 1 queries certified at eps=0.1"):
+        check_certified_unbroken("m", radii, [0.01, 0.1], [np.zeros(3, bool), np.array([0, 0, 1], bool)])
 
 
 def test_bad_arguments(tmp_path):

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_certified_unbroken
+
 __all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "ALL_DEFENSES", "LOSSES", "EVAL_EPS", "protocol",
            "load_task_data", "run_task", "report"]
 
@@ -236,11 +238,7 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     cert = certified_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), norm="linf")
     cert_l2 = certified_retrieval(model, X_ev, y_ev, eps=list(CERT_L2_EPS), norm="l2")
     # soundness: a query certified at eps is never broken by the attack at eps
-    for e, flipped in zip(EVAL_EPS, adv["flipped"]):
-        broken = flipped & (cert["radii"] > e)
-        if broken.any():
-            raise RuntimeError(f"soundness violated in dml {dataset}/{loss}/{defense}: {int(broken.sum())} "
-                               f"queries certified at eps={e} were broken by the evaluation attack")
+    check_certified_unbroken(f"dml {dataset}/{loss}/{defense}", cert["radii"], EVAL_EPS, adv["flipped"])
     eval_s = time.perf_counter() - t0
     # attack strength at the training eps
     t0 = time.perf_counter()

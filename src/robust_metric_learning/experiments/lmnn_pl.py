@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from .checks import check_radii
+
 __all__ = ["DATASETS", "GRID", "LEARNER", "METHODS", "NOISE_EPS", "protocol", "run_split", "summarize"]
 
 #: datasets of the experiment: the bundled ones, then splice when its file is present
@@ -176,12 +178,6 @@ def _short(params: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _check_sound(name: str, lower: np.ndarray, upper: np.ndarray, what: str) -> None:
-    from .runner import _check_sound as check
-
-    check(name, lower, upper, what)
-
-
 def _evaluate(model, X_tr, y_tr, X_te, y_te, *, n_jobs, name: str = "", seed: int = 0,
               noise: bool = True) -> dict[str, Any]:
     """Test metrics of a fitted pipeline: 3-NN and 1-NN accuracy, exact 1-NN radii and (with
@@ -196,7 +192,7 @@ def _evaluate(model, X_tr, y_tr, X_te, y_te, *, n_jobs, name: str = "", seed: in
     metric = "euclidean" if knn3.metric_ is None else knn3.metric_  # the fitted learner
     knn1 = MahalanobisKNN(1, metric=metric, n_jobs=n_jobs).fit(P_tr, y_tr)
     radii = knn1.certify(P_te, y_te, method="exact", progress=False)
-    _check_sound(name, knn1.certify(P_te, y_te, method="bound", progress=False), radii,
+    check_radii(name, knn1.certify(P_te, y_te, method="bound", progress=False), radii,
                  "1-NN certified bound > exact radius")
     out["certify_s"] = time.perf_counter() - t0
     if noise:
@@ -207,7 +203,7 @@ def _evaluate(model, X_tr, y_tr, X_te, y_te, *, n_jobs, name: str = "", seed: in
         noise1 = attack(knn1, P_te, y_te, eps=NOISE_EPS)
         out["noise_acc1"] = np.atleast_1d(noise1.accuracy).tolist()
         out["noise_s"] = time.perf_counter() - t0
-        _check_sound(name, radii, np.asarray(noise1.radii, dtype=float), "exact 1-NN radius > a misclassifying noise")
+        check_radii(name, radii, np.asarray(noise1.radii, dtype=float), "exact 1-NN radius > a misclassifying noise")
     correct = knn1.predict(P_te) == y_te
     out["acc1"] = float(correct.mean())
     out["median_radius"] = float(np.median(radii))

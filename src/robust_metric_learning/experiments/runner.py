@@ -11,6 +11,7 @@ import numpy as np
 
 from .._io import atomic_write_text
 from .cache import ResultCache, fingerprint
+from .checks import check_radii
 
 __all__ = ["reproduce", "EXPERIMENTS"]
 
@@ -18,7 +19,6 @@ EXPERIMENTS = ("arml", "lmnn-pl", "dml")
 #: the K of the K-NN part of the ARML experiment (certified and empirical radii)
 K_CERTIFY = 11
 #: relative slack of the soundness check (radii come from solvers with ~1e-9 tolerance)
-_SOUND_RTOL = 1e-6
 
 
 def _available(datasets: Sequence[str] | None, data_home) -> list[str]:
@@ -46,15 +46,6 @@ def _eval_points(dataset: str, n_eval: int, seed: int, data_home, n_train: int |
     return (X_tr, y_tr, X_ev[:n_eval], y_ev[:n_eval]), n_full
 
 
-def _check_sound(name: str, lower: np.ndarray, upper: np.ndarray, what: str) -> None:
-    """Fail loudly if a lower bound exceeds an upper bound on any point."""
-    bad = lower > upper * (1 + _SOUND_RTOL) + 1e-12
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise RuntimeError(f"soundness violated in {name}: {what} on {int(bad.sum())} point(s), "
-                           f"e.g. point {i}: {lower[i]!r} > {upper[i]!r}")
-
-
 def _arml_task(dataset: str, method: str, seed: int, data, n_jobs) -> dict:
     """Fit one learner, then radii of the evaluation points: exact 1-NN, K-NN certified and
     K-NN empirical (the structural attack), with the soundness checks."""
@@ -80,8 +71,8 @@ def _arml_task(dataset: str, method: str, seed: int, data, n_jobs) -> dict:
     empirical_k = StructuralAttack(n_jobs=n_jobs, random_state=seed)(knn, X_ev, y_ev).radii
     attack_s = time.perf_counter() - t0
     name = f"{dataset}/{method}/seed {seed}"
-    _check_sound(name, cert_1, exact, "1-NN certified bound > exact radius")
-    _check_sound(name, cert_k, np.asarray(empirical_k, dtype=float), f"K={K_CERTIFY} certified > empirical radius")
+    check_radii(name, cert_1, exact, "1-NN certified bound > exact radius")
+    check_radii(name, cert_k, np.asarray(empirical_k, dtype=float), f"K={K_CERTIFY} certified > empirical radius")
     return {"fit_s": fit_s, "certify_s": certify_s, "attack_s": attack_s, "n_eval": int(len(y_ev)),
             "n_train": int(len(y_tr)), "n_fit": int(len(y_fit)), "n_iter": int(getattr(learner, "n_iter_", 0)),
             "radius_1nn_exact": exact.tolist(), "radius_knn_certified": cert_k.tolist(),
