@@ -103,9 +103,11 @@ def curve(radii: np.ndarray, eps: list[float]) -> list[float]:
 
 
 def previous_structural(commit: str):
-    """``StructuralAttack`` as it was at ``commit`` (its ``attacks/knn.py`` from git, loaded as a
-    module of the installed package), or None if git cannot show it."""
+    """``StructuralAttack`` as it was at ``commit`` (its ``attacks/knn.py`` from git, before the split into
+    ``attacks/knn/``; loaded as a module of the installed package's ``attacks.knn``, its imports of
+    package modules redirected there), or None if git cannot show it."""
     import importlib.util
+    import re
     import tempfile
 
     try:
@@ -115,8 +117,8 @@ def previous_structural(commit: str):
         print(f"[bench_attacks] cannot load the attack at {commit}: {exc}", file=sys.stderr)
         return None
     path = Path(tempfile.mkdtemp()) / "knn_previous.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("robust_metric_learning.attacks._knn_previous", path)
+    path.write_text(re.sub(r"^from \.\.(?=\w)", "from ...", src, flags=re.M))
+    spec = importlib.util.spec_from_file_location("robust_metric_learning.attacks.knn._knn_previous", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.StructuralAttack

@@ -185,8 +185,8 @@ def test_structural_beats_boundary(digits_subset):
 
 
 def _point(knn, x, y):
-    from robust_metric_learning.attacks.base import _Target
-    from robust_metric_learning.attacks.knn import _Point
+    from robust_metric_learning.attacks.knn.base import _Target
+    from robust_metric_learning.attacks.knn._region import _Point
 
     target = _Target(knn)
     d = target.geo.sq_dist(x[None, :])[0]
@@ -218,7 +218,7 @@ def region_qp_quadprog(target, pt, members, kind, excused, tau):
 def test_compiled_region_qp_matches_reference_and_quadprog(case, digits_subset):
     """The compiled constraint generation (own NNLS) against the reference (scipy's NNLS) and
     against quadprog on the QP with all constraints; templates of both rival kinds."""
-    from robust_metric_learning.attacks.knn import _region_qp, _region_qp_fast
+    from robust_metric_learning.attacks.knn._region import _region_qp, _region_qp_fast
 
     rng = np.random.default_rng(3)
     if case == "random":
@@ -269,7 +269,7 @@ def test_nnls_ldp_matches_scipy():
     rivals are dependent by construction) and empty regions: the residual E u - f is unique."""
     from scipy.optimize import nnls
 
-    from robust_metric_learning.attacks.knn import _nnls_ldp
+    from robust_metric_learning.attacks.knn._compiled import _nnls_ldp
 
     rng = np.random.default_rng(0)
     n_dependent = n_empty = 0
@@ -302,7 +302,7 @@ def test_nnls_ldp_matches_scipy():
 def test_compiled_predict_one_matches_predict():
     """Including exact distance ties (a coarse grid: the index rule decides) and tied votes; the
     attacks' batched predict too (it once worked on centred data, where rounding broke ties)."""
-    from robust_metric_learning.attacks.knn import _predict_one_compiled
+    from robust_metric_learning.attacks.knn._compiled import _predict_one_compiled
 
     rng = np.random.default_rng(1)
     # a coarse grid with duplicates of different labels, queried on the half-grid: every
@@ -324,7 +324,7 @@ def test_compiled_predict_one_matches_predict():
 
 
 def test_batched_greedy_matches_loop():
-    from robust_metric_learning.attacks.knn import _greedy
+    from robust_metric_learning.attacks.knn.structural import _greedy
 
     def loop(viol, size, n_keep, base):
         cur, chosen = base.copy(), []

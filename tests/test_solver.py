@@ -9,8 +9,8 @@ from scipy.optimize import linprog
 
 from robust_metric_learning import exact_radius_1nn
 from robust_metric_learning._solver import farkas_reach, least_distance
-from robust_metric_learning.attacks.base import _Target
-from robust_metric_learning.attacks.knn import _Point, _region_qp, _region_qp_fast
+from robust_metric_learning.attacks.knn.base import _Target
+from robust_metric_learning.attacks.knn._region import _Point, _region_qp, _region_qp_fast
 from robust_metric_learning.margin import tie_tolerance
 from robust_metric_learning.neighbors import MahalanobisKNN
 

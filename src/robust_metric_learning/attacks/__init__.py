@@ -30,10 +30,8 @@ from typing import Any
 
 from .._validation import check_array_2d, check_labels, check_n_features, resolve_metric
 from ..margin import DEFAULT_MEMORY_BUDGET
-from .base import AttackResult, KNNAttack, MinimizationAttack
-from .boundary import BoundaryAttack
-from .knn import ExactAttack, StructuralAttack
-from .noise import NoiseAttack, NoiseResult
+from .knn import (AttackResult, BoundaryAttack, ExactAttack, KNNAttack, MinimizationAttack, NoiseAttack, NoiseResult,
+                  StructuralAttack)
 from .gradient import FGSM, PGD, STEP_SCHEDULES, EmbeddingAttack, EmbeddingAttackResult, RandomSearch, perturb
 from .apgd import APGD, EnsembleAttack, RetrievalEnsemble, apgd_checkpoints
 from .norms import NORMS, L2Norm, LinfNorm, Norm, get_norm

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_eps
+from ..._validation import check_eps
 from .base import KNNAttack, _Target
 
 __all__ = ["NoiseAttack", "NoiseResult"]

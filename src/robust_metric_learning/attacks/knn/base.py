@@ -20,9 +20,9 @@ import torch
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import check_array_2d, check_eps, check_labels, check_n_features, check_positive_int
-from ..certify import _Geometry, _magnitude
-from ..margin import pairwise_sq_distances, row_blocks, smallest_k, tie_tolerance, tie_window, vote
+from ..._validation import check_array_2d, check_eps, check_labels, check_n_features, check_positive_int
+from ...certify import _Geometry, _magnitude
+from ...margin import pairwise_sq_distances, row_blocks, smallest_k, tie_tolerance, tie_window, vote
 
 __all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
 
@@ -55,7 +55,7 @@ class _Target:
     certify) and a vectorised ``predict`` on class codes with the package's tie rule."""
 
     def __init__(self, knn: Any):
-        from ..neighbors import MahalanobisKNN
+        from ...neighbors import MahalanobisKNN
 
         if not isinstance(knn, MahalanobisKNN):
             raise TypeError(f"model must be a fitted MahalanobisKNN, got {type(knn).__name__}")
