@@ -31,7 +31,7 @@ from robust_metric_learning.attacks import (
     get_norm,
     perturb,
 )
-from robust_metric_learning.attacks import apgd as apgd_module
+from robust_metric_learning.attacks.embedding import apgd as apgd_module
 
 torch.set_num_threads(1)
 

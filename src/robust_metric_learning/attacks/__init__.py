@@ -30,12 +30,39 @@ from typing import Any
 
 from .._validation import check_array_2d, check_labels, check_n_features, resolve_metric
 from ..margin import DEFAULT_MEMORY_BUDGET
-from .knn import (AttackResult, BoundaryAttack, ExactAttack, KNNAttack, MinimizationAttack, NoiseAttack, NoiseResult,
-                  StructuralAttack)
-from .gradient import FGSM, PGD, STEP_SCHEDULES, EmbeddingAttack, EmbeddingAttackResult, RandomSearch, perturb
-from .apgd import APGD, EnsembleAttack, RetrievalEnsemble, apgd_checkpoints
-from .norms import NORMS, L2Norm, LinfNorm, Norm, get_norm
-from .objectives import EmbeddingShift, Objective, RetrievalCrossEntropy, RetrievalObjective, TripletRoleObjective
+from .embedding import (
+    APGD,
+    FGSM,
+    NORMS,
+    PGD,
+    STEP_SCHEDULES,
+    EmbeddingAttack,
+    EmbeddingAttackResult,
+    EmbeddingShift,
+    EnsembleAttack,
+    L2Norm,
+    LinfNorm,
+    Norm,
+    Objective,
+    RandomSearch,
+    RetrievalCrossEntropy,
+    RetrievalEnsemble,
+    RetrievalObjective,
+    TripletRoleObjective,
+    apgd_checkpoints,
+    get_norm,
+    perturb,
+)
+from .knn import (
+    AttackResult,
+    BoundaryAttack,
+    ExactAttack,
+    KNNAttack,
+    MinimizationAttack,
+    NoiseAttack,
+    NoiseResult,
+    StructuralAttack,
+)
 
 __all__ = [
     "APGD",

@@ -139,7 +139,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     Every row of ``X`` is a gallery item and (or only the rows ``queries``) a query. Only queries correct at R@1 are
     attacked (the others stay as they are, counted as wrong); the attack pushes each away from
     its nearest same-class gallery item and towards the nearest other-class one
-    (:class:`~robust_metric_learning.attacks.objectives.RetrievalObjective`). With several
+    (:class:`~robust_metric_learning.attacks.embedding.retrieval.RetrievalObjective`). With several
     budgets, a query broken at a smaller one stays broken at the larger ones (that perturbation
     is within them too; its embedding is the one scored, and it is not attacked again), so
     Recall@1 never rises with eps.
@@ -167,8 +167,8 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         whether the attack broke it), plus the clean values and ``attacked`` (per query,
         whether it was attacked, i.e. correct at R@1).
     """
-    from ..attacks.apgd import RetrievalEnsemble
-    from ..attacks.objectives import RetrievalObjective
+    from ..attacks.embedding.ensemble import RetrievalEnsemble
+    from ..attacks.embedding.retrieval import RetrievalObjective
 
     eps_list = [float(e) for e in check_eps(eps)]
     X = _inputs(model, X)

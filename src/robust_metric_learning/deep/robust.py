@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..attacks.gradient import perturb
-from ..attacks.norms import get_norm
-from ..attacks.objectives import EmbeddingShift, TripletRoleObjective
+from ..attacks.embedding.pgd import perturb
+from ..attacks.embedding.norms import get_norm
+from ..attacks.embedding.objectives import EmbeddingShift, TripletRoleObjective
 
 __all__ = ["Defense", "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets",
            "get_defense", "DEFENSES"]
@@ -124,7 +124,7 @@ class RobustTriplets(Defense):
     Notes
     -----
     Chosen triplets that share their perturbed member share one adversarial copy, attacked
-    against the mean of their terms (:class:`~robust_metric_learning.attacks.objectives.TripletRoleObjective`
+    against the mean of their terms (:class:`~robust_metric_learning.attacks.embedding.objectives.TripletRoleObjective`
     with ``groups``). So there are at most as many copies as batch inputs, and a step costs
     at most about ``steps + 2`` natural steps whatever the number of triplets.
     """

@@ -14,9 +14,21 @@ from __future__ import annotations
 import numpy as np
 
 from ..._solver import effective_reach, farkas_reach, least_distance
-from ...margin import NEAR_TIE, NORM_FLOOR, margin_from_distances, repair_pair_norms, tie_tolerance
-from ._compiled import (_QP_DONE, _QP_EMPTY, _QP_NONE, _max_half_space_compiled, _predict_one_compiled,
-                        _region_qp_compiled)
+from ...margin import (
+    NEAR_TIE,
+    NORM_FLOOR,
+    margin_from_distances,
+    repair_pair_norms,
+    tie_tolerance,
+)
+from ._compiled import (
+    _QP_DONE,
+    _QP_EMPTY,
+    _QP_NONE,
+    _max_half_space_compiled,
+    _predict_one_compiled,
+    _region_qp_compiled,
+)
 from .base import _Target
 
 #: Most violated pairs added to the working set per round of constraint generation.

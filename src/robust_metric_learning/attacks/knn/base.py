@@ -20,9 +20,22 @@ import torch
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.utils.validation import check_is_fitted
 
-from ..._validation import check_array_2d, check_eps, check_labels, check_n_features, check_positive_int
+from ..._validation import (
+    check_array_2d,
+    check_eps,
+    check_labels,
+    check_n_features,
+    check_positive_int,
+)
 from ...certify import _Geometry, _magnitude
-from ...margin import pairwise_sq_distances, row_blocks, smallest_k, tie_tolerance, tie_window, vote
+from ...margin import (
+    pairwise_sq_distances,
+    row_blocks,
+    smallest_k,
+    tie_tolerance,
+    tie_window,
+    vote,
+)
 
 __all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
 

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from ...margin import vote
 from ._compiled import _greedy_compiled
-from ._region import _flips, _Point, _region_qp, _region_qp_fast
+from ._region import _flips, _Point, _region_qp_fast
 from .base import MinimizationAttack, _Target
 from .exact import ExactAttack
 
