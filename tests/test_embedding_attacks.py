@@ -1,4 +1,4 @@
-"""Attacks on embedding models (attacks/norms.py, objectives.py, gradient.py).
+"""Attacks on embedding models (attacks/embedding/: norms, objectives, PGD, APGD, ensembles).
 
 Checked against independent references: finite differences, closed-form optima of linear
 models (SVD, l1 norms), brute-force nearest neighbours, a counted number of forward passes.
