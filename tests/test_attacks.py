@@ -314,7 +314,7 @@ def test_compiled_predict_one_matches_predict():
     for (X, y, Q), k, metric in itertools.product((grid, spread), (1, 2, 4, 5), ("euclidean", np.array([[2.0, 1.0]]))):
         knn = MahalanobisKNN(k, metric=metric).fit(X, y)
         target, _ = _point(knn, Q[0], 0)
-        Zu, Zu_sq, L = target.Zu.numpy(), target.Zu_sq.numpy(), target.geo.L
+        Zu, Zu_sq, L = target.geo.Zu, target.geo.Zu_sq, target.geo.L
         mine = [_predict_one_compiled(Zu, Zu_sq, target.geo.codes, q if L is None else L @ q, k, 4) for q in Q]
         np.testing.assert_array_equal(knn.classes_[np.array(mine)], knn.predict(Q))
         np.testing.assert_array_equal(knn.classes_[target.predict_codes(Q)], knn.predict(Q))

@@ -229,7 +229,7 @@ def test_read_only_arrays_are_read_silently(digits_subset):
     # (no copy) without torch's warning about non-writable arrays
     import warnings
 
-    from robust_metric_learning.certify import _norms
+    from robust_metric_learning._geometry import _norms
 
     Xtr, _, Xte, _ = (np.array(a, dtype=np.float64) for a in digits_subset)
     sq_tr, sq_te = (Xtr ** 2).sum(1), (Xte ** 2).sum(1)

@@ -6,7 +6,8 @@ from sklearn.base import BaseEstimator
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from robust_metric_learning.margin import nearest_neighbors, pairwise_mahalanobis
+from robust_metric_learning._geometry import KNNGeometry
+from robust_metric_learning.margin import pairwise_mahalanobis
 from robust_metric_learning.neighbors import MahalanobisKNN
 
 
@@ -50,7 +51,8 @@ def test_blockwise_neighbors_equal_full_computation(data):
     X, y, Q, rng = data
     L = rng.normal(size=(6, 6))
     D = pairwise_mahalanobis(Q, X, L).numpy()
-    dist, ind = nearest_neighbors(Q, X, 7, L, memory_budget=1024)  # forces one query row per block
+    geo = KNNGeometry(X, np.zeros(len(X), dtype=int), 1, L, memory_budget=1024)
+    dist, ind = geo.kneighbors(Q, 7)  # the budget forces one query row per block
     ref = np.argsort(D, axis=1, kind="stable")[:, :7]
     np.testing.assert_array_equal(ind, ref)
     np.testing.assert_allclose(dist, np.take_along_axis(D, ref, 1))

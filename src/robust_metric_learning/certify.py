@@ -17,36 +17,16 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import uuid
-import warnings
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from joblib import Parallel, delayed, effective_n_jobs
 
-from ._validation import (
-    check_array_2d,
-    check_eps,
-    check_labels,
-    check_metric_scale,
-    check_n_features,
-    check_odd_k,
-    resolve_metric,
-)
+from ._geometry import ClassSplit, KNNGeometry, class_split, clear_split_cache, fit_geometry, tied_margins
 from ._solver import least_distance
-from .margin import (
-    DEFAULT_MEMORY_BUDGET,
-    NEAR_TIE,
-    margin_from_distances,
-    pairwise_sq_distances,
-    repair_pair_norms,
-    row_blocks,
-    smallest_k,
-    vote,
-)
+from ._validation import check_array_2d, check_eps, check_labels, check_metric_scale, check_n_features, check_odd_k
+from .margin import DEFAULT_MEMORY_BUDGET
 
 __all__ = [
     "exact_radius_1nn",
@@ -57,141 +37,6 @@ __all__ = [
 
 #: Relative safety factor applied to screening bounds (guards pruning against rounding).
 _SCREEN_SAFETY = 1.0 - 1e-9
-
-
-# --------------------------------------------------------------------------- geometry
-
-
-@dataclass
-class _Geometry:
-    """A training set under a metric, with everything the test points share."""
-
-    X: np.ndarray  # (n, d) centred training points
-    mean: np.ndarray  # (d,) the centre
-    codes: np.ndarray  # (n,) class codes 0..C-1
-    n_classes: int
-    L: np.ndarray | None  # (r, d) components, None = identity
-    Z: np.ndarray  # (n, r) = X L^T (centred)
-    Z_sq: np.ndarray  # (n,) squared row norms of Z
-    MX: np.ndarray  # (n, d) = X M (centred)
-    MX_sq: np.ndarray  # (n,) squared row norms of MX
-    mag: np.ndarray  # (n,) magnitudes that MX's rows are computed from: ||M|| (||X_i|| + ||mean||)
-    memory_budget: int
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-    @classmethod
-    def build(cls, X: np.ndarray, codes: np.ndarray, n_classes: int, L: np.ndarray | None,
-              memory_budget: int) -> "_Geometry":
-        mean = X.mean(0)
-        Xc = np.ascontiguousarray(X - mean)
-        if L is None:
-            Z = MX = Xc
-        else:
-            Z = Xc @ L.T
-            MX = Z @ L
-        sq = lambda A: np.einsum("ij,ij->i", A, A)  # noqa: E731
-        m_norm = 1.0 if L is None else float((L * L).sum())  # ||L||_F^2 >= ||M||_2
-        mag = m_norm * (np.sqrt(sq(Xc)) + float(np.linalg.norm(mean)))
-        return cls(Xc, mean, codes, n_classes, L, Z, sq(Z), MX, sq(MX), mag, memory_budget)
-
-    def sq_dist(self, Q: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distances from raw query rows ``Q`` to all training points."""
-        Qc = Q - self.mean
-        ZQ = Qc if self.L is None else Qc @ self.L.T
-        return pairwise_sq_distances(_tensor(np.ascontiguousarray(ZQ)), _tensor(self.Z),
-                                     B_sq=_tensor(self.Z_sq)).numpy()
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    """``a`` as a tensor sharing its memory, only ever read: joblib hands its workers read-only
-    memory maps, for which torch warns that writing would be undefined."""
-    if a.flags.writeable:
-        return torch.from_numpy(a)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(a)
-
-
-def _norms(A: np.ndarray, B: np.ndarray, A_sq: np.ndarray, B_sq: np.ndarray) -> np.ndarray:
-    """``||a_i - b_j||`` for rows of ``A`` and ``B`` given their squared row norms."""
-    D = pairwise_sq_distances(_tensor(A), _tensor(B), A_sq=_tensor(A_sq), B_sq=_tensor(B_sq))
-    return D.sqrt_().numpy()
-
-
-class _ClassSplit:
-    """Positives (class ``c``) and negatives, with their pair norms ``||M (x_i - x_j)||``
-    cached when the ``|P| x |N|`` matrix fits the memory budget, else computed on demand."""
-
-    def __init__(self, geo: _Geometry, c: int):
-        self.geo = geo
-        self.P = np.flatnonzero(geo.codes == c)
-        self.N = np.flatnonzero(geo.codes != c)
-        self.MXP = np.ascontiguousarray(geo.MX[self.P])
-        self.MXP_sq = geo.MX_sq[self.P]
-        self.norms = None
-        if self.P.size * geo.MX.shape[0] * 8 <= geo.memory_budget:
-            self.norms = np.ascontiguousarray(self._rows_vs_all(np.arange(self.P.size))[:, self.N])
-
-    def _rows_vs_all(self, rows: np.ndarray) -> np.ndarray:
-        # against every training point, then keep the negatives' columns: no copy of MX[N]
-        D = _norms(np.ascontiguousarray(self.MXP[rows]), self.geo.MX, self.MXP_sq[rows], self.geo.MX_sq)
-        return _exact_ties(D, self.P[rows], np.arange(self.geo.MX.shape[0]), self.geo)
-
-    def norm_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Pair norms of positives ``P[rows]`` against every negative (0: tied under ``M``)."""
-        if self.norms is not None:
-            return self.norms[rows]
-        return self._rows_vs_all(rows)[:, self.N]
-
-    def norm_cols(self, cols: np.ndarray) -> np.ndarray:
-        """Pair norms of every positive against negatives ``N[cols]`` (0: tied under ``M``)."""
-        if self.norms is not None:
-            return self.norms[:, cols]
-        J = self.N[cols]
-        D = _norms(self.MXP, np.ascontiguousarray(self.geo.MX[J]), self.MXP_sq, self.geo.MX_sq[J])
-        return _exact_ties(D, self.P, J, self.geo)
-
-
-def _exact_ties(D: np.ndarray, rows: np.ndarray, cols: np.ndarray, geo: _Geometry) -> np.ndarray:
-    """``D`` (pair norms ``||M (x_i - x_j)||`` from the expanded square) repaired by
-    :func:`~robust_metric_learning.margin.repair_pair_norms`: 0 where the pair is tied under ``M``
-    to rounding (a duplicated point, a difference in the null space of ``M``), so that
-    ``predict``'s index rule decides between them."""
-    mag = geo.mag
-    ri, ci = np.nonzero(D <= NEAR_TIE * (mag[rows][:, None] + mag[cols][None, :]))
-    if ri.size:
-        D = D.copy() if not D.flags.writeable else D
-        r, c = rows[ri], cols[ci]
-        D[ri, ci] = repair_pair_norms(D[ri, ci], geo.MX[r], geo.MX[c], mag[r], mag[c])
-    return D
-
-
-def _margins(dP: np.ndarray, dN: np.ndarray, norms: np.ndarray, P: np.ndarray, N: np.ndarray) -> np.ndarray:
-    """``margin(x; x_i, x_j)`` of positives ``P`` (rows) against negatives ``N`` (columns), with
-    tied pairs (norm 0) set by the index rule: ``+inf`` where the positive comes first (the
-    negative can never be nearer), 0 where the negative does (it always is)."""
-    m = margin_from_distances(dP[:, None], dN[None, :], norms)
-    tied = norms == 0
-    if tied.any():
-        m = np.where(tied, np.where(P[:, None] < N[None, :], np.inf, 0.0), m)
-    return m
-
-
-_split_cache: dict[tuple[str, int], _ClassSplit] = {}
-_split_lock = threading.Lock()
-
-
-def _get_split(geo: _Geometry, c: int) -> _ClassSplit:
-    """Per-process cache of the last class split, so chunks of one class share its work."""
-    key = (geo.token, c)
-    with _split_lock:
-        split = _split_cache.get(key)
-    if split is None:
-        split = _ClassSplit(geo, c)
-        with _split_lock:
-            _split_cache.clear()
-            _split_cache[key] = split
-    return split
 
 
 # ------------------------------------------------------------------- exact 1-NN radius
@@ -235,7 +80,7 @@ def _nonneg_qp(G: np.ndarray, b: np.ndarray, lam: np.ndarray, tol: float) -> tup
     return lam, False
 
 
-def _project_negative(split: _ClassSplit, j: int, dP: np.ndarray, d_j: float, unit_norm: np.ndarray,
+def _project_negative(split: ClassSplit, j: int, dP: np.ndarray, d_j: float, unit_norm: np.ndarray,
                       scale: float, tol: float, start: np.ndarray) -> np.ndarray:
     """Minimal ``delta`` with ``x + delta`` at least as close to negative ``j`` as to every positive.
 
@@ -281,14 +126,14 @@ def _project_negative(split: _ClassSplit, j: int, dP: np.ndarray, d_j: float, un
     raise RuntimeError("exact 1-NN projection did not converge in 200 constraint-generation rounds")
 
 
-def _exact_point(split: _ClassSplit, d: np.ndarray, x: np.ndarray, n_screen: int, tol: float,
+def _exact_point(split: ClassSplit, d: np.ndarray, x: np.ndarray, n_screen: int, tol: float,
                  batch: int = 16) -> tuple[float, np.ndarray]:
     """Exact 1-NN radius of one correctly classified point, and its minimal perturbation."""
     P, N, geo = split.P, split.N, split.geo
     dP, dN = d[P], d[N]
     m = min(n_screen, P.size)
     S = np.argpartition(dP, m - 1)[:m]
-    lb = _margins(dP[S], dN, split.norm_rows(S), P[S], N).clip(min=0.0).max(0)
+    lb = tied_margins(dP[S], dN, split.norm_rows(S), P[S], N).clip(min=0.0).max(0)
     order = np.argsort(lb, kind="stable")
     best, best_delta = np.inf, None
     xc = x - geo.mean
@@ -297,7 +142,7 @@ def _exact_point(split: _ClassSplit, d: np.ndarray, x: np.ndarray, n_screen: int
         if lb[cols[0]] * _SCREEN_SAFETY >= best:
             break
         norms = split.norm_cols(cols)
-        full = _margins(dP, dN[cols], norms, P, N[cols]).max(0)
+        full = tied_margins(dP, dN[cols], norms, P, N[cols]).max(0)
         for t, col in enumerate(cols):
             if lb[col] * _SCREEN_SAFETY >= best:
                 break
@@ -315,13 +160,13 @@ def _exact_point(split: _ClassSplit, d: np.ndarray, x: np.ndarray, n_screen: int
 # ------------------------------------------------------------------------ K-NN bound
 
 
-def _bound_point(split: _ClassSplit, d: np.ndarray, s: int, n_screen: int, batch: int = 64) -> float:
+def _bound_point(split: ClassSplit, d: np.ndarray, s: int, n_screen: int, batch: int = 64) -> float:
     """``s``-th smallest over negatives of the ``s``-th largest positive margin (clamped at 0)."""
     P, N = split.P, split.N
     dP, dN = d[P], d[N]
     m = min(P.size, max(n_screen, 4 * s))
     S = np.argpartition(dP, m - 1)[:m]
-    mS = _margins(dP[S], dN, split.norm_rows(S), P[S], N).clip(min=0.0)
+    mS = tied_margins(dP[S], dN, split.norm_rows(S), P[S], N).clip(min=0.0)
     # s-th largest over a subset of positives <= s-th largest over all: a lower bound per negative
     lb = -np.partition(-mS, s - 1, axis=0)[s - 1]
     order = np.argsort(lb, kind="stable")
@@ -330,7 +175,7 @@ def _bound_point(split: _ClassSplit, d: np.ndarray, s: int, n_screen: int, batch
         cols = order[start:start + batch]
         if found.size >= s and np.partition(found, s - 1)[s - 1] <= lb[cols[0]]:
             break
-        mP = _margins(dP, dN[cols], split.norm_cols(cols), P, N[cols]).clip(min=0.0)
+        mP = tied_margins(dP, dN[cols], split.norm_cols(cols), P, N[cols]).clip(min=0.0)
         found = np.concatenate([found, -np.partition(-mP, s - 1, axis=0)[s - 1]])
     return float(np.partition(found, s - 1)[s - 1])
 
@@ -338,10 +183,10 @@ def _bound_point(split: _ClassSplit, d: np.ndarray, s: int, n_screen: int, batch
 # ------------------------------------------------------------------------- driver
 
 
-def _run_chunk(geo: _Geometry, c: int, Xq: np.ndarray, task: dict) -> tuple[np.ndarray, np.ndarray | None]:
+def _run_chunk(geo: KNNGeometry, c: int, Xq: np.ndarray, task: dict) -> tuple[np.ndarray, np.ndarray | None]:
     """Radii (and perturbations) of test points ``Xq``, all predicted correctly as class ``c``."""
     torch.set_num_threads(max(1, task["threads"]))
-    split = _get_split(geo, c)
+    split = class_split(geo, c)
     D = geo.sq_dist(Xq)
     radii = np.empty(len(Xq))
     deltas = np.zeros_like(Xq) if task["return_adversarial"] else None
@@ -355,51 +200,50 @@ def _run_chunk(geo: _Geometry, c: int, Xq: np.ndarray, task: dict) -> tuple[np.n
     return radii, deltas
 
 
-def _prepare(X_train, y_train, X, y, metric, n_neighbors, memory_budget):
-    X_train = check_array_2d(X_train, name="X_train")
-    y_train = check_labels(y_train, n_samples=X_train.shape[0], name="y_train")
+def _training(X_train, y_train, metric, memory_budget) -> KNNGeometry:
+    if not isinstance(memory_budget, (int, np.integer)) or isinstance(memory_budget, bool) or memory_budget < 1:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    geo, _ = fit_geometry(X_train, y_train, metric, n_neighbors=1, memory_budget=int(memory_budget),
+                          name="X_train", y_name="y_train", what="certification", fit_learner=False)
+    return geo
+
+
+def geometry_radii(geo: KNNGeometry, X, y, *, method: str, k: int = 1, n_jobs: int | None = None,
+                   progress: bool | None = None, return_adversarial: bool = False, tol: float | None = None,
+                   n_screen: int | None = None, chunk_size: int = 64):
+    """Radii of the points ``X`` (true labels ``y``) against a built geometry: ``method``
+    "exact" (1-NN; ``tol`` 1e-10 and ``n_screen`` 16 by default) or "bound" (odd ``k``;
+    ``n_screen`` 32). With ``return_adversarial`` (exact only), also ``X + delta``. The one
+    path of :func:`exact_radius_1nn`, :func:`certified_radius_knn` and ``MahalanobisKNN.certify``."""
+    if method not in ("exact", "bound"):
+        raise ValueError(f"method must be 'exact' or 'bound', got {method!r}")
+    if return_adversarial and method != "exact":
+        raise ValueError("return_adversarial=True needs method='exact'")
+    X, y_codes = check_queries(geo, X, y, k)
+    exact = method == "exact"
+    radii, deltas = certify_geometry(
+        geo, X, y_codes, k=k, method=method, n_jobs=n_jobs, progress=progress, return_adversarial=return_adversarial,
+        n_screen=(16 if exact else 32) if n_screen is None else n_screen,
+        tol=(1e-10 if exact else 0.0) if tol is None else tol, chunk_size=chunk_size)
+    return (radii, X + deltas) if return_adversarial else radii
+
+
+def check_queries(geo: KNNGeometry, X, y, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated query rows and their class codes (-1: a label the training set lacks)."""
     X = check_array_2d(X, name="X")
-    check_n_features(X, X_train.shape[1], name="X", what="X_train has")
+    check_n_features(X, geo.n_features, name="X", what="X_train has")
     y = check_labels(y, n_samples=X.shape[0], name="y")
-    if (y.dtype.kind in "USO") != (y_train.dtype.kind in "USO"):
-        raise ValueError(f"y has labels of dtype {y.dtype}, y_train has {y_train.dtype}; they must be comparable")
-    classes, codes, counts = np.unique(y_train, return_inverse=True, return_counts=True)
-    if classes.size < 2:
-        raise ValueError(f"y_train has one class only ({classes[0].tolist()!r}); certification needs at least 2 classes")
-    if n_neighbors > counts.min():
-        small = classes[counts.argmin()].tolist()
+    classes = geo.classes
+    if (y.dtype.kind in "USO") != (classes.dtype.kind in "USO"):
+        raise ValueError(f"y has labels of dtype {y.dtype}, y_train has {classes.dtype}; they must be comparable")
+    if n_neighbors > geo.counts.min():
+        small = classes[geo.counts.argmin()].tolist()
         raise ValueError(
             f"n_neighbors={n_neighbors} is larger than the smallest class of y_train "
-            f"(label {small!r} has {counts.min()} points)"
+            f"(label {small!r} has {geo.counts.min()} points)"
         )
-    if not isinstance(memory_budget, (int, np.integer)) or memory_budget < 1:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
-    L = resolve_metric(metric, X_train.shape[1])
-    check_metric_scale(X_train, L, name="X_train")
-    check_metric_scale(X, L, name="X")
-    geo = _Geometry.build(X_train, codes, classes.size, L, int(memory_budget))
-    pos = np.searchsorted(classes, y)
-    y_codes = np.where((pos < classes.size) & (classes[np.minimum(pos, classes.size - 1)] == y), pos, -1)
-    return geo, X, y_codes
-
-
-def _magnitude(geo: _Geometry, Q: np.ndarray) -> np.ndarray:
-    """Per query row, the magnitude its transformed distances are computed from (for the tie
-    tolerance of :func:`~robust_metric_learning.margin.smallest_k`)."""
-    l_norm = 1.0 if geo.L is None else float(np.linalg.norm(geo.L))
-    x_max = float(np.sqrt(np.einsum("ij,ij->i", geo.X, geo.X)).max()) + float(np.linalg.norm(geo.mean))
-    return l_norm * (x_max + np.linalg.norm(Q, axis=1))
-
-
-def _predict_codes(geo: _Geometry, X: np.ndarray, k: int) -> np.ndarray:
-    out = np.empty(len(X), dtype=np.int64)
-    for sl in row_blocks(len(X), geo.X.shape[0], memory_budget=geo.memory_budget):
-        D = geo.sq_dist(X[sl])
-        ZQ = (X[sl] - geo.mean) if geo.L is None else (X[sl] - geo.mean) @ geo.L.T
-        mag = _magnitude(geo, X[sl])
-        idx = np.stack([smallest_k(row, k, Z=geo.Z, q=zq, mag=m) for row, zq, m in zip(D, ZQ, mag)])
-        out[sl] = vote(geo.codes[idx], geo.n_classes)
-    return out
+    check_metric_scale(X, geo.L, name="X")
+    return X, geo.codes_of(y)
 
 
 def _progress(progress: bool | None, total: int, desc: str):
@@ -409,9 +253,14 @@ def _progress(progress: bool | None, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="pt", disable=disable, leave=False)
 
 
-def _certify(geo: _Geometry, X: np.ndarray, y_codes: np.ndarray, *, k: int, method: str, n_jobs,
-             progress, return_adversarial: bool, n_screen: int, tol: float, chunk_size: int):
-    pred = _predict_codes(geo, X, k)
+def certify_geometry(geo: KNNGeometry, X: np.ndarray, y_codes: np.ndarray, *, k: int, method: str, n_jobs,
+                     progress, return_adversarial: bool, n_screen: int, tol: float, chunk_size: int):
+    """Radii (and with ``return_adversarial`` the perturbations) of validated query rows ``X``
+    with class codes ``y_codes`` against a built geometry: ``method`` "exact" (``k = 1``) or
+    "bound" (odd ``k``). The engine of :func:`exact_radius_1nn`, :func:`certified_radius_knn`,
+    ``MahalanobisKNN.certify`` and ``ExactAttack``."""
+    pred = geo.predict_codes(X, k)
+    geo.prepare()
     radii = np.zeros(len(X))
     deltas = np.zeros_like(X) if return_adversarial else None
     correct = pred == y_codes
@@ -436,8 +285,7 @@ def _certify(geo: _Geometry, X: np.ndarray, y_codes: np.ndarray, *, k: int, meth
                 bar.update(idx.size)
     finally:
         torch.set_num_threads(prev_threads)
-        with _split_lock:
-            _split_cache.clear()  # free the last class's cached pair norms
+        clear_split_cache()  # free the last class's cached pair norms
     return radii, deltas
 
 
@@ -486,13 +334,9 @@ def exact_radius_1nn(X_train, y_train, X, y, *, metric: Any = "euclidean", retur
     >>> exact_radius_1nn([[0.], [2.]], [0, 1], [[0.5]], [0])
     array([0.5])
     """
-    geo, X, y_codes = _prepare(X_train, y_train, X, y, metric, 1, memory_budget)
-    radii, deltas = _certify(geo, X, y_codes, k=1, method="exact", n_jobs=n_jobs, progress=progress,
-                             return_adversarial=return_adversarial, n_screen=n_screen, tol=tol,
-                             chunk_size=chunk_size)
-    if return_adversarial:
-        return radii, X + deltas
-    return radii
+    return geometry_radii(_training(X_train, y_train, metric, memory_budget), X, y, method="exact", n_jobs=n_jobs,
+                          progress=progress, return_adversarial=return_adversarial, tol=tol, n_screen=n_screen,
+                          chunk_size=chunk_size)
 
 
 def certified_radius_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric: Any = "euclidean",
@@ -515,10 +359,8 @@ def certified_radius_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric
     array([1.5])
     """
     k = check_odd_k(n_neighbors)
-    geo, X, y_codes = _prepare(X_train, y_train, X, y, metric, k, memory_budget)
-    radii, _ = _certify(geo, X, y_codes, k=k, method="bound", n_jobs=n_jobs, progress=progress,
-                        return_adversarial=False, n_screen=n_screen, tol=0.0, chunk_size=chunk_size)
-    return radii
+    return geometry_radii(_training(X_train, y_train, metric, memory_budget), X, y, method="bound", k=k,
+                          n_jobs=n_jobs, progress=progress, n_screen=n_screen, chunk_size=chunk_size)
 
 
 # ----------------------------------------------------------------- robust error curves

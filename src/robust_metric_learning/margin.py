@@ -30,7 +30,6 @@ __all__ = [
     "pairwise_sq_distances",
     "pairwise_mahalanobis",
     "row_blocks",
-    "nearest_neighbors",
     "smallest_k",
     "class_neighbors",
     "components_from_metric",
@@ -167,43 +166,6 @@ def pairwise_mahalanobis(A, B, components=None, *, memory_budget: int = DEFAULT_
     for sl in row_blocks(A.shape[0], width, memory_budget=memory_budget):
         out[sl] = pairwise_sq_distances(_transform(A[sl], L), ZB, B_sq=ZB_sq)
     return out
-
-
-def nearest_neighbors(Q, X, n_neighbors: int, components=None, *,
-                      memory_budget: int = DEFAULT_MEMORY_BUDGET,
-                      dtype: torch.dtype = torch.float64) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n_neighbors`` nearest rows of ``X`` to each row of ``Q`` under ``M = L^T L``.
-
-    Blockwise: memory stays within ``memory_budget`` bytes whatever ``len(X)``. Ties in
-    distance are broken by the smaller training index, so results are deterministic.
-
-    Returns
-    -------
-    dist : ndarray of shape (n_q, n_neighbors), squared distances, ascending.
-    ind : ndarray of shape (n_q, n_neighbors), indices into ``X``.
-    """
-    Qt = torch.as_tensor(Q, dtype=dtype)
-    Xt = torch.as_tensor(X, dtype=dtype)
-    L = None if components is None else torch.as_tensor(components, dtype=dtype)
-    ZX = _transform(Xt, L)
-    ZX_sq = (ZX * ZX).sum(1)
-    n, k = Xt.shape[0], n_neighbors
-    dist = np.empty((Qt.shape[0], k))
-    ind = np.empty((Qt.shape[0], k), dtype=np.int64)
-    ZXn = ZX.numpy()
-    l_norm = 1.0 if L is None else float(torch.linalg.matrix_norm(L))
-    x_max = float(torch.linalg.vector_norm(Xt, dim=1).max())
-    for sl in row_blocks(Qt.shape[0], 2 * n, memory_budget=memory_budget):
-        ZQ = _transform(Qt[sl], L)
-        D = pairwise_sq_distances(ZQ, ZX, B_sq=ZX_sq)
-        Dn, ZQn = D.numpy(), ZQ.numpy()
-        q_norm = torch.linalg.vector_norm(Qt[sl], dim=1).numpy()
-        kth = torch.kthvalue(D, k, dim=1).values.numpy()
-        for r in range(Dn.shape[0]):
-            ind[sl.start + r] = sel = smallest_k(Dn[r], k, kth=kth[r], Z=ZXn, q=ZQn[r],
-                                                 mag=l_norm * (x_max + q_norm[r]))
-            dist[sl.start + r] = Dn[r, sel]
-    return dist, ind
 
 
 def tie_window(qq: float, d_max: float, tol: float) -> float:

@@ -6,12 +6,13 @@ from numbers import Integral
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._validation import Interval, check_labels, check_metric_scale, check_scale, resolve_metric, validate_params
-from .margin import DEFAULT_MEMORY_BUDGET, nearest_neighbors, vote
+from ._geometry import fit_geometry
+from ._validation import Interval, check_labels, check_metric_scale, check_odd_k, check_scale, validate_params
+from .margin import DEFAULT_MEMORY_BUDGET, vote
 
 __all__ = ["MahalanobisKNN"]
 
@@ -67,26 +68,15 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     def fit(self, X, y) -> "MahalanobisKNN":
-        """Store the training set and resolve the metric."""
+        """Store the training set's geometry under the resolved metric."""
         validate_params(self)
         X, y = validate_data(self, X, y, dtype=np.float64)
-        check_scale(X, name="X")
         check_classification_targets(y)
-        self.classes_, self._y_codes = np.unique(y, return_inverse=True)
-        if self.classes_.size < 2:
-            raise ValueError(
-                f"y has one class only ({self.classes_[0].tolist()!r}); a classifier needs at least 2 classes"
-            )
-        if self.n_neighbors > X.shape[0]:
-            raise ValueError(f"n_neighbors={self.n_neighbors} is larger than the {X.shape[0]} training samples")
-        metric = self.metric
-        self.metric_ = None
-        if hasattr(metric, "fit") and not hasattr(metric, "components_"):
-            self.metric_ = metric = clone(metric).fit(X, y)
-        self._L = resolve_metric(metric, X.shape[1])
-        check_metric_scale(X, self._L)
-        self.components_ = np.eye(X.shape[1]) if self._L is None else self._L
-        self._fit_X = X
+        self.geometry_, self.metric_ = fit_geometry(X, y, self.metric, n_neighbors=self.n_neighbors,
+                                                    memory_budget=self.memory_budget)
+        self.classes_ = self.geometry_.classes
+        L = self.geometry_.L
+        self.components_ = np.eye(X.shape[1]) if L is None else L
         return self
 
     def get_mahalanobis_matrix(self) -> np.ndarray:
@@ -98,16 +88,18 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         """Indices (and Mahalanobis distances, not squared) of the nearest training points."""
         check_is_fitted(self)
         X = check_scale(validate_data(self, X, reset=False, dtype=np.float64), name="X")
+        geo = self.geometry_
         k = self.n_neighbors if n_neighbors is None else n_neighbors
-        if not isinstance(k, Integral) or not 1 <= k <= self._fit_X.shape[0]:
-            raise ValueError(f"n_neighbors must be an integer in [1, {self._fit_X.shape[0]}], got {k!r}")
-        dist, ind = nearest_neighbors(X, self._fit_X, int(k), self._L, memory_budget=self.memory_budget)
+        if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= geo.X.shape[0]:
+            raise ValueError(f"n_neighbors must be an integer in [1, {geo.X.shape[0]}], got {k!r}")
+        check_metric_scale(X, geo.L)
+        dist, ind = geo.kneighbors(X, int(k))
         return (np.sqrt(dist), ind) if return_distance else ind
 
     def predict_proba(self, X) -> np.ndarray:
         """Fraction of the K neighbours in each class."""
         ind = self.kneighbors(X, return_distance=False)
-        codes = self._y_codes[ind]
+        codes = self.geometry_.codes[ind]
         proba = np.zeros((codes.shape[0], self.classes_.size))
         np.add.at(proba, (np.arange(codes.shape[0])[:, None], codes), 1.0)
         return proba / self.n_neighbors
@@ -115,7 +107,7 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """Majority label of the K nearest neighbours."""
         ind = self.kneighbors(X, return_distance=False)
-        return self.classes_[vote(self._y_codes[ind], self.classes_.size)]
+        return self.classes_[vote(self.geometry_.codes[ind], self.classes_.size)]
 
     def certify(self, X, y, *, method: str = "exact", return_adversarial: bool = False,
                 progress: bool | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -133,24 +125,16 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         progress : bool, default=None
             Progress bar; None shows it on a terminal only.
         """
-        from .certify import certified_radius_knn, exact_radius_1nn
+        from .certify import geometry_radii
 
         check_is_fitted(self)
         X = check_scale(validate_data(self, X, reset=False, dtype=np.float64), name="X")
         y = check_labels(y, n_samples=X.shape[0])
-        # pass self: its components_ is L, never misread as a square M
-        common = dict(metric=self, n_jobs=self.n_jobs,
-                      memory_budget=self.memory_budget, progress=progress)
-        y_train = self.classes_[self._y_codes]
-        if method == "exact":
-            if self.n_neighbors != 1:
-                raise ValueError(f"method='exact' is for 1-NN only; n_neighbors={self.n_neighbors} needs method='bound'")
-            return exact_radius_1nn(self._fit_X, y_train, X, y, return_adversarial=return_adversarial, **common)
-        if method == "bound":
-            if return_adversarial:
-                raise ValueError("return_adversarial=True needs method='exact'")
-            return certified_radius_knn(self._fit_X, y_train, X, y, n_neighbors=self.n_neighbors, **common)
-        raise ValueError(f"method must be 'exact' or 'bound', got {method!r}")
+        if method == "exact" and self.n_neighbors != 1:
+            raise ValueError(f"method='exact' is for 1-NN only; n_neighbors={self.n_neighbors} needs method='bound'")
+        k = check_odd_k(self.n_neighbors) if method == "bound" else 1
+        return geometry_radii(self.geometry_, X, y, method=method, k=k, n_jobs=self.n_jobs, progress=progress,
+                              return_adversarial=return_adversarial)
 
     def attack(self, X, y, *, method: Any = "structural", eps=None, random_state: int | None = None,
                progress: bool | None = None):

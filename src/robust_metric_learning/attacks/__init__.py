@@ -28,7 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._validation import check_array_2d, check_labels, check_n_features, resolve_metric
+from .._geometry import fit_geometry
+from .._validation import check_array_2d, check_n_features, check_positive_int
 from ..margin import DEFAULT_MEMORY_BUDGET
 from .embedding import (
     APGD,
@@ -53,6 +54,7 @@ from .embedding import (
     get_norm,
     perturb,
 )
+from .knn.base import _Target
 from .knn import (
     AttackResult,
     BoundaryAttack,
@@ -153,14 +155,13 @@ def attack_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric: Any = "e
     >>> round(float(res.radii[0]), 6)
     0.5
     """
-    from ..neighbors import MahalanobisKNN
-
-    X_train = check_array_2d(X_train, name="X_train")
-    check_labels(y_train, n_samples=X_train.shape[0], name="y_train")
+    k = check_positive_int(n_neighbors, name="n_neighbors")
+    budget = check_positive_int(memory_budget, name="memory_budget")
+    geo, _ = fit_geometry(X_train, y_train, metric, n_neighbors=k, memory_budget=budget, name="X_train",
+                          y_name="y_train")
+    knn = _Target.from_geometry(geo, k)
     X = check_array_2d(X, name="X")
-    check_n_features(X, X_train.shape[1], name="X", what="X_train has")
-    resolve_metric(metric, X_train.shape[1])  # a clear error before fitting
-    knn = MahalanobisKNN(n_neighbors, metric=metric, memory_budget=memory_budget).fit(X_train, y_train)
+    check_n_features(X, geo.n_features, name="X", what="X_train has")
     params = {} if isinstance(method, KNNAttack) else {"n_jobs": n_jobs, "random_state": random_state,
                                                        "progress": progress}
     attack = get_attack(method, **params)

@@ -160,11 +160,11 @@ def select(cv_results: dict[str, Any]) -> int:
 def validation_median_radius(estimator, X, y) -> float:
     """Scorer: median exact 1-NN radius of the validation points ``X`` under the fitted
     pipeline's metric and training points (0 for points the 1-NN classifier gets wrong)."""
-    from ..certify import exact_radius_1nn
+    from ..certify import geometry_radii
 
-    knn = estimator[-1]
     P = estimator[:-1].transform(X)
-    radii = exact_radius_1nn(knn._fit_X, knn.classes_[knn._y_codes], P, y, metric=knn)
+    # the 1-NN radius of the K-NN's training set, whatever its K
+    radii = geometry_radii(estimator[-1].geometry_, P, y, method="exact", progress=False)
     return float(np.median(radii))
 
 

@@ -50,7 +50,6 @@ class _Point:
 
     def __init__(self, target: _Target, x: np.ndarray, d: np.ndarray, y: int, mx_norm: np.ndarray):
         self.target, self.x, self.d, self.y = target, x, d, y
-        self.Zu, self.Zu_sq = target.Zu.numpy(), target.Zu_sq.numpy()
         self.xc = x - target.geo.mean
         self.order = np.argsort(d, kind="stable")
         self.codes_o = target.geo.codes[self.order]
@@ -213,12 +212,13 @@ def _region_qp(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray
 
 
 def _flips(pt: _Point, delta: np.ndarray) -> bool:
-    """Whether the K-NN prediction at ``x + delta`` differs from the true class (in the
-    coordinates of ``knn.kneighbors``, like ``_Target.predict_codes``)."""
-    target = pt.target
+    """Whether the K-NN prediction at ``x + delta`` differs from the true class: the compiled
+    one-point form of :meth:`~robust_metric_learning._geometry.KNNGeometry.predict_codes`, in
+    its coordinates (the attack's result is checked by that predict itself)."""
+    geo = pt.target.geo
     z = pt.x + delta
-    zq = z if target.geo.L is None else target.geo.L @ z
-    return int(_predict_one_compiled(pt.Zu, pt.Zu_sq, target.geo.codes, zq, target.k, target.n_classes)) != pt.y
+    zq = z if geo.L is None else geo.L @ z
+    return int(_predict_one_compiled(geo.Zu, geo.Zu_sq, geo.codes, zq, pt.target.k, pt.target.n_classes)) != pt.y
 
 
 def _region_qp_fast(pt: _Point, members: np.ndarray, kind: tuple, excused: np.ndarray, *, tau: float, tol: float,

@@ -27,15 +27,7 @@ from ..._validation import (
     check_n_features,
     check_positive_int,
 )
-from ...certify import _Geometry, _magnitude
-from ...margin import (
-    pairwise_sq_distances,
-    row_blocks,
-    smallest_k,
-    tie_tolerance,
-    tie_window,
-    vote,
-)
+from ..._geometry import KNNGeometry
 
 __all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
 
@@ -64,67 +56,48 @@ class AttackResult(NamedTuple):
 
 
 class _Target:
-    """A fitted ``MahalanobisKNN`` as the attacks see it: its training geometry (centred, as in
-    certify) and a vectorised ``predict`` on class codes with the package's tie rule."""
+    """A fitted K-NN classifier as the attacks see it: its geometry (``geometry_``, built once by
+    ``MahalanobisKNN.fit``), ``K``, and the one K-NN predict with the package's tie rule."""
 
     def __init__(self, knn: Any):
-        from ...neighbors import MahalanobisKNN
-
-        if not isinstance(knn, MahalanobisKNN):
+        if hasattr(knn, "get_params"):
+            check_is_fitted(knn)
+        geo = getattr(knn, "geometry_", None)
+        if not isinstance(geo, KNNGeometry) or not hasattr(knn, "n_neighbors"):
             raise TypeError(f"model must be a fitted MahalanobisKNN, got {type(knn).__name__}")
-        check_is_fitted(knn)
-        self.knn = knn
-        self.k = int(knn.n_neighbors)
-        self.classes = knn.classes_
-        self.n_classes = knn.classes_.size
-        self.memory_budget = int(knn.memory_budget)
-        self.geo = _Geometry.build(knn._fit_X, knn._y_codes, self.n_classes, knn._L, self.memory_budget)
-        self.class_index = [np.flatnonzero(self.geo.codes == c) for c in range(self.n_classes)]
-        self.other_index = [np.flatnonzero(self.geo.codes != c) for c in range(self.n_classes)]
-        # predictions use the coordinates and arithmetic of ``knn.kneighbors`` (not centred), so
-        # that exact distance ties resolve as in ``knn.predict``
-        self._L_t = None if knn._L is None else torch.as_tensor(knn._L, dtype=torch.float64)
-        Zu = torch.as_tensor(knn._fit_X, dtype=torch.float64)
-        self.Zu = Zu if self._L_t is None else Zu @ self._L_t.T
-        self.Zu_sq = (self.Zu * self.Zu).sum(1)
+        self._set(geo, knn.n_neighbors)
+
+    @classmethod
+    def from_geometry(cls, geo: KNNGeometry, k: int) -> "_Target":
+        """The K-NN classifier of a built geometry (with its ``classes``) and ``K = k``."""
+        target = cls.__new__(cls)
+        target._set(geo, k)
+        return target
+
+    def _set(self, geo: KNNGeometry, k: int) -> None:
+        self.geo = geo
+        self.k = int(k)
+        self.classes = geo.classes
+        self.n_classes = geo.n_classes
+        self.memory_budget = geo.memory_budget
+        self.class_index = [np.flatnonzero(geo.codes == c) for c in range(self.n_classes)]
+        self.other_index = [np.flatnonzero(geo.codes != c) for c in range(self.n_classes)]
 
     @property
     def n_features(self) -> int:
-        return self.geo.X.shape[1]
+        return self.geo.n_features
 
     def predict_codes(self, Q: np.ndarray) -> np.ndarray:
         """Class codes predicted for rows of ``Q`` (ties: smaller training index, smaller code)."""
-        geo, k = self.geo, self.k
-        out = np.empty(len(Q), dtype=np.int64)
-        for sl in row_blocks(len(Q), 2 * geo.X.shape[0], memory_budget=self.memory_budget):
-            Qt = torch.as_tensor(np.ascontiguousarray(Q[sl]), dtype=torch.float64)
-            ZQ = Qt if self._L_t is None else Qt @ self._L_t.T
-            D = pairwise_sq_distances(ZQ, self.Zu, B_sq=self.Zu_sq)
-            vals, idx = torch.topk(D, k, dim=1, largest=False)
-            kth = vals[:, -1:]
-            # rows where another point is within rounding of the k-th distance need the exact
-            # distances and the index tie rule (smallest_k)
-            mag = _magnitude(geo, Q[sl])  # bounds the uncentred rows of Zu too
-            tol = tie_tolerance(self.Zu.shape[1]) * mag * mag
-            qq, d_max = (ZQ * ZQ).sum(1).numpy(), D.max(1).values.numpy()
-            window = torch.as_tensor([tie_window(a, b, c) for a, b, c in zip(qq, d_max, tol)])[:, None]
-            tied = ((D <= kth + window).sum(1) > k).numpy()
-            idx = idx.numpy()
-            Zu, ZQn = self.Zu.numpy(), ZQ.numpy()
-            for r in np.flatnonzero(tied):
-                idx[r] = smallest_k(D[r].numpy(), k, Z=Zu, q=ZQn[r], mag=mag[r])
-            out[sl] = vote(geo.codes[idx], self.n_classes)
-        return out
+        return self.geo.predict_codes(Q, self.k)
+
+    def predict(self, Q: np.ndarray) -> np.ndarray:
+        """Labels predicted for rows of ``Q`` (the classifier's own ``predict``)."""
+        return self.classes[self.predict_codes(Q)]
 
     def codes_of(self, y: np.ndarray) -> np.ndarray:
         """Class codes of labels ``y``; -1 for labels the classifier does not know."""
-        classes = self.classes
-        if (y.dtype.kind in "USO") != (classes.dtype.kind in "USO"):
-            raise ValueError(f"y has labels of dtype {y.dtype}, the model's classes_ have {classes.dtype}")
-        pos = np.searchsorted(classes, y)
-        ok = pos < classes.size
-        ok[ok] = classes[pos[ok]] == y[ok]
-        return np.where(ok, pos, -1)
+        return self.geo.codes_of(y)
 
 
 def _threads_per_worker(n_jobs) -> int:
@@ -192,6 +165,7 @@ class KNNAttack:
              shared=None, desc: str | None = None) -> list:
         """Run ``_run_chunk(target, X, codes, rng, (per_row, shared))`` over chunks of rows, in order;
         ``per_row`` (one row per point, or None) is sliced like ``X``, ``shared`` goes to all."""
+        target.geo.prepare()  # the lazy attributes, computed once before the workers get the geometry
         starts = list(range(0, len(X), self.chunk_size))
         seeds = np.random.SeedSequence(self.random_state).spawn(len(starts))
         threads = _threads_per_worker(self.n_jobs)
@@ -215,7 +189,7 @@ class KNNAttack:
         """The final check, by the classifier's own ``predict`` (in label space)."""
         if len(Q) == 0:
             return np.zeros(0, dtype=bool)
-        return target.knn.predict(Q) != y
+        return target.predict(Q) != y
 
 
 class MinimizationAttack(KNNAttack):
@@ -242,7 +216,7 @@ class MinimizationAttack(KNNAttack):
         """
         target, X, y, codes = self._validate(model, X, y)
         eps_arr = None if eps is None else check_eps(eps)
-        correct = target.knn.predict(X) == y
+        correct = target.predict(X) == y
         raw = X.copy()
         idx = np.flatnonzero(correct)
         if idx.size:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...certify import exact_radius_1nn
+from ...certify import geometry_radii
 from .base import MinimizationAttack, _Target
 
 __all__ = ["ExactAttack"]
@@ -56,10 +56,8 @@ class ExactAttack(MinimizationAttack):
             raise ValueError(f"tol must be a number in (0, 1), got {self.tol!r}")
 
     def _run(self, target: _Target, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        knn = target.knn
-        _, Z = exact_radius_1nn(knn._fit_X, knn.classes_[knn._y_codes], X, target.classes[codes], metric=knn,
-                                return_adversarial=True, n_jobs=self.n_jobs, memory_budget=target.memory_budget,
-                                progress=self.progress, tol=self.tol, chunk_size=self.chunk_size)
+        _, Z = geometry_radii(target.geo, X, target.classes[codes], method="exact", return_adversarial=True,
+                              n_jobs=self.n_jobs, progress=self.progress, tol=self.tol, chunk_size=self.chunk_size)
         return _push_1nn(target, X, Z, codes)
 
 

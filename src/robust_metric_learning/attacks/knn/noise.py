@@ -125,7 +125,7 @@ class NoiseAttack(KNNAttack):
         correct = np.concatenate([p[0] for p in parts], axis=1)
         clipped = np.concatenate([p[1] for p in parts], axis=1)
         accuracy = correct.sum(1) / (len(X) * self.n_draws)
-        clean_ok = target.knn.predict(X) == y
+        clean_ok = target.predict(X) == y
         success = np.ones((e.size, len(X)), dtype=bool)
         rows = np.flatnonzero(clean_ok)
         if rows.size:  # the classifier's own predict decides, on the draws kept
