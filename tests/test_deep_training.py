@@ -10,7 +10,7 @@ from robust_metric_learning.deep import (
     MLP, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, SmallCNN, hyperparameters,
     train_embedding,
 )
-from robust_metric_learning.deep.training import CheckpointError, load_checkpoint
+from robust_metric_learning.deep.checkpoints import CheckpointError, load_checkpoint
 
 
 @pytest.fixture(scope="module")

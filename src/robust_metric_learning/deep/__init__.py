@@ -1,12 +1,25 @@
 """Deep metric learning: embedding nets, robust training for mini-batch metric losses,
 retrieval metrics (clean, adversarial, certified)."""
 
+from .checkpoints import CheckpointError, load_checkpoint
 from .lipschitz import certified_input_radius, layer_bounds, lipschitz_bound
-from .metrics import adversarial_retrieval, certified_retrieval, embedding_radius_bound, retrieval_metrics
+from .metrics import (
+    adversarial_retrieval,
+    certified_retrieval,
+    embedding_radius_bound,
+    retrieval_metrics,
+)
 from .models import MLP, EmbeddingNet, L2Normalize, SmallCNN
-from .robust import DEFENSES, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, get_defense
+from .robust import (
+    DEFENSES,
+    EmbeddingShiftTriplets,
+    NaiveAdversarial,
+    Natural,
+    RobustTriplets,
+    get_defense,
+)
 from .sampler import BalancedBatchSampler
-from .training import CheckpointError, TrainHistory, embed, hyperparameters, load_checkpoint, train_embedding
+from .training import TrainHistory, embed, hyperparameters, train_embedding
 
 __all__ = [
     "MLP", "EmbeddingNet", "L2Normalize", "SmallCNN", "BalancedBatchSampler",

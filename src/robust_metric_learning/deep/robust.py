@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..attacks.embedding.pgd import perturb
 from ..attacks.embedding.norms import get_norm
 from ..attacks.embedding.objectives import EmbeddingShift, TripletRoleObjective
+from ..attacks.embedding.pgd import perturb
 
 __all__ = ["Defense", "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets",
            "get_defense", "DEFENSES"]
