@@ -86,6 +86,24 @@ def _keep_best(best: torch.Tensor, best_x: torch.Tensor, score: torch.Tensor, x_
 # ------------------------------------------------------------------------- attack objects
 
 
+def check_call(model: Any, inputs: Any, objective: Any, eps: Any, index: Any) -> tuple:
+    """The checks of an attack call: ``(inputs, eps array, index)``, validated (every attack and
+    ensemble calls this once)."""
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module mapping inputs to embeddings, got {type(model).__name__}")
+    _check_objective(objective, need_success=True)
+    x = check_unit_interval(inputs.detach() if isinstance(inputs, torch.Tensor) else inputs, name="inputs")
+    eps_arr = check_eps(eps)
+    n = x.shape[0]
+    size = getattr(objective, "n_samples", None)
+    if index is None:
+        if size is not None and size != n:
+            raise ValueError(f"the objective holds context for {size} inputs, inputs has {n}; "
+                             "build it for these inputs or pass index= (their rows in its context)")
+        return x, eps_arr, torch.arange(n)
+    return x, eps_arr, check_index(index, n_rows=n, size=size)
+
+
 class EmbeddingAttackResult(tuple):
     """What an attack on an embedding model returns; unpacks as ``raw, clipped, success``.
 
@@ -201,20 +219,8 @@ class EmbeddingAttack:
         validate_params(self)
         self._check_params()
         norm = get_norm(self.norm)
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module mapping inputs to embeddings, got {type(model).__name__}")
-        _check_objective(objective, need_success=True)
-        x = check_unit_interval(inputs.detach() if isinstance(inputs, torch.Tensor) else inputs, name="inputs")
-        eps_arr = check_eps(eps)
+        x, eps_arr, index = check_call(model, inputs, objective, eps, index)
         n = x.shape[0]
-        size = getattr(objective, "n_samples", None)
-        if index is None:
-            if size is not None and size != n:
-                raise ValueError(f"the objective holds context for {size} inputs, inputs has {n}; "
-                                 "build it for these inputs or pass index= (their rows in its context)")
-            index = torch.arange(n)
-        else:
-            index = check_index(index, n_rows=n, size=size)
         device, dtype = _device_dtype(model)
         out_device = x.device
         x = x.to(dtype=dtype or x.dtype)

@@ -23,9 +23,6 @@ from ..._validation import (
     Interval,
     SequenceOf,
     TupleOf,
-    check_eps,
-    check_index,
-    check_unit_interval,
     validate_params,
 )
 from .apgd import APGD
@@ -33,8 +30,8 @@ from .base import (
     _COMMON_CONSTRAINTS,
     EmbeddingAttack,
     EmbeddingAttackResult,
-    _check_objective,
     _score,
+    check_call,
 )
 from .norms import Norm, get_norm
 from .pgd import PGD
@@ -112,21 +109,8 @@ class EnsembleAttack(EmbeddingAttack):
         :meth:`EmbeddingAttack.__call__ <.base.EmbeddingAttack.__call__>`."""
         validate_params(self)
         members = self._members()
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError("model must be a torch.nn.Module mapping inputs to embeddings, got "
-                             f"{type(model).__name__}")
-        _check_objective(objective, need_success=True)
-        x = check_unit_interval(inputs.detach() if isinstance(inputs, torch.Tensor) else inputs, name="inputs")
-        eps_arr = check_eps(eps)
+        x, eps_arr, index = check_call(model, inputs, objective, eps, index)
         n = x.shape[0]
-        size = getattr(objective, "n_samples", None)
-        if index is None:
-            if size is not None and size != n:
-                raise ValueError(f"the objective holds context for {size} inputs, inputs has {n}; "
-                                 "build it for these inputs or pass index= (their rows in its context)")
-            index = torch.arange(n)
-        else:
-            index = check_index(index, n_rows=n, size=size)
         objectives = [objective if f is None else f(objective) for _, f in members]
         fields: list[list[torch.Tensor]] = [[], [], [], [], []]
         for e in eps_arr.tolist():
