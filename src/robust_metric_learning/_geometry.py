@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import check_array_2d, check_labels, check_metric_scale, check_scale, resolve_metric
+from ._validation import (
+    check_array_2d,
+    check_labels,
+    check_metric_scale,
+    check_scale,
+    resolve_metric,
+)
 from .margin import (
     NEAR_TIE,
     margin_from_distances,

@@ -267,22 +267,27 @@ def validate_params(estimator: Any) -> None:
 # ------------------------------------------------------------ tensors (deep models, attacks)
 
 
+def real_tensor(x: Any, *, name: str, what: str) -> torch.Tensor:
+    """``x`` as a floating tensor (integers to float32; a tensor is not copied), or a clear error
+    for None, non-numbers, booleans and complex values; ``what`` is the expected kind."""
+    if x is None:
+        raise ValueError(f"{name} must be {what}, got None")
+    try:
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    except Exception as exc:
+        raise ValueError(f"{name} must be {what}: {exc}") from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    return t if t.is_floating_point() else t.to(torch.float32)
+
+
 def check_unit_interval(x: Any, *, name: str = "inputs") -> torch.Tensor:
     """Return ``x`` as a non-empty floating tensor of finite values in [0, 1] (images) or raise.
 
     Non-floating inputs (uint8 images, ints) are converted to float32 first, so 0-255
     images get a clear range error instead of a silent rescale.
     """
-    if x is None:
-        raise ValueError(f"{name} must be a tensor or array of values in [0, 1], got None")
-    try:
-        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    except Exception as exc:
-        raise ValueError(f"{name} must be a numeric tensor or array: {exc}") from None
-    if t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"{name} must be real numbers in [0, 1], got dtype {t.dtype}")
-    if not t.is_floating_point():
-        t = t.to(torch.float32)
+    t = real_tensor(x, name=name, what="a tensor or array of values in [0, 1]")
     if t.ndim < 1 or t.shape[0] == 0 or t[0].numel() == 0:
         raise ValueError(f"{name} must have at least one sample (first axis) of at least one value, "
                          f"got shape {tuple(t.shape)}")

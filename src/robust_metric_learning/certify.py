@@ -23,9 +23,23 @@ import numpy as np
 import torch
 from joblib import Parallel, delayed, effective_n_jobs
 
-from ._geometry import ClassSplit, KNNGeometry, class_split, clear_split_cache, fit_geometry, tied_margins
+from ._geometry import (
+    ClassSplit,
+    KNNGeometry,
+    class_split,
+    clear_split_cache,
+    fit_geometry,
+    tied_margins,
+)
 from ._solver import least_distance
-from ._validation import check_array_2d, check_eps, check_labels, check_metric_scale, check_n_features, check_odd_k
+from ._validation import (
+    check_array_2d,
+    check_eps,
+    check_labels,
+    check_metric_scale,
+    check_n_features,
+    check_odd_k,
+)
 from .margin import DEFAULT_MEMORY_BUDGET
 
 __all__ = [

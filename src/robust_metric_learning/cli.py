@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+
 def _parser() -> argparse.ArgumentParser:
     from .datasets import DATASET_NAMES
 

@@ -11,7 +11,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._geometry import fit_geometry
-from ._validation import Interval, check_labels, check_metric_scale, check_odd_k, check_scale, validate_params
+from ._validation import (
+    Interval,
+    check_labels,
+    check_metric_scale,
+    check_odd_k,
+    check_scale,
+    validate_params,
+)
 from .margin import DEFAULT_MEMORY_BUDGET, vote
 
 __all__ = ["MahalanobisKNN"]

@@ -54,7 +54,6 @@ from .embedding import (
     get_norm,
     perturb,
 )
-from .knn.base import _Target
 from .knn import (
     AttackResult,
     BoundaryAttack,
@@ -65,6 +64,7 @@ from .knn import (
     NoiseResult,
     StructuralAttack,
 )
+from .knn.base import _Target
 
 __all__ = [
     "APGD",

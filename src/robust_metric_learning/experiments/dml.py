@@ -219,7 +219,13 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     import torch
 
     from ..attacks import PGD, EmbeddingShift, RandomSearch
-    from ..deep import adversarial_retrieval, certified_retrieval, embed, retrieval_metrics, train_embedding
+    from ..deep import (
+        adversarial_retrieval,
+        certified_retrieval,
+        embed,
+        retrieval_metrics,
+        train_embedding,
+    )
 
     X_tr, y_tr, X_ev, y_ev = data
     loss_fn, miner = _loss(loss)

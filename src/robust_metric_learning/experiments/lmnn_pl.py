@@ -217,7 +217,11 @@ def run_split(X: np.ndarray, y: np.ndarray, seed: int, method: str, *, n_jobs: i
     """Fit ``method`` on the seed's training part (CV inside it), evaluate on its test part."""
     from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold, train_test_split
+    from sklearn.model_selection import (
+        RandomizedSearchCV,
+        StratifiedKFold,
+        train_test_split,
+    )
 
     from ..learners import LMNNPL, PerturbationLoss
 

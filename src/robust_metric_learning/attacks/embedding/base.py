@@ -94,14 +94,19 @@ def check_call(model: Any, inputs: Any, objective: Any, eps: Any, index: Any) ->
     _check_objective(objective, need_success=True)
     x = check_unit_interval(inputs.detach() if isinstance(inputs, torch.Tensor) else inputs, name="inputs")
     eps_arr = check_eps(eps)
-    n = x.shape[0]
+    return x, eps_arr, objective_index(objective, index, x.shape[0], name="inputs")
+
+
+def objective_index(objective: Any, index: Any, n: int, *, name: str) -> torch.Tensor:
+    """The rows of the objective's context the ``n`` inputs ``name`` stand for (``index``, or
+    ``0..n-1`` when None, which needs an objective built for exactly these inputs)."""
     size = getattr(objective, "n_samples", None)
     if index is None:
         if size is not None and size != n:
-            raise ValueError(f"the objective holds context for {size} inputs, inputs has {n}; "
+            raise ValueError(f"the objective holds context for {size} inputs, {name} has {n}; "
                              "build it for these inputs or pass index= (their rows in its context)")
-        return x, eps_arr, torch.arange(n)
-    return x, eps_arr, check_index(index, n_rows=n, size=size)
+        return torch.arange(n)
+    return check_index(index, n_rows=n, size=size)
 
 
 class EmbeddingAttackResult(tuple):

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..._validation import real_tensor
+
 __all__ = ["DISTANCES", "EmbeddingShift", "Objective", "TripletRoleObjective"]
 
 
@@ -101,16 +103,8 @@ class _Distance:
 
 def _embeddings(x: Any, *, name: str) -> torch.Tensor:
     """A detached, finite, non-empty 2-D floating tensor (CPU or not), or a clear error."""
-    if x is None:
-        raise ValueError(f"{name} must be a 2-D tensor of embeddings (n, dim), got None")
-    try:
-        t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    except Exception as exc:
-        raise ValueError(f"{name} must be a 2-D tensor of embeddings: {exc}") from None
-    if t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    if not t.is_floating_point():
-        t = t.to(torch.float32)
+    t = real_tensor(x.detach() if isinstance(x, torch.Tensor) else x, name=name,
+                    what="a 2-D tensor of embeddings (n, dim)")
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} must be a non-empty 2-D tensor of embeddings (n, dim), got shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):

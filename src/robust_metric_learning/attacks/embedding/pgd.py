@@ -18,7 +18,6 @@ import torch
 from ..._validation import (
     Interval,
     Options,
-    check_index,
     check_unit_interval,
 )
 from .base import (
@@ -29,6 +28,7 @@ from .base import (
     _keep_best,
     _per_sample,
     _score,
+    objective_index,
 )
 from .norms import Norm, get_norm
 
@@ -136,14 +136,7 @@ def perturb(model: Any, x: torch.Tensor, objective: Any, *, norm: str | Norm = "
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     x = check_unit_interval(x.detach() if isinstance(x, torch.Tensor) else x, name="x")
     n = x.shape[0]
-    size = getattr(objective, "n_samples", None)
-    if index is None:
-        if size is not None and size != n:
-            raise ValueError(f"the objective holds context for {size} inputs, x has {n}; "
-                             "pass index= (rows of x in the objective's context)")
-        index = torch.arange(n, device=x.device)
-    else:
-        index = check_index(index, n_rows=n, size=size).to(x.device)
+    index = objective_index(objective, index, n, name="x").to(x.device)
     eps_t = _per_sample(eps, n, x, name="eps")
     alpha = 2.0 * eps_t / steps if step_size is None else _per_sample(step_size, n, x, name="step_size")
     x_adv, score = _pgd(model, x, objective, index, norm, eps_t, int(steps), alpha, random_start, int(restarts),

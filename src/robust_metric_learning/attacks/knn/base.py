@@ -20,6 +20,7 @@ import torch
 from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.utils.validation import check_is_fitted
 
+from ..._geometry import KNNGeometry
 from ..._validation import (
     check_array_2d,
     check_eps,
@@ -27,7 +28,6 @@ from ..._validation import (
     check_n_features,
     check_positive_int,
 )
-from ..._geometry import KNNGeometry
 
 __all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
 
