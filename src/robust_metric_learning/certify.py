@@ -15,13 +15,11 @@ A radius is 0 where the classifier is already wrong on the point.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed, effective_n_jobs
+from joblib import Parallel, delayed
 
 from ._geometry import (
     ClassSplit,
@@ -31,6 +29,7 @@ from ._geometry import (
     fit_geometry,
     tied_margins,
 )
+from ._parallel import progress_bar, threads_per_worker
 from ._solver import least_distance
 from ._validation import (
     check_array_2d,
@@ -260,13 +259,6 @@ def check_queries(geo: KNNGeometry, X, y, n_neighbors: int) -> tuple[np.ndarray,
     return X, geo.codes_of(y)
 
 
-def _progress(progress: bool | None, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    disable = (not sys.stderr.isatty()) if progress is None else not progress
-    return tqdm(total=total, desc=desc, unit="pt", disable=disable, leave=False)
-
-
 def certify_geometry(geo: KNNGeometry, X: np.ndarray, y_codes: np.ndarray, *, k: int, method: str, n_jobs,
                      progress, return_adversarial: bool, n_screen: int, tol: float, chunk_size: int):
     """Radii (and with ``return_adversarial`` the perturbations) of validated query rows ``X``
@@ -278,19 +270,18 @@ def certify_geometry(geo: KNNGeometry, X: np.ndarray, y_codes: np.ndarray, *, k:
     radii = np.zeros(len(X))
     deltas = np.zeros_like(X) if return_adversarial else None
     correct = pred == y_codes
-    workers = effective_n_jobs(n_jobs)
     tasks = []
     for c in range(geo.n_classes):
         idx = np.flatnonzero(correct & (pred == c))
         for start in range(0, idx.size, chunk_size):
             tasks.append((c, idx[start:start + chunk_size]))
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = threads_per_worker(n_jobs)
     task = {"method": method, "s": (k + 1) // 2, "n_screen": n_screen, "tol": tol,
             "return_adversarial": return_adversarial, "threads": threads}
     jobs = (delayed(_run_chunk)(geo, c, X[idx], task) for c, idx in tasks)
     prev_threads = torch.get_num_threads()
     try:
-        with _progress(progress, int(correct.sum()), f"certify ({method}, K={k})") as bar:
+        with progress_bar(progress, int(correct.sum()), f"certify ({method}, K={k})") as bar:
             results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
             for (_, idx), (r, dl) in zip(tasks, results):
                 radii[idx] = r

@@ -16,13 +16,13 @@ change; "l2": Euclidean norm of the whole perturbation of one input).
 
 from __future__ import annotations
 
-import sys
 from numbers import Integral
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..._parallel import progress_bar
 from ..._validation import (
     Interval,
     Options,
@@ -148,13 +148,6 @@ def _device_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype | N
     return torch.device("cpu"), None
 
 
-def _progress(progress: bool | None, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    disable = (not sys.stderr.isatty()) if progress is None else not progress
-    return tqdm(total=total, desc=desc, unit="pt", disable=disable, leave=False)
-
-
 _COMMON_CONSTRAINTS = {
     "norm": [Options(*NORMS), Norm],
     "batch_size": [Interval(Integral, 1, None)],
@@ -236,7 +229,7 @@ class EmbeddingAttack:
         modes = [(m, m.training) for m in model.modules()]
         model.eval()
         try:
-            with _progress(self.progress, n * eps_arr.size, self.name) as bar:
+            with progress_bar(self.progress, n * eps_arr.size, self.name) as bar:
                 for e in eps_arr.tolist():
                     parts: list[list[torch.Tensor]] = [[], [], [], [], []]
                     for s, seed in zip(starts, seeds):

@@ -10,17 +10,16 @@ is already wrong, the l2 norm of the verified perturbation, +inf where the attac
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed, effective_n_jobs
+from joblib import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
 from ..._geometry import KNNGeometry
+from ..._parallel import progress_bar, threads_per_worker
 from ..._validation import (
     check_array_2d,
     check_eps,
@@ -100,17 +99,6 @@ class _Target:
         return self.geo.codes_of(y)
 
 
-def _threads_per_worker(n_jobs) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, effective_n_jobs(n_jobs)))
-
-
-def _progress(progress: bool | None, total: int, desc: str):
-    from tqdm.auto import tqdm
-
-    disable = (not sys.stderr.isatty()) if progress is None else not progress
-    return tqdm(total=total, desc=desc, unit="pt", disable=disable, leave=False)
-
-
 def _chunk_worker(attack: "KNNAttack", target: _Target, X: np.ndarray, codes: np.ndarray, seed, threads: int, extra):
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -168,7 +156,7 @@ class KNNAttack:
         target.geo.prepare()  # the lazy attributes, computed once before the workers get the geometry
         starts = list(range(0, len(X), self.chunk_size))
         seeds = np.random.SeedSequence(self.random_state).spawn(len(starts))
-        threads = _threads_per_worker(self.n_jobs)
+        threads = threads_per_worker(self.n_jobs)
         step = self.chunk_size
         jobs = (delayed(_chunk_worker)(self, target, X[s:s + step], codes[s:s + step], seed, threads,
                                        (None if per_row is None else per_row[s:s + step], shared))
@@ -176,7 +164,7 @@ class KNNAttack:
         prev = torch.get_num_threads()
         out = []
         try:
-            with _progress(self.progress, len(X), desc or self.name) as bar:
+            with progress_bar(self.progress, len(X), desc or self.name) as bar:
                 for s, res in zip(starts, Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)):
                     out.append(res)
                     bar.update(min(step, len(X) - s))
