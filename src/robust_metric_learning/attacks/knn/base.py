@@ -11,6 +11,7 @@ is already wrong, the l2 norm of the verified perturbation, +inf where the attac
 from __future__ import annotations
 
 import warnings
+from numbers import Integral
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,11 +22,12 @@ from sklearn.utils.validation import check_is_fitted
 from ..._geometry import KNNGeometry
 from ..._parallel import progress_bar, threads_per_worker
 from ..._validation import (
+    Interval,
     check_array_2d,
     check_eps,
     check_labels,
     check_n_features,
-    check_positive_int,
+    validate_params,
 )
 
 __all__ = ["AttackResult", "KNNAttack", "MinimizationAttack"]
@@ -122,6 +124,12 @@ class KNNAttack:
     """
 
     name = "attack"
+    _parameter_constraints: dict = {
+        "n_jobs": [None, Integral],
+        "chunk_size": [Interval(Integral, 1, None)],
+        "random_state": [None, Interval(Integral, 0, 2**63 - 1)],
+        "progress": [None, bool],
+    }
 
     def __init__(self, *, n_jobs: int | None = None, chunk_size: int = 32, random_state: int | None = None,
                  progress: bool | None = None):
@@ -132,17 +140,16 @@ class KNNAttack:
 
     # ---------------------------------------------------------------- for subclasses
     def _check_params(self, target: _Target) -> None:
-        """Validate hyper-parameters against the model (raise ValueError naming the parameter)."""
+        """Check hyper-parameters against the model (the declared ``_parameter_constraints`` are
+        checked before, by ``validate_params``); raise ValueError naming the parameter."""
 
     def _run_chunk(self, target: _Target, X: np.ndarray, codes: np.ndarray, rng: np.random.Generator, extra):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- shared steps
     def _validate(self, model, X, y):
+        validate_params(self)
         target = model if isinstance(model, _Target) else _Target(model)
-        check_positive_int(self.chunk_size, name="chunk_size")
-        if self.n_jobs is not None and (isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, (int, np.integer))):
-            raise ValueError(f"n_jobs must be None or an integer, got {self.n_jobs!r}")
         self._check_params(target)
         X = check_array_2d(X, name="X")
         check_n_features(X, target.n_features, name="X", what="the model was fitted on")

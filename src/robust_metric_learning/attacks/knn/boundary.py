@@ -19,8 +19,11 @@ skipped (foolbox fails on them), and the start is the nearest adversarial traini
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 
+from ..._validation import Interval, validate_params
 from .base import MinimizationAttack, _Target
 
 __all__ = ["BoundaryAttack"]
@@ -65,6 +68,17 @@ class BoundaryAttack(MinimizationAttack):
 
     name = "boundary"
 
+    _parameter_constraints = {
+        **MinimizationAttack._parameter_constraints,
+        "steps": [Interval(Integral, 0, None)],
+        "update_stats_every_k": [Interval(Integral, 1, None)],
+        "n_init": [Interval(Integral, 1, None)],
+        **{name: [Interval(Real, 0, 1, closed="neither")] for name in ("spherical_step", "source_step",
+                                                                        "source_step_convergence")},
+        "step_adaptation": [Interval(Real, 1, None, closed="neither")],
+        "init_attack": [None, MinimizationAttack],
+    }
+
     def __init__(self, *, steps: int = 25000, spherical_step: float = 0.01, source_step: float = 0.01,
                  source_step_convergence: float = 1e-7, step_adaptation: float = 1.5,
                  update_stats_every_k: int = 10, n_init: int = 32, init_attack: MinimizationAttack | None = None,
@@ -81,19 +95,8 @@ class BoundaryAttack(MinimizationAttack):
         self.init_attack = init_attack
 
     def _check_params(self, target: _Target) -> None:
-        for name in ("steps", "update_stats_every_k", "n_init"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if name == 'steps' else 'positive'} "
-                                 f"integer, got {v!r}")
-        for name, lo, hi in (("spherical_step", 0, 1), ("source_step", 0, 1), ("source_step_convergence", 0, 1),
-                             ("step_adaptation", 1, np.inf)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) or not lo < v < hi:
-                raise ValueError(f"{name} must be a number in ({lo}, {hi}), got {v!r}")
         if self.init_attack is not None:
-            if not isinstance(self.init_attack, MinimizationAttack):
-                raise ValueError(f"init_attack must be a MinimizationAttack or None, got {self.init_attack!r}")
+            validate_params(self.init_attack)
             self.init_attack._check_params(target)
 
     def _run(self, target: _Target, X: np.ndarray, codes: np.ndarray) -> np.ndarray:

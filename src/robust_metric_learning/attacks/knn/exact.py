@@ -7,8 +7,11 @@ decision boundary so that ``predict`` really flips.
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
 
+from ..._validation import Interval
 from ...certify import geometry_radii
 from .base import MinimizationAttack, _Target
 
@@ -43,6 +46,9 @@ class ExactAttack(MinimizationAttack):
 
     name = "exact"
 
+    _parameter_constraints = {**MinimizationAttack._parameter_constraints,
+                              "tol": [Interval(Real, 0, 1, closed="neither")]}
+
     def __init__(self, *, tol: float = 1e-10, n_jobs: int | None = None, chunk_size: int = 64,
                  random_state: int | None = None, progress: bool | None = None):
         super().__init__(n_jobs=n_jobs, chunk_size=chunk_size, random_state=random_state, progress=progress)
@@ -52,8 +58,6 @@ class ExactAttack(MinimizationAttack):
         if target.k != 1:
             raise ValueError(f"ExactAttack is for 1-NN only; the model has n_neighbors={target.k} "
                              "(use StructuralAttack)")
-        if not (isinstance(self.tol, (float, int)) and 0 < self.tol < 1):
-            raise ValueError(f"tol must be a number in (0, 1), got {self.tol!r}")
 
     def _run(self, target: _Target, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
         _, Z = geometry_radii(target.geo, X, target.classes[codes], method="exact", return_adversarial=True,

@@ -8,12 +8,13 @@ empirical radius (the smallest such norm: an upper bound, usually a loose one).
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import NamedTuple
 
 import numpy as np
 
-from ..._validation import check_eps
-from .base import KNNAttack, _Target
+from ..._validation import Interval, Options, check_eps
+from .base import KNNAttack
 
 __all__ = ["NoiseAttack", "NoiseResult"]
 
@@ -68,6 +69,13 @@ class NoiseAttack(KNNAttack):
 
     name = "noise"
 
+    _parameter_constraints = {
+        **KNNAttack._parameter_constraints,
+        "kind": [Options("gaussian", "uniform")],
+        "n_draws": [Interval(Integral, 1, None)],
+        "exact_norm": [bool],
+    }
+
     def __init__(self, *, kind: str = "gaussian", n_draws: int = 10, exact_norm: bool = True,
                  n_jobs: int | None = None, chunk_size: int = 256, random_state: int | None = None,
                  progress: bool | None = None):
@@ -75,14 +83,6 @@ class NoiseAttack(KNNAttack):
         self.kind = kind
         self.n_draws = n_draws
         self.exact_norm = exact_norm
-
-    def _check_params(self, target: _Target) -> None:
-        if self.kind not in ("gaussian", "uniform"):
-            raise ValueError(f"kind must be 'gaussian' or 'uniform', got {self.kind!r}")
-        if isinstance(self.n_draws, bool) or not isinstance(self.n_draws, (int, np.integer)) or self.n_draws < 1:
-            raise ValueError(f"n_draws must be a positive integer, got {self.n_draws!r}")
-        if not isinstance(self.exact_norm, (bool, np.bool_)):
-            raise ValueError(f"exact_norm must be True or False, got {self.exact_norm!r}")
 
     def _noise(self, rng: np.random.Generator, shape: tuple, eps: float) -> np.ndarray:
         dim = shape[-1]

@@ -16,10 +16,13 @@ from one GEMM; each point's work runs single-threaded (use ``n_jobs`` for more c
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
+from ..._validation import Interval
 from ...margin import vote
 from ._compiled import _greedy_compiled
 from ._region import _flips, _Point, _region_qp_fast
@@ -35,12 +38,6 @@ _RESTART = 1.25
 #: A template whose region holds no point within this factor of the distance to its farthest
 #: member counts as empty (the least-distance solver verifies that before it says so).
 _FAR = 1e6
-
-
-def _check_int(value, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 # ------------------------------------------------------------------ structural attack
@@ -313,6 +310,14 @@ class StructuralAttack(MinimizationAttack):
 
     name = "structural"
 
+    _parameter_constraints = {
+        **MinimizationAttack._parameter_constraints,
+        **{name: [Interval(Integral, 1, None)] for name in ("n_pool", "n_screen", "max_qp", "n_targets", "n_swap",
+                                                            "n_starts")},
+        **{name: [Interval(Integral, 0, None)] for name in ("n_refine", "n_swap_qp")},
+        "line_search": [bool],
+    }
+
     def __init__(self, *, n_pool: int = 16, n_screen: int = 32, max_qp: int = 24, n_targets: int = 3,
                  n_refine: int = 4, n_swap: int = 6, n_swap_qp: int = 4, n_starts: int = 1,
                  line_search: bool = True, n_jobs: int | None = None, chunk_size: int = 16,
@@ -327,18 +332,6 @@ class StructuralAttack(MinimizationAttack):
         self.n_swap_qp = n_swap_qp
         self.n_starts = n_starts
         self.line_search = line_search
-
-    def _check_params(self, target: _Target) -> None:
-        _check_int(self.n_pool, "n_pool")
-        _check_int(self.n_screen, "n_screen")
-        _check_int(self.max_qp, "max_qp")
-        _check_int(self.n_targets, "n_targets")
-        _check_int(self.n_refine, "n_refine", low=0)
-        _check_int(self.n_swap, "n_swap")
-        _check_int(self.n_swap_qp, "n_swap_qp", low=0)
-        _check_int(self.n_starts, "n_starts")
-        if not isinstance(self.line_search, (bool, np.bool_)):
-            raise ValueError(f"line_search must be True or False, got {self.line_search!r}")
 
     def _run(self, target: _Target, X: np.ndarray, codes: np.ndarray) -> np.ndarray:
         if target.k != 1:
