@@ -269,7 +269,7 @@ def test_nnls_ldp_matches_scipy():
     rivals are dependent by construction) and empty regions: the residual E u - f is unique."""
     from scipy.optimize import nnls
 
-    from robust_metric_learning.attacks.knn._compiled import _nnls_ldp
+    from robust_metric_learning._solver import nnls_compiled
 
     rng = np.random.default_rng(0)
     n_dependent = n_empty = 0
@@ -292,7 +292,7 @@ def test_nnls_ldp_matches_scipy():
         f = np.zeros(dim + 1)
         f[-1] = 1.0
         u_ref, _ = nnls(E, f, maxiter=50 * E.shape[1] + 100)
-        u, ok = _nnls_ldp(U, b, np.zeros(len(b)), 5 * len(b) + 100)
+        u, ok = nnls_compiled(U, b, np.zeros(len(b)), 5 * len(b) + 100)
         assert ok and (u >= 0).all()
         np.testing.assert_allclose(E @ u - f, E @ u_ref - f, atol=1e-9)
         n_empty += np.linalg.norm(E @ u_ref - f) < 1e-9

@@ -18,15 +18,21 @@ squares problem), and trusts that path only as far as it can be checked:
 A polyhedron with no interior at working precision (its largest inscribed ball has radius 0 to
 ``tol``) and no verified emptiness is reported as empty: a template of the attack that can only
 be met with equality cannot be moved into strictly.
+
+Also here, the unchecked fast paths that callers verify and back with :func:`least_distance`:
+:func:`dual_active_set` (the exact radius's warm-started working-set dual) and
+:func:`nnls_compiled` (the structural attack's compiled NNLS).
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
-__all__ = ["least_distance", "farkas_reach", "effective_reach", "nnls_least_distance"]
+__all__ = ["least_distance", "farkas_reach", "effective_reach", "nnls_least_distance", "dual_active_set",
+           "nnls_compiled"]
 
 _EPS = float(np.finfo(np.float64).eps)
 #: the largest reach a certificate of emptiness has to cover, relative to max |b_i|
@@ -319,3 +325,173 @@ def _farkas_box(A: np.ndarray, b: np.ndarray, y: np.ndarray, reach: float) -> bo
     bty = _dot_exact(b[:, None], y)[0]
     l1 = math.fsum(np.abs(s)) * (1.0 + (s.size + 2) * _EPS)
     return bool(bty + abs(bty) * _EPS + reach * l1 * (1.0 + 2 * _EPS) < 0)
+
+
+# ------------------------------------------------------------------ fast paths
+#
+# Unchecked solvers that the callers verify (feasibility, multipliers) and back with
+# ``least_distance``: a warm-started dual active set (the exact radius's per-negative projection)
+# and a compiled NNLS through a QR factorisation updated column by column (the structural
+# attack's region QP, :mod:`robust_metric_learning.attacks.knn._compiled`).
+
+
+def dual_active_set(G: np.ndarray, b: np.ndarray, lam: np.ndarray, tol: float) -> tuple[np.ndarray, bool]:
+    """The dual of a least-distance problem on a working set, ``min 1/2 l^T G l + b^T l`` over
+    ``l >= 0`` with ``G = A A^T`` (active set, Lawson-Hanson style): the warm-started fast path
+    of the exact radius, which falls back to :func:`least_distance` where it does not converge.
+
+    ``lam`` is a feasible warm start (optimal on its support). Stops when every gradient
+    entry ``(G l + b)_i`` (the primal slack of constraint ``i``) is ``>= -tol``. Returns the
+    solution and whether it converged (False on degenerate, linearly dependent supports).
+    """
+    n = b.size
+    F = lam > 0
+    for _ in range(3 * n + 20):
+        grad = G @ lam + b
+        viol = np.where(F, np.inf, grad + tol)
+        t = int(np.argmin(viol))
+        if viol[t] >= 0:
+            return lam, True
+        F[t] = True
+        for inner in range(n + 1):
+            idx = np.flatnonzero(F)
+            try:
+                s = np.linalg.solve(G[np.ix_(idx, idx)], -b[idx])
+            except np.linalg.LinAlgError:
+                return lam, False
+            if (s > 0).all():
+                lam[:] = 0.0
+                lam[idx] = s
+                break
+            if inner == 0 and s[np.searchsorted(idx, t)] <= 0:
+                return lam, False  # the entering constraint depends on the support
+            cur = lam[idx]
+            neg = s <= 0
+            alpha = np.min(cur[neg] / (cur[neg] - s[neg]))
+            lam[idx] = cur + alpha * (s - cur)
+            drop = idx[lam[idx] <= 0]
+            F[drop] = False
+            lam[drop] = 0.0
+    return lam, False
+
+
+@numba.njit(cache=True, nogil=True)
+def _qr_add(Et, j, Qt, R, p):  # pragma: no cover - compiled
+    """Append column ``j`` of ``E`` (row ``j`` of ``Et``) to the thin QR factors (rows of
+    ``Qt[:p]``, ``R[:p, :p]``) by Gram-Schmidt, twice; False if numerically dependent on them."""
+    v = Et[j].copy()
+    ref = np.sqrt(v @ v)
+    for _ in range(2):
+        for k in range(p):
+            r = Qt[k] @ v
+            R[k, p] += r
+            v -= r * Qt[k]
+    nrm = np.sqrt(v @ v)
+    if nrm <= 1e-11 * ref:
+        R[:p + 1, p] = 0.0
+        return False
+    Qt[p] = v / nrm
+    R[p, p] = nrm
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _qr_solve(Qt, R, p, last):  # pragma: no cover - compiled
+    """Least-squares solution on the factored columns for the right-hand side ``e_last``."""
+    x = np.empty(p)
+    for i in range(p - 1, -1, -1):
+        acc = Qt[i, last]
+        for k in range(i + 1, p):
+            acc -= R[i, k] * x[k]
+        x[i] = acc / R[i, i]
+    return x
+
+
+@numba.njit(cache=True, nogil=True)
+def nnls_compiled(U, b, u, max_iter):  # pragma: no cover - compiled
+    """Lawson-Hanson NNLS ``min ||E u - f||`` over ``u >= 0`` with ``E = [-U^T; -b^T]`` and
+    ``f = e_last`` (least-distance programming), the passive columns kept as thin QR factors
+    (appended one at a time, refactored when columns leave). ``u``: a feasible start.
+    Returns ``(u, ok)``."""
+    w, dim = U.shape
+    Et = np.empty((w, dim + 1))
+    Et[:, :dim] = -U
+    Et[:, dim] = -b
+    Qt = np.zeros((w, dim + 1))
+    R = np.zeros((w, w))
+    cols = np.empty(w, dtype=np.int64)
+    p = 0
+    for i in range(w):  # factor the warm start's support
+        if u[i] > 0:
+            if not _qr_add(Et, i, Qt, R, p):
+                return u, False
+            cols[p] = i
+            p += 1
+    passive = u > 0
+    blocked = np.zeros(w, dtype=np.bool_)
+    tol = 1e-12 * max(1.0, np.abs(Et).max())
+    it = 0
+    j = -1
+    inner = p > 0
+    while True:
+        while inner:  # make u optimal on the passive set (Lawson-Hanson's inner loop)
+            it += 1
+            if it > max_iter:
+                return u, False
+            sol = _qr_solve(Qt, R, p, dim)
+            if j >= 0:
+                j = -1
+                if sol[p - 1] <= 0:  # the entering column cannot grow: leave it out
+                    p -= 1
+                    passive[cols[p]] = False
+                    blocked[cols[p]] = True
+                    R[:p + 1, p] = 0.0
+                    break
+            if (sol > 0).all():
+                u[:] = 0.0
+                for a in range(p):
+                    u[cols[a]] = sol[a]
+                blocked[:] = False
+                break
+            alpha = np.inf
+            for a in range(p):
+                if sol[a] <= 0:
+                    alpha = min(alpha, u[cols[a]] / (u[cols[a]] - sol[a]))
+            keep = np.empty(p, dtype=np.int64)
+            n_keep = 0
+            for a in range(p):
+                c = cols[a]
+                u[c] += alpha * (sol[a] - u[c])
+                if u[c] <= 0:
+                    u[c] = 0.0
+                    passive[c] = False
+                else:
+                    keep[n_keep] = c
+                    n_keep += 1
+            R[:] = 0.0
+            p = 0
+            for a in range(n_keep):
+                if not _qr_add(Et, keep[a], Qt, R, p):
+                    return u, False
+                cols[p] = keep[a]
+                p += 1
+            if p == 0:
+                break
+        inner = False
+        r = -(Et.T @ u)
+        r[dim] += 1.0  # f - E u
+        grad = Et @ r
+        j, best = -1, tol
+        for i in range(w):
+            if not passive[i] and not blocked[i] and grad[i] > best:
+                j, best = i, grad[i]
+        if j < 0:
+            return u, True
+        if not _qr_add(Et, j, Qt, R, p):  # dependent on the passive columns: no progress there
+            blocked[j] = True
+            j = -1
+            continue
+        passive[j] = True
+        cols[p] = j
+        p += 1
+        inner = True

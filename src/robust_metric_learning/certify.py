@@ -30,7 +30,7 @@ from ._geometry import (
     tied_margins,
 )
 from ._parallel import progress_bar, threads_per_worker
-from ._solver import least_distance
+from ._solver import dual_active_set, least_distance
 from ._validation import (
     check_array_2d,
     check_eps,
@@ -53,44 +53,6 @@ _SCREEN_SAFETY = 1.0 - 1e-9
 
 
 # ------------------------------------------------------------------- exact 1-NN radius
-
-
-def _nonneg_qp(G: np.ndarray, b: np.ndarray, lam: np.ndarray, tol: float) -> tuple[np.ndarray, bool]:
-    """Solve ``min 1/2 l^T G l + b^T l`` over ``l >= 0`` (active set, Lawson-Hanson style).
-
-    ``lam`` is a feasible warm start (optimal on its support). Stops when every gradient
-    entry ``(G l + b)_i`` (the primal slack of constraint ``i``) is ``>= -tol``. Returns the
-    solution and whether it converged (False on degenerate, linearly dependent supports).
-    """
-    n = b.size
-    F = lam > 0
-    for _ in range(3 * n + 20):
-        grad = G @ lam + b
-        viol = np.where(F, np.inf, grad + tol)
-        t = int(np.argmin(viol))
-        if viol[t] >= 0:
-            return lam, True
-        F[t] = True
-        for inner in range(n + 1):
-            idx = np.flatnonzero(F)
-            try:
-                s = np.linalg.solve(G[np.ix_(idx, idx)], -b[idx])
-            except np.linalg.LinAlgError:
-                return lam, False
-            if (s > 0).all():
-                lam[:] = 0.0
-                lam[idx] = s
-                break
-            if inner == 0 and s[np.searchsorted(idx, t)] <= 0:
-                return lam, False  # the entering constraint depends on the support
-            cur = lam[idx]
-            neg = s <= 0
-            alpha = np.min(cur[neg] / (cur[neg] - s[neg]))
-            lam[idx] = cur + alpha * (s - cur)
-            drop = idx[lam[idx] <= 0]
-            F[drop] = False
-            lam[drop] = 0.0
-    return lam, False
 
 
 def _project_negative(split: ClassSplit, j: int, dP: np.ndarray, d_j: float, unit_norm: np.ndarray,
@@ -116,7 +78,7 @@ def _project_negative(split: ClassSplit, j: int, dP: np.ndarray, d_j: float, uni
         Wi = np.asarray(W)
         AW = 2.0 * (split.MXP[Wi] - mx_j) / safe[Wi, None]
         G = AW @ AW.T
-        lam, ok = _nonneg_qp(G, bhat[Wi], lam, thresh)
+        lam, ok = dual_active_set(G, bhat[Wi], lam, thresh)
         delta = -(AW.T @ lam)
         slack = bhat - 2.0 * (split.MXP @ delta - mx_j @ delta) / safe
         slack[zero] = np.inf

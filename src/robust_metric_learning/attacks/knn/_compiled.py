@@ -10,6 +10,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ..._solver import nnls_compiled
+
 #: Compiled dot products may be reordered (vectorised) and fused; infinities keep their meaning.
 _FAST = {"reassoc", "contract"}
 
@@ -35,128 +37,6 @@ def _max_half_space_compiled(MX, MX_sq, d, P, Q, floor):  # pragma: no cover - c
 # the Farkas candidate; the caller accepts the verdict only if the certificate verifies.
 
 _QP_DONE, _QP_NONE, _QP_NUMERIC, _QP_EMPTY = 0, 1, 2, 3
-
-
-@numba.njit(cache=True, nogil=True)
-def _qr_add(Et, j, Qt, R, p):  # pragma: no cover - compiled
-    """Append column ``j`` of ``E`` (row ``j`` of ``Et``) to the thin QR factors (rows of
-    ``Qt[:p]``, ``R[:p, :p]``) by Gram-Schmidt, twice; False if numerically dependent on them."""
-    v = Et[j].copy()
-    ref = np.sqrt(v @ v)
-    for _ in range(2):
-        for k in range(p):
-            r = Qt[k] @ v
-            R[k, p] += r
-            v -= r * Qt[k]
-    nrm = np.sqrt(v @ v)
-    if nrm <= 1e-11 * ref:
-        R[:p + 1, p] = 0.0
-        return False
-    Qt[p] = v / nrm
-    R[p, p] = nrm
-    return True
-
-
-@numba.njit(cache=True, nogil=True)
-def _qr_solve(Qt, R, p, last):  # pragma: no cover - compiled
-    """Least-squares solution on the factored columns for the right-hand side ``e_last``."""
-    x = np.empty(p)
-    for i in range(p - 1, -1, -1):
-        acc = Qt[i, last]
-        for k in range(i + 1, p):
-            acc -= R[i, k] * x[k]
-        x[i] = acc / R[i, i]
-    return x
-
-
-@numba.njit(cache=True, nogil=True)
-def _nnls_ldp(U, b, u, max_iter):  # pragma: no cover - compiled
-    """Lawson-Hanson NNLS ``min ||E u - f||`` over ``u >= 0`` with ``E = [-U^T; -b^T]`` and
-    ``f = e_last`` (least-distance programming), the passive columns kept as thin QR factors
-    (appended one at a time, refactored when columns leave). ``u``: a feasible start.
-    Returns ``(u, ok)``."""
-    w, dim = U.shape
-    Et = np.empty((w, dim + 1))
-    Et[:, :dim] = -U
-    Et[:, dim] = -b
-    Qt = np.zeros((w, dim + 1))
-    R = np.zeros((w, w))
-    cols = np.empty(w, dtype=np.int64)
-    p = 0
-    for i in range(w):  # factor the warm start's support
-        if u[i] > 0:
-            if not _qr_add(Et, i, Qt, R, p):
-                return u, False
-            cols[p] = i
-            p += 1
-    passive = u > 0
-    blocked = np.zeros(w, dtype=np.bool_)
-    tol = 1e-12 * max(1.0, np.abs(Et).max())
-    it = 0
-    j = -1
-    inner = p > 0
-    while True:
-        while inner:  # make u optimal on the passive set (Lawson-Hanson's inner loop)
-            it += 1
-            if it > max_iter:
-                return u, False
-            sol = _qr_solve(Qt, R, p, dim)
-            if j >= 0:
-                j = -1
-                if sol[p - 1] <= 0:  # the entering column cannot grow: leave it out
-                    p -= 1
-                    passive[cols[p]] = False
-                    blocked[cols[p]] = True
-                    R[:p + 1, p] = 0.0
-                    break
-            if (sol > 0).all():
-                u[:] = 0.0
-                for a in range(p):
-                    u[cols[a]] = sol[a]
-                blocked[:] = False
-                break
-            alpha = np.inf
-            for a in range(p):
-                if sol[a] <= 0:
-                    alpha = min(alpha, u[cols[a]] / (u[cols[a]] - sol[a]))
-            keep = np.empty(p, dtype=np.int64)
-            n_keep = 0
-            for a in range(p):
-                c = cols[a]
-                u[c] += alpha * (sol[a] - u[c])
-                if u[c] <= 0:
-                    u[c] = 0.0
-                    passive[c] = False
-                else:
-                    keep[n_keep] = c
-                    n_keep += 1
-            R[:] = 0.0
-            p = 0
-            for a in range(n_keep):
-                if not _qr_add(Et, keep[a], Qt, R, p):
-                    return u, False
-                cols[p] = keep[a]
-                p += 1
-            if p == 0:
-                break
-        inner = False
-        r = -(Et.T @ u)
-        r[dim] += 1.0  # f - E u
-        grad = Et @ r
-        j, best = -1, tol
-        for i in range(w):
-            if not passive[i] and not blocked[i] and grad[i] > best:
-                j, best = i, grad[i]
-        if j < 0:
-            return u, True
-        if not _qr_add(Et, j, Qt, R, p):  # dependent on the passive columns: no progress there
-            blocked[j] = True
-            j = -1
-            continue
-        passive[j] = True
-        cols[p] = j
-        p += 1
-        inner = True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -351,7 +231,7 @@ def _region_qp_compiled(MX, MX_sq, Lm, has_L, d, members, riv, root, excused, mx
             Wm[nw], Wo[nw] = m_, o_
             u[nw] = 0.0
             nw += 1
-        uu, ok = _nnls_ldp(U[:nw], b[:nw], u[:nw].copy(), 5 * nw + 100)
+        uu, ok = nnls_compiled(U[:nw], b[:nw], u[:nw].copy(), 5 * nw + 100)
         if not ok:
             return _QP_NUMERIC, delta, Wm[:nw].copy(), Wo[:nw].copy(), lam
         u[:nw] = uu
