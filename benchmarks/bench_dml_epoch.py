@@ -52,8 +52,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     X, y, _, _ = dml.load_task_data(args.dataset, 0)
-    loss_fn, miner = dml._loss("triplet")
-    init = dml._model(args.dataset, 0)
+    loss_fn, miner = dml.make_loss("triplet")
+    init = dml.make_model(args.dataset, 0)
     train = {**dml.TRAIN, "epochs": 1}
 
     def epoch(defense) -> tuple[float, int]:

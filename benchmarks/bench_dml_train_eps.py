@@ -2,7 +2,7 @@
 
 The setting of ``rml reproduce dml`` (experiments/dml.py: SmallCNN, classes 0-4 for training,
 retrieval on the unseen classes 5-9, the protocol's loss, miner and PGD steps in training,
-its evaluation ensemble ``dml._eval_attack``), with the training ε and the
+its evaluation ensemble ``dml.eval_attack``), with the training ε and the
 number of epochs varied. Naive training perturbs every member of every triplet at once, ours
 only the anchor (``dml.OURS``): at equal ε the two are not equally strong training attacks, and
 this measures how each one's robustness grows with the budget and with longer training.
@@ -59,15 +59,15 @@ def run_one(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed
 
     torch.set_num_threads(1)
     X_tr, y_tr, X_ev, y_ev = dml.load_task_data(dataset, seed)
-    loss_fn, miner = dml._loss(loss)
-    model = dml._model(dataset, seed)
+    loss_fn, miner = dml.make_loss(loss)
+    model = dml.make_model(dataset, seed)
     t0 = time.perf_counter()
-    train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=dml._defense(defense, eps=eps),
+    train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=dml.make_defense(defense, eps=eps),
                     seed=seed, progress=False, **{**dml.TRAIN, "epochs": epochs})
     train_s = time.perf_counter() - t0
     emb = embed(model, X_ev)
     clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), seed=seed)
-    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=dml._eval_attack(seed))
+    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=dml.eval_attack(seed))
     return {"dataset": dataset, "loss": loss, "defense": defense, "train_eps": eps, "epochs": epochs, "seed": seed,
             "train_s": round(train_s, 1), "clean_r1": float(clean["precision_at_1"]),
             "adv_r1": [float(v) for v in adv["precision_at_1"]], "eval_eps": list(EVAL_EPS),

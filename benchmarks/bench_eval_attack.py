@@ -62,7 +62,7 @@ def run_one(defense: str, seed: int, attack_seeds: list[int]) -> dict:
 
     from robust_metric_learning.datasets import load_dataset
     from robust_metric_learning.deep import SmallCNN, adversarial_retrieval, train_embedding
-    from robust_metric_learning.experiments.dml import _PassCounter
+    from robust_metric_learning.experiments.dml import PassCounter
 
     torch.set_num_threads(1)
     X_tr, y_tr, X_te, y_te = load_dataset("mnist")
@@ -79,7 +79,7 @@ def run_one(defense: str, seed: int, attack_seeds: list[int]) -> dict:
     for name in ATTACKS:
         for s in attack_seeds:
             t0 = time.perf_counter()
-            with _PassCounter(model) as passes:
+            with PassCounter(model) as passes:
                 r = adversarial_retrieval(model, X, y, eps=EPS, attack=_attack(name, s))
             out["clean_r1"] = float(r["clean"]["precision_at_1"])
             out["runs"][f"{name}/seed={s}"] = {

@@ -323,16 +323,16 @@ def test_dml_role_ablation_defences_differ_from_ours_only_in_the_role():
     from robust_metric_learning.deep import RobustTriplets
     from robust_metric_learning.experiments import dml
 
-    ours = dml._defense("ours")
+    ours = dml.make_defense("ours")
     for role in ("positive", "negative"):
-        d = dml._defense(f"ours-{role}")
+        d = dml.make_defense(f"ours-{role}")
         assert isinstance(d, RobustTriplets) and d.role == role and ours.role == "anchor"
         assert (d.eps, d.steps, d.rate, d.norm) == (ours.eps, ours.steps, ours.rate, ours.norm)
-    assert dml._defense("ours-sn").role == "anchor"
+    assert dml.make_defense("ours-sn").role == "anchor"
     # the training eps is the protocol's unless given (bench_dml_train_eps varies it); only it changes
     assert ours.eps == dml.TRAIN_EPS
-    wider = dml._defense("ours", eps=0.2)
+    wider = dml.make_defense("ours", eps=0.2)
     assert repr(wider) == repr(ours).replace(f"eps={dml.TRAIN_EPS}", "eps=0.2")
-    assert dml._defense("naive", eps=0.05).eps == 0.05
+    assert dml.make_defense("naive", eps=0.05).eps == 0.05
     with pytest.raises(ValueError, match="defense must be one of"):
-        dml._defense("ours-anchor")
+        dml.make_defense("ours-anchor")

@@ -44,7 +44,8 @@ import numpy as np
 from .checks import check_certified_unbroken
 
 __all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "ALL_DEFENSES", "LOSSES", "EVAL_EPS", "protocol",
-           "load_task_data", "run_task", "report"]
+           "load_task_data", "run_task", "report", "eval_attack", "decay_pgd", "make_loss", "make_defense",
+           "make_model", "PassCounter"]
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFENSES = ("natural", "naive", "est", "ours")
@@ -97,7 +98,7 @@ N_SHIFT_CHECK = 200
 N_STRENGTH = 300
 
 
-def _eval_attack(seed: int, *, scale: int = 1):
+def eval_attack(seed: int, *, scale: int = 1):
     """The evaluation attack: the retrieval ensemble, l_inf, seeded; ``scale`` multiplies its steps
     and restarts (2 for the strength check)."""
     from ..attacks import RetrievalEnsemble
@@ -107,14 +108,14 @@ def _eval_attack(seed: int, *, scale: int = 1):
                              random_state=seed).scaled(scale)
 
 
-def _decay_pgd(seed: int):
+def decay_pgd(seed: int):
     """The strength check's plain PGD with a decaying step (``DECAY_PGD``), l_inf, seeded."""
     from ..attacks import PGD
 
     return PGD(norm="linf", random_state=seed, **DECAY_PGD)
 
 
-def _loss(name: str):
+def make_loss(name: str):
     from pytorch_metric_learning import losses, miners
 
     miner = miners.TripletMarginMiner(**MINER)
@@ -125,7 +126,7 @@ def _loss(name: str):
     raise ValueError(f"loss must be one of {list(LOSSES)}, got {name!r}")
 
 
-def _defense(name: str, eps: float = TRAIN_EPS):
+def make_defense(name: str, eps: float = TRAIN_EPS):
     """The defence ``name``; a ``-sn`` variant is its base defence (the model differs, see
     :func:`_model`), ``ours-<role>`` is ours with that role. ``eps``: the training attack's
     budget (``TRAIN_EPS`` in the protocol; benchmarks/bench_dml_train_eps.py varies it)."""
@@ -145,7 +146,7 @@ def _defense(name: str, eps: float = TRAIN_EPS):
     return makers[name.removesuffix("-sn")]()
 
 
-def _model(dataset: str, seed: int, *, spectral_norm: bool = False):
+def make_model(dataset: str, seed: int, *, spectral_norm: bool = False):
     import torch
 
     from ..deep import MLP, SmallCNN
@@ -171,7 +172,7 @@ def protocol() -> dict[str, Any]:
             "n_shift_check": N_SHIFT_CHECK, "n_strength": N_STRENGTH,
             # adversarial R@1 counts a query broken at a smaller eps as broken at the larger ones
             "adv_monotone_in_eps": True,
-            "losses": {n: [hyperparameters(x) for x in _loss(n)] for n in LOSSES}}
+            "losses": {n: [hyperparameters(x) for x in make_loss(n)] for n in LOSSES}}
 
 
 def load_task_data(dataset: str, seed: int, data_home=None) -> tuple[np.ndarray, ...]:
@@ -191,7 +192,7 @@ def load_task_data(dataset: str, seed: int, data_home=None) -> tuple[np.ndarray,
     return (X_tr[tr].astype(np.float32), y_tr[tr], X_te[te].astype(np.float32), y_te[te])
 
 
-class _PassCounter:
+class PassCounter:
     """Counts the inputs ``model`` forwards (``forward``), and those forwarded with autograd on
     (``backward``: an attack's gradient passes), while in a ``with`` block."""
 
@@ -206,7 +207,7 @@ class _PassCounter:
         self.forward += n
         self.backward += n if torch.is_grad_enabled() else 0
 
-    def __enter__(self) -> "_PassCounter":
+    def __enter__(self) -> "PassCounter":
         self._handle = self.model.register_forward_hook(self._hook)
         return self
 
@@ -228,18 +229,18 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     )
 
     X_tr, y_tr, X_ev, y_ev = data
-    loss_fn, miner = _loss(loss)
-    model = _model(dataset, seed, spectral_norm=defense.endswith("-sn"))
+    loss_fn, miner = make_loss(loss)
+    model = make_model(dataset, seed, spectral_norm=defense.endswith("-sn"))
     t0 = time.perf_counter()
-    hist = train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=_defense(defense), seed=seed,
+    hist = train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=make_defense(defense), seed=seed,
                            checkpoint=checkpoint, resume="compatible", **TRAIN)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     emb = embed(model, X_ev)
     clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), nmi=True, seed=seed)
     t1 = time.perf_counter()
-    with _PassCounter(model) as passes:
-        adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=_eval_attack(seed))
+    with PassCounter(model) as passes:
+        adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=eval_attack(seed))
     adv_s = time.perf_counter() - t1
     cert = certified_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), norm="linf")
     cert_l2 = certified_retrieval(model, X_ev, y_ev, eps=list(CERT_L2_EPS), norm="l2")
@@ -250,8 +251,8 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     t0 = time.perf_counter()
     stronger = {}
     subset = np.arange(min(N_STRENGTH, len(y_ev)))
-    for label, attack in (("ensemble", _eval_attack(seed)), ("doubled", _eval_attack(seed, scale=2)),
-                          ("decay_pgd", _decay_pgd(seed))):
+    for label, attack in (("ensemble", eval_attack(seed)), ("doubled", eval_attack(seed, scale=2)),
+                          ("decay_pgd", decay_pgd(seed))):
         r = adversarial_retrieval(model, X_ev, y_ev, eps=[TRAIN_EPS], attack=attack, queries=subset)
         stronger[label] = r["precision_at_1"][0]
     pgd = PGD(norm="linf", steps=EVAL_PGD_STEPS, rel_step_size=EVAL_REL_STEP, random_state=seed)
