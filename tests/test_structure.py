@@ -106,3 +106,73 @@ def test_module_is_small(module):
     path, _ = _modules()[module]
     n = len(path.read_text().splitlines())
     assert n <= MAX_LINES, f"{path.relative_to(SRC)} has {n} lines (at most {MAX_LINES})"
+
+
+def _bad_argument_cases():
+    """(callable, the argument's name) for a wrongly typed argument to each public entry point."""
+    import numpy as np
+    import torch
+
+    import robust_metric_learning as rml
+    from robust_metric_learning.attacks import APGD, PGD, BoundaryAttack, NoiseAttack, RetrievalEnsemble, StructuralAttack
+    from robust_metric_learning.datasets import download_dataset, load_dataset
+    from robust_metric_learning.deep import MLP, adversarial_retrieval, certified_retrieval, train_embedding
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((20, 4)), np.arange(20) % 2
+    Xi = X.astype(np.float32)
+    torch.manual_seed(0)
+    net = MLP(4, hidden=(8,), embedding_dim=3)
+    knn = rml.MahalanobisKNN(1).fit(X, y)
+    q = (X[:2], y[:2])
+    return [
+        (lambda: rml.exact_radius_1nn(X, y, *q, n_jobs="x"), "n_jobs"),
+        (lambda: rml.exact_radius_1nn(X, y, *q, tol=-1.0), "tol"),
+        (lambda: rml.exact_radius_1nn(X, y, *q, progress="x"), "progress"),
+        (lambda: rml.exact_radius_1nn(X, y, *q, memory_budget="big"), "memory_budget"),
+        (lambda: rml.certified_radius_knn(X, y, *q, chunk_size=0), "chunk_size"),
+        (lambda: rml.certified_radius_knn(X, y, *q, n_screen=0), "n_screen"),
+        (lambda: rml.certified_radius_knn(X, y, *q, n_neighbors=2), "n_neighbors"),
+        (lambda: rml.MahalanobisKNN(n_jobs="x").fit(X, y), "n_jobs"),
+        (lambda: rml.MahalanobisKNN(n_neighbors=0).fit(X, y), "n_neighbors"),
+        (lambda: knn.certify(*q, method="fast"), "method"),
+        (lambda: knn.certify(*q, progress=3), "progress"),
+        (lambda: rml.attack_knn(X, y, *q, n_jobs="x"), "n_jobs"),
+        (lambda: rml.attack_knn(X, y, *q, n_neighbors="3"), "n_neighbors"),
+        (lambda: rml.attack_knn(X, y, *q, method="pgd"), "method"),
+        (lambda: StructuralAttack(n_pool=0)(knn, *q), "n_pool"),
+        (lambda: BoundaryAttack(steps=1.5)(knn, *q), "steps"),
+        (lambda: NoiseAttack(kind=3)(knn, *q, eps=0.1), "kind"),
+        (lambda: rml.LMNN(max_iter="x").fit(X, y), "max_iter"),
+        (lambda: rml.NCA(max_iter=-1).fit(X, y), "max_iter"),
+        (lambda: rml.ARML(random_state="x").fit(X, y), "random_state"),
+        (lambda: adversarial_retrieval(net, Xi, y, eps="big"), "eps"),
+        (lambda: adversarial_retrieval(net, Xi, y, eps=0.1, attack="pgd"), "attack"),
+        (lambda: adversarial_retrieval(net, Xi, y, eps=0.1, batch_size=0), "batch_size"),
+        (lambda: certified_retrieval(net, Xi, y, eps=0.1, norm="l3"), "norm"),
+        (lambda: train_embedding(net, Xi, y, epochs="x", progress=False), "epochs"),
+        (lambda: train_embedding(net, Xi, y, epochs=1, batches_per_epoch=0, progress=False), "batches_per_epoch"),
+        (lambda: train_embedding(net, Xi, y, epochs=1, lr=-1, progress=False), "lr"),
+        (lambda: PGD(steps=0)(net, Xi, rml.attacks.EmbeddingShift(net(torch.as_tensor(Xi))), eps=0.1), "steps"),
+        (lambda: APGD(rho=2.0)(net, Xi, rml.attacks.EmbeddingShift(net(torch.as_tensor(Xi))), eps=0.1), "rho"),
+        (lambda: RetrievalEnsemble(focus=5).members, "focus"),
+        (lambda: download_dataset("usps", base_url=5, data_home="/nonexistent"), "base_url"),
+        (lambda: download_dataset("usps", base_url="ftp://x", data_home="/nonexistent"), "base_url"),
+        (lambda: download_dataset("usps", timeout=-1, data_home="/nonexistent"), "timeout"),
+        (lambda: load_dataset("nope"), "dataset name"),
+    ]
+
+
+def test_each_public_entry_point_names_a_bad_argument():
+    import robust_metric_learning.attacks  # noqa: F401  (rml.attacks below)
+
+    failures = []
+    for i, (call, name) in enumerate(_bad_argument_cases()):
+        try:
+            call()
+        except (ValueError, TypeError) as exc:
+            if name not in str(exc):
+                failures.append(f"case {i} ({name}): {type(exc).__name__}: {exc}")
+        else:
+            failures.append(f"case {i} ({name}): no error")
+    assert not failures, "\n".join(failures)

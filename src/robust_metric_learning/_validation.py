@@ -241,15 +241,22 @@ class TupleOf:
 
 
 def validate_params(estimator: Any) -> None:
-    """Check ``estimator``'s parameters against its ``_parameter_constraints``.
+    """Check ``estimator``'s parameters against its ``_parameter_constraints`` (see
+    :func:`check_params`)."""
+    check_params(type(estimator).__name__, {name: getattr(estimator, name) for name in estimator._parameter_constraints},
+                 estimator._parameter_constraints)
 
-    Each constraint list may hold :class:`Interval`, :class:`Options`, ``None`` (accepts
-    None) or a type (accepts instances). The error names the parameter, what is allowed and
-    what came.
+
+def check_params(owner: str, values: dict[str, Any], constraints: dict[str, list]) -> None:
+    """The one declared check of parameters: each value of ``values`` against its constraint list.
+
+    Each constraint list may hold :class:`Interval`, :class:`Options`, :class:`SequenceOf`,
+    :class:`TupleOf`, ``None`` (accepts None) or a type (accepts instances). The error names the
+    parameter and its ``owner`` (a class or function), what is allowed and what came.
     """
-    for name, constraints in estimator._parameter_constraints.items():
-        value = getattr(estimator, name)
-        for c in constraints:
+    for name, allowed_list in constraints.items():
+        value = values[name]
+        for c in allowed_list:
             if c is None and value is None:
                 break
             if isinstance(c, type) and isinstance(value, c) and (c is bool or not isinstance(value, bool)):
@@ -258,10 +265,8 @@ def validate_params(estimator: Any) -> None:
                 break
         else:
             allowed = " or ".join("None" if c is None else c.__name__ if isinstance(c, type) else str(c)
-                                  for c in constraints)
-            raise ValueError(
-                f"The '{name}' parameter of {type(estimator).__name__} must be {allowed}; got {value!r}"
-            )
+                                  for c in allowed_list)
+            raise ValueError(f"The '{name}' parameter of {owner} must be {allowed}; got {value!r}")
 
 
 # ------------------------------------------------------------ tensors (deep models, attacks)

@@ -15,6 +15,7 @@ A radius is 0 where the classifier is already wrong on the point.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -32,12 +33,14 @@ from ._geometry import (
 from ._parallel import progress_bar, threads_per_worker
 from ._solver import dual_active_set, least_distance
 from ._validation import (
+    Interval,
     check_array_2d,
     check_eps,
     check_labels,
     check_metric_scale,
     check_n_features,
     check_odd_k,
+    check_params,
 )
 from .margin import DEFAULT_MEMORY_BUDGET
 
@@ -183,15 +186,27 @@ def _training(X_train, y_train, metric, memory_budget) -> KNNGeometry:
     return geo
 
 
+_RADII_CONSTRAINTS = {
+    "n_jobs": [None, Integral],
+    "progress": [None, bool],
+    "return_adversarial": [bool],
+    "tol": [None, Interval(Real, 0, 1, closed="left")],
+    "n_screen": [None, Interval(Integral, 1, None)],
+    "chunk_size": [Interval(Integral, 1, None)],
+}
+
+
 def geometry_radii(geo: KNNGeometry, X, y, *, method: str, k: int = 1, n_jobs: int | None = None,
                    progress: bool | None = None, return_adversarial: bool = False, tol: float | None = None,
-                   n_screen: int | None = None, chunk_size: int = 64):
+                   n_screen: int | None = None, chunk_size: int = 64, owner: str = "geometry_radii"):
     """Radii of the points ``X`` (true labels ``y``) against a built geometry: ``method``
     "exact" (1-NN; ``tol`` 1e-10 and ``n_screen`` 16 by default) or "bound" (odd ``k``;
     ``n_screen`` 32). With ``return_adversarial`` (exact only), also ``X + delta``. The one
     path of :func:`exact_radius_1nn`, :func:`certified_radius_knn` and ``MahalanobisKNN.certify``."""
     if method not in ("exact", "bound"):
         raise ValueError(f"method must be 'exact' or 'bound', got {method!r}")
+    check_params(owner, {"n_jobs": n_jobs, "progress": progress, "return_adversarial": return_adversarial, "tol": tol,
+                         "n_screen": n_screen, "chunk_size": chunk_size}, _RADII_CONSTRAINTS)
     if return_adversarial and method != "exact":
         raise ValueError("return_adversarial=True needs method='exact'")
     X, y_codes = check_queries(geo, X, y, k)
@@ -303,7 +318,7 @@ def exact_radius_1nn(X_train, y_train, X, y, *, metric: Any = "euclidean", retur
     """
     return geometry_radii(_training(X_train, y_train, metric, memory_budget), X, y, method="exact", n_jobs=n_jobs,
                           progress=progress, return_adversarial=return_adversarial, tol=tol, n_screen=n_screen,
-                          chunk_size=chunk_size)
+                          chunk_size=chunk_size, owner="exact_radius_1nn")
 
 
 def certified_radius_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric: Any = "euclidean",
@@ -327,7 +342,8 @@ def certified_radius_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric
     """
     k = check_odd_k(n_neighbors)
     return geometry_radii(_training(X_train, y_train, metric, memory_budget), X, y, method="bound", k=k,
-                          n_jobs=n_jobs, progress=progress, n_screen=n_screen, chunk_size=chunk_size)
+                          n_jobs=n_jobs, progress=progress, n_screen=n_screen, chunk_size=chunk_size,
+                          owner="certified_radius_knn")
 
 
 # ----------------------------------------------------------------- robust error curves

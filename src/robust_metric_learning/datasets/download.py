@@ -7,9 +7,11 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from numbers import Real
 from pathlib import Path
 
 from .._io import _compression_of, _md5_of, atomic_open
+from .._validation import Interval, check_params
 from .home import get_data_home
 from .registry import _CHUNK, RemoteFile, _files_of, _spec
 
@@ -128,6 +130,11 @@ def download_dataset(
     differently and fail the check.
     """
     spec = _spec(name)
+    check_params("download_dataset", {"base_url": base_url, "timeout": timeout, "force": force},
+                 {"base_url": [None, str], "timeout": [Interval(Real, 0, None, closed="neither")], "force": [bool]})
+    if base_url is not None and not base_url.lower().startswith(("http://", "https://", "file://")):
+        raise ValueError(f"The 'base_url' parameter of download_dataset must be an http(s) or file URL; "
+                         f"got {base_url!r}")
     if spec.kind == "bundled":
         return []
     home = get_data_home(data_home)

@@ -177,6 +177,9 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         raise ValueError(f"y must have shape ({len(X)},), got {tuple(y_np.shape)}")
     labels = torch.as_tensor(np.unique(y_np, return_inverse=True)[1].reshape(-1))  # any label type
     attack = RetrievalEnsemble(norm="linf", random_state=0) if attack is None else attack
+    if not callable(attack) or isinstance(attack, (str, bytes)):
+        raise ValueError(f"The 'attack' parameter of adversarial_retrieval must be an embedding attack object "
+                         f"(e.g. RetrievalEnsemble(), PGD()); got {attack!r}")
     gallery = embed(model, X, batch_size=batch_size).double()
     qrows = torch.arange(len(X)) if queries is None else torch.as_tensor(np.asarray(queries), dtype=torch.long)
     if qrows.dim() != 1 or len(qrows) == 0 or int(qrows.min()) < 0 or int(qrows.max()) >= len(X):
