@@ -7,7 +7,6 @@ import pytest
 
 from robust_metric_learning.cli import main
 from robust_metric_learning.experiments import ResultCache, fingerprint, reproduce
-from robust_metric_learning.experiments import runner
 
 
 def test_cache_roundtrip_and_rejections(tmp_path):
@@ -29,13 +28,15 @@ def test_cache_roundtrip_and_rejections(tmp_path):
 
 def test_reproduce_resumes_and_recomputes_only_what_is_missing(tmp_path, monkeypatch):
     calls = []
-    real = runner._arml_task
+    from robust_metric_learning.experiments import arml
+
+    real = arml.run_task
 
     def counting(dataset, method, seed, data, n_jobs):
         calls.append(method)
         return real(dataset, method, seed, data, n_jobs)
 
-    monkeypatch.setattr(runner, "_arml_task", counting)
+    monkeypatch.setattr(arml, "run_task", counting)
     kw = dict(datasets=["digits"], methods=["Euclidean", "LFDA"], n_eval=25, verbose=False)
     summary = reproduce("arml", tmp_path, **kw)
     assert calls == ["Euclidean", "LFDA"]
@@ -69,13 +70,13 @@ def test_dataset_settings_subsample_learners_and_fingerprint(tmp_path, monkeypat
     from robust_metric_learning.experiments import arml
 
     seen = []
-    real = runner._arml_task
+    real = arml.run_task
 
     def spying(dataset, method, seed, data, n_jobs):
         seen.append((method, data))
         return real(dataset, method, seed, data, n_jobs)
 
-    monkeypatch.setattr(runner, "_arml_task", spying)
+    monkeypatch.setattr(arml, "run_task", spying)
     # the published protocol elsewhere, and unknown methods are refused by name
     assert arml.dataset_settings("pendigits") == {"n_train": None, "n_eval": 1000, "learners": {}, "fit_n_train": {}}
     assert arml.make_learner("ARML", "pendigits", 0).get_params() == arml.METHODS["ARML"](0).get_params()
@@ -128,16 +129,18 @@ def test_dataset_settings_subsample_learners_and_fingerprint(tmp_path, monkeypat
 
 
 def test_paired_against_best_counts_discordant_points_and_mcnemar_p():
+    from robust_metric_learning.experiments import arml as arml_plugin
+
     # two seeds of 5 points each; at eps 0.5 ARML is wrong on 5 points, A on 2, B on 4
     arml = {0: {"r": [0.1, 0.2, 0.3, 0.4, 1.0]}, 1: {"r": [0.45, 1.0, 1.0, 1.0, 1.0]}}
     a = {0: {"r": [1.0, 1.0, 1.0, 0.2, 0.3]}, 1: {"r": [1.0, 1.0, 1.0, 1.0, 1.0]}}
     b = {0: {"r": [0.1, 0.1, 0.1, 0.1, 1.0]}, 1: {"r": [1.0, 1.0, 1.0, 1.0, 1.0]}}
-    (row,) = runner.paired_against_best({"ARML": arml, "A": a, "B": b}, "r", [0.5])
+    (row,) = arml_plugin.paired_against_best({"ARML": arml, "A": a, "B": b}, "r", [0.5])
     assert row["best_other"] == "A" and row["error"] == 0.5 and row["best_other_error"] == 0.2
     # ARML alone wrong on 4 points (seed 0: 0, 1, 2; seed 1: 0), A alone on 1 (seed 0: 4)
     assert (row["only_target_wrong"], row["only_other_wrong"]) == (4, 1)
     assert row["p_value"] == pytest.approx(2 * (1 + 5) / 2 ** 5)  # two-sided binomial, n = 5, k = 1
-    (tied,) = runner.paired_against_best({"ARML": arml, "A": arml}, "r", [0.0])
+    (tied,) = arml_plugin.paired_against_best({"ARML": arml, "A": arml}, "r", [0.0])
     assert tied["p_value"] == 1.0 and tied["only_target_wrong"] == tied["only_other_wrong"] == 0
 
 
@@ -183,13 +186,13 @@ def tiny_lmnn_pl(monkeypatch):
 
 def test_lmnn_pl_resumes_recomputes_corrupt_entries_and_reports(tmp_path, monkeypatch, tiny_lmnn_pl):
     calls = []
-    real = runner._lmnn_pl_task
+    real = tiny_lmnn_pl.run_split
 
-    def counting(X, y, seed, method, n_jobs, name):
+    def counting(X, y, seed, method, **kw):
         calls.append((method, seed))
-        return real(X, y, seed, method, n_jobs, name)
+        return real(X, y, seed, method, **kw)
 
-    monkeypatch.setattr(runner, "_lmnn_pl_task", counting)
+    monkeypatch.setattr(tiny_lmnn_pl, "run_split", counting)
     kw = dict(datasets=["iris"], seeds=[0, 1], verbose=False)
     summary = reproduce("lmnn-pl", tmp_path, **kw)
     assert sorted(calls) == sorted((m, s) for m in ("Euclidean", "LMNN", "LMNN-PL") for s in (0, 1))

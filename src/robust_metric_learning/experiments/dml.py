@@ -37,15 +37,17 @@ on ``N_SHIFT_CHECK`` queries (PGD must find at least as much on every query).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .checks import check_certified_unbroken
+from .plugin import Task
 
 __all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "ALL_DEFENSES", "LOSSES", "EVAL_EPS", "protocol",
            "load_task_data", "run_task", "report", "eval_attack", "decay_pgd", "make_loss", "make_defense",
-           "make_model", "PassCounter"]
+           "make_model", "PassCounter", "plan"]
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFENSES = ("natural", "naive", "est", "ours")
@@ -289,7 +291,8 @@ def _fmt(v: float) -> str:
     return f"{v:.3f}"
 
 
-def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]]) -> dict[str, Any]:
+def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]],
+           context: dict | None = None) -> dict[str, Any]:
     """``report.md``, ``results.json`` and one plot per (dataset, loss): adversarial R@1 vs eps."""
     import io
     import json
@@ -366,3 +369,57 @@ def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]]) -> di
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1, default=float))
     return summary
+
+
+def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed, n_jobs, data_home,
+         verbose) -> tuple[list[Task], dict]:
+    """Robust deep metric learning's tasks, one per (dataset, loss, defence, seed); training
+    checkpoints under ``out/checkpoints`` let an interrupted task resume mid-training."""
+    from ..datasets import dataset_status
+
+    unknown = sorted(set(methods or ()) - set(ALL_DEFENSES))
+    if unknown:
+        raise ValueError(f"methods must be among {list(ALL_DEFENSES)} for dml, got {unknown}")
+    if n_eval is not None:
+        raise ValueError(f"n_eval is fixed by the dml protocol ({N_EVAL}), got {n_eval}")
+    if datasets:
+        dsets = list(datasets)
+    else:
+        status = dataset_status(data_home=data_home)
+        dsets = [d for d in DATASETS if status[d]["available"]] or ["digits"]
+        if dsets == ["digits"] and verbose:
+            print("dml: neither MNIST nor Fashion-MNIST is in the data home; running on the bundled digits",
+                  flush=True)
+    defs = [d for d in ALL_DEFENSES if d in (methods or DEFENSES)]
+    seeds = [0] if seeds is None else seeds
+    proto = protocol()
+    tasks: list[Task] = []
+    for ds in dsets:
+        for seed in seeds:
+            data = _LazyData(ds, seed, data_home)
+            for loss in LOSSES:
+                for d in defs:
+                    key = (name, ds, loss, d, f"seed{seed}")
+                    settings = {"experiment": name, "dataset": ds, "loss": loss, "defense": d, "seed": seed,
+                                "protocol": proto}
+                    ckpt = Path(out) / "checkpoints" / ("-".join(key) + ".pt")
+                    tasks.append(Task(
+                        key, settings, (ds, loss, d), f"{ds} / {loss} / {d} / seed {seed}",
+                        lambda ds=ds, loss=loss, d=d, seed=seed, data=data, ckpt=ckpt: run_task(
+                            ds, loss, d, seed, data.get(), checkpoint=ckpt),
+                        lambda p: (f"train {p['train_s']:.0f} s, eval {p['eval_s']:.0f} s, R@1 "
+                                   f"{p['clean']['precision_at_1']:.3f}, adv R@1 "
+                                   + "/".join(f"{v:.3f}" for v in p["adv_recall_at_1"]))))
+    return tasks, {}
+
+
+class _LazyData:
+    """A task's data, loaded on first use (a run whose tasks are all cached loads nothing)."""
+
+    def __init__(self, dataset: str, seed: int, data_home):
+        self.args, self.data = (dataset, seed, data_home), None
+
+    def get(self):
+        if self.data is None:
+            self.data = load_task_data(*self.args)
+        return self.data

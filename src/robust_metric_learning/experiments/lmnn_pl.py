@@ -48,11 +48,13 @@ from __future__ import annotations
 import time
 import warnings
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .checks import check_radii
+from .plugin import Task
 
 __all__ = ["DATASETS", "GRID", "LEARNER", "METHODS", "NOISE_EPS", "protocol", "run_split", "summarize"]
 
@@ -330,7 +332,8 @@ def _fmt_p(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.2g}"
 
 
-def report(name: str, out, results: dict[str, dict[str, dict[int, dict]]]) -> dict[str, Any]:
+def report(name: str, out, results: dict[str, dict[str, dict[int, dict]]],
+           context: dict | None = None) -> dict[str, Any]:
     """``report.md``, ``results.json`` and per-dataset plots (noise accuracy, 1-NN robust error)."""
     import io
     import json
@@ -414,3 +417,39 @@ def report(name: str, out, results: dict[str, dict[str, dict[int, dict]]]) -> di
     atomic_write_text(out / "report.md", "\n".join(lines))
     atomic_write_text(out / "results.json", json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed, n_jobs, data_home,
+         verbose) -> tuple[list[Task], dict]:
+    """The perturbation-loss protocol's tasks, one per (dataset, method, split): ``seeds`` are the
+    seeds of the random 70/30 splits (default 0-19); every test point is evaluated."""
+    from ..datasets import dataset_status
+
+    if n_eval is not None:
+        raise ValueError(f"n_eval is for the 'arml' experiment ('lmnn-pl' evaluates every test point), got {n_eval}")
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods must be among {list(METHODS)}, got {unknown}")
+    if datasets:
+        dsets = list(datasets)
+    else:
+        status = dataset_status(data_home=data_home)
+        dsets = [d for d in DATASETS if status[d]["available"]]
+    meths = [m for m in METHODS if m in (methods or METHODS)]
+    seeds = list(DEFAULT_SEEDS) if seeds is None else seeds
+    proto = protocol()
+    tasks: list[Task] = []
+    for ds in dsets:
+        X, y = load_all(ds, data_home)
+        for method in meths:
+            for seed in seeds:
+                label = f"{ds} / {method} / split {seed}"
+                settings = {"experiment": name, "dataset": ds, "method": method, "seed": seed, "protocol": proto,
+                            "n_rows": int(len(y))}
+                tasks.append(Task(
+                    (name, ds, method, f"seed{seed}"), settings, (ds, method, seed), label,
+                    lambda X=X, y=y, seed=seed, method=method, label=label: run_split(X, y, seed, method,
+                                                                                       n_jobs=n_jobs, name=label),
+                    lambda p: (f"fit {p['fit_s']:.1f} s, acc3 {p['acc3']:.4f}, median radius {p['median_radius']:.4f}"
+                               + (f", {p['params']}" if "params" in p else ""))))
+    return tasks, {}

@@ -1,0 +1,31 @@
+"""The protocol every experiment module (:mod:`.arml`, :mod:`.lmnn_pl`, :mod:`.dml`) follows, so
+that :func:`~.runner.reproduce` is one generic, cached, resumable loop.
+
+An experiment module exposes:
+
+- ``METHODS``: the names ``--methods`` may take;
+- ``plan(name, out, *, datasets, methods, seeds, n_eval, shuffle_seed, n_jobs, data_home,
+  verbose) -> (tasks, context)``: the :class:`Task` list (arguments it does not take raise a
+  clear error) and whatever its report needs besides the results;
+- ``report(name, out, results, context) -> dict``: writes ``report.md``, ``results.json`` and the
+  plots under ``out`` and returns the summary; ``results`` nests each task's payload under its
+  ``path``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+__all__ = ["Task"]
+
+
+class Task(NamedTuple):
+    """One cached unit of an experiment."""
+
+    key: tuple  #: cache key, e.g. ("arml", "digits", "LMNN", "seed0")
+    settings: dict  #: everything the result depends on (its fingerprint)
+    path: tuple  #: where the payload goes in the results given to ``report``
+    label: str  #: progress line
+    compute: Callable[[], dict]  #: the payload, computed
+    describe: Callable[[dict], str]  #: a one-line summary of a fresh payload
+    extra: Any = None
