@@ -41,7 +41,8 @@ from .margin import (
     vote,
 )
 
-__all__ = ["KNNGeometry", "class_split", "fit_geometry"]
+__all__ = ["KNNGeometry", "ClassSplit", "class_split", "clear_split_cache", "exact_ties", "fit_geometry",
+           "tied_margins"]
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -101,12 +102,6 @@ class KNNGeometry:
         self.token = uuid.uuid4().hex
         self.l_norm = 1.0 if L is None else float(np.linalg.norm(L))  # ||L||_F >= ||L||_2
         self.xu_max = float(np.sqrt(_sq(X)).max())
-
-    @classmethod
-    def build(cls, X: np.ndarray, codes: np.ndarray, n_classes: int, L: np.ndarray | None,
-              memory_budget: int) -> "KNNGeometry":
-        """The geometry of training points ``X`` with class codes ``codes`` (no validation)."""
-        return cls(X, codes, n_classes, L, memory_budget)
 
     @cached_property
     def mean(self) -> np.ndarray:

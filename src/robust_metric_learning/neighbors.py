@@ -97,8 +97,9 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
         X = check_scale(validate_data(self, X, reset=False, dtype=np.float64), name="X")
         geo = self.geometry_
         k = self.n_neighbors if n_neighbors is None else n_neighbors
-        if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= geo.X.shape[0]:
-            raise ValueError(f"n_neighbors must be an integer in [1, {geo.X.shape[0]}], got {k!r}")
+        n = geo.X_fit.shape[0]
+        if isinstance(k, bool) or not isinstance(k, Integral) or not 1 <= k <= n:
+            raise ValueError(f"n_neighbors must be an integer in [1, {n}], got {k!r}")
         check_metric_scale(X, geo.L)
         dist, ind = geo.kneighbors(X, int(k))
         return (np.sqrt(dist), ind) if return_distance else ind
