@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_iris
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier, NeighborhoodComponentsAnalysis
 
@@ -240,3 +241,27 @@ def test_diverging_lmnn_pl_fit_warns_and_keeps_the_identity():
         warnings.simplefilter("error")
         m = LMNNPL(perturbation=PerturbationLoss(tau=0.8, weight=10.0), learning_rate=50.0 / 8).fit(X, y)
     assert np.abs(m.get_mahalanobis_matrix() - np.eye(13)).max() > 0.1
+
+
+def test_metric_learn_pair_methods_and_squared_metric():
+    """pair_distance / pair_score / get_metric(squared=...) as metric-learn 0.7 defines them."""
+    from robust_metric_learning import LMNN, NCA
+
+    X, y = load_iris(return_X_y=True)
+    rng = np.random.default_rng(0)
+    for est in (NCA(max_iter=20, random_state=0).fit(X, y), LMNN(max_iter=5, random_state=0).fit(X, y)):
+        M = est.get_mahalanobis_matrix()
+        pairs = X[rng.integers(0, len(X), size=(12, 2))]
+        diff = pairs[:, 0] - pairs[:, 1]
+        ref = np.sqrt(np.einsum("ij,jk,ik->i", diff, M, diff))
+        np.testing.assert_allclose(est.pair_distance(pairs), ref, rtol=1e-10)
+        np.testing.assert_allclose(est.pair_score(pairs), -ref, rtol=1e-10)
+        d, d2 = est.get_metric(), est.get_metric(squared=True)
+        assert d(*pairs[0]) == pytest.approx(ref[0]) and d2(*pairs[0]) == pytest.approx(ref[0] ** 2)
+        for bad, match in ((pairs[:, :1], r"pairs must be an array of shape \(n_pairs, 2, 4\)"),
+                           (pairs[..., :3], r"got shape \(12, 2, 3\)"), (np.full((1, 2, 4), np.nan), "pairs contains NaN"),
+                           ([[["a"] * 4] * 2], "pairs must be a numeric array")):
+            with pytest.raises(ValueError, match=match):
+                est.pair_distance(bad)
+        with pytest.raises(ValueError, match="squared must be True or False"):
+            est.get_metric(squared="yes")

@@ -67,16 +67,40 @@ class MetricLearner(TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         return self.components_.T @ self.components_
 
-    def get_metric(self) -> Callable[[np.ndarray, np.ndarray], float]:
-        """A function ``(a, b) -> sqrt((a - b)^T M (a - b))`` (as metric-learn's)."""
+    def get_metric(self, squared: bool = False) -> Callable[[np.ndarray, np.ndarray], float]:
+        """A function ``(a, b) -> sqrt((a - b)^T M (a - b))`` (the square with ``squared``), as
+        metric-learn's."""
         check_is_fitted(self)
+        if not isinstance(squared, bool):
+            raise ValueError(f"squared must be True or False, got {squared!r}")
         L = self.components_.copy()
 
         def metric(a, b) -> float:
             diff = L @ (np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
-            return float(np.sqrt(diff @ diff))
+            d2 = float(diff @ diff)
+            return d2 if squared else float(np.sqrt(d2))
 
         return metric
+
+    def pair_distance(self, pairs) -> np.ndarray:
+        """Mahalanobis distances of ``pairs`` of shape (n_pairs, 2, n_features), as metric-learn's."""
+        check_is_fitted(self)
+        n_features = self.components_.shape[1]
+        try:
+            P = np.asarray(pairs, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"pairs must be a numeric array of shape (n_pairs, 2, {n_features}): {exc}") from None
+        if P.ndim != 3 or P.shape[1] != 2 or P.shape[2] != n_features:
+            raise ValueError(f"pairs must be an array of shape (n_pairs, 2, {n_features}), got shape {P.shape}")
+        if not np.isfinite(P).all():
+            raise ValueError("pairs contains NaN or infinity")
+        check_scale(P.reshape(-1, n_features), name="pairs")
+        diff = (P[:, 0] - P[:, 1]) @ self.components_.T
+        return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+
+    def pair_score(self, pairs) -> np.ndarray:
+        """The opposite of :meth:`pair_distance` (higher: more similar), as metric-learn's."""
+        return -self.pair_distance(pairs)
 
     @property
     def _n_features_out(self) -> int:
