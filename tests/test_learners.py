@@ -10,7 +10,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neighbors import KNeighborsClassifier, NeighborhoodComponentsAnalysis
 
 from robust_metric_learning.datasets import load_dataset
-from robust_metric_learning.learners import ARML, NCA, Euclidean, PerturbationLoss, TripletLearner
+from robust_metric_learning.learners import (
+    ARML,
+    NCA,
+    Euclidean,
+    PerturbationLoss,
+    TripletLearner,
+)
 from robust_metric_learning.learners._optim import minimize
 from robust_metric_learning.margin import class_neighbors, margin
 from robust_metric_learning.neighbors import MahalanobisKNN
