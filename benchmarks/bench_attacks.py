@@ -27,8 +27,9 @@ the training set; its fit time is recorded). Data are read from ``$RML_DATA`` (e
 skipped with a message. Each (dataset, metric, n-eval) result is kept in
 ``benchmarks/results/attacks.json`` (written atomically) and reused unless ``--force``.
 
-With ``--previous COMMIT`` the structural attack as it was at that commit (its ``knn.py``
-from git) is timed on the same points too, and its radii compared.
+With ``--previous COMMIT`` the structural attack as it was at that commit (the whole package
+of then, from a git worktree, in its own process; with the ``arml`` metric its ARML is fitted
+there too) is timed on the same points, and its radii compared.
 
 Run (raise the priority on a shared machine)::
 
@@ -102,26 +103,47 @@ def curve(radii: np.ndarray, eps: list[float]) -> list[float]:
     return robust_error_curve(radii, [0.0, *eps]).tolist()
 
 
-def previous_structural(commit: str):
-    """``StructuralAttack`` as it was at ``commit`` (its ``attacks/knn.py`` from git, before the split into
-    ``attacks/knn/``; loaded as a module of the installed package's ``attacks.knn``, its imports of
-    package modules redirected there), or None if git cannot show it."""
-    import importlib.util
-    import re
+_PREVIOUS_SCRIPT = """
+import sys, time, numpy as np
+from robust_metric_learning.attacks import StructuralAttack
+from robust_metric_learning.learners import ARML
+from robust_metric_learning.neighbors import MahalanobisKNN
+z = np.load(sys.argv[1])
+X_tr, y_tr, X_ev, y_ev = z["X_tr"], z["y_tr"], z["X_ev"], z["y_ev"]
+metric = ARML(random_state=0).fit(X_tr, y_tr) if sys.argv[3] == "arml" else "euclidean"
+knn = MahalanobisKNN(int(sys.argv[4]), metric=metric).fit(X_tr, y_tr)
+attack = StructuralAttack(random_state=0)
+attack(knn, X_ev[:2], y_ev[:2])  # the compiled parts loaded outside the timing
+w0, c0 = time.perf_counter(), time.process_time()
+radii = attack(knn, X_ev, y_ev).radii
+np.savez(sys.argv[2], radii=radii, wall=time.perf_counter() - w0, cpu=time.process_time() - c0)
+"""
+
+
+def previous_structural(commit: str, data, metric_name: str):
+    """``StructuralAttack`` as it was at ``commit``, run on the same points in its own process from
+    a git worktree of that commit (the whole package of then, so any restructuring since is
+    irrelevant): ``(radii, wall seconds, CPU seconds)``, or None if git cannot check it out."""
     import tempfile
 
+    tmp = Path(tempfile.mkdtemp(prefix="bench_attacks_prev_"))
+    tree = tmp / "tree"
     try:
-        src = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:src/robust_metric_learning/attacks/knn.py"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
+                       capture_output=True, text=True, timeout=120, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
-        print(f"[bench_attacks] cannot load the attack at {commit}: {exc}", file=sys.stderr)
+        print(f"[bench_attacks] cannot check out {commit}: {exc}", file=sys.stderr)
         return None
-    path = Path(tempfile.mkdtemp()) / "knn_previous.py"
-    path.write_text(re.sub(r"^from \.\.(?=\w)", "from ...", src, flags=re.M))
-    spec = importlib.util.spec_from_file_location("robust_metric_learning.attacks.knn._knn_previous", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.StructuralAttack
+    try:
+        X_tr, y_tr, X_ev, y_ev = data
+        np.savez(tmp / "data.npz", X_tr=X_tr, y_tr=y_tr, X_ev=X_ev, y_ev=y_ev)
+        env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+        subprocess.run([sys.executable, "-c", _PREVIOUS_SCRIPT, str(tmp / "data.npz"), str(tmp / "out.npz"),
+                        metric_name, str(K)], env=env, check=True, timeout=24 * 3600)
+        out = np.load(tmp / "out.npz")
+        return out["radii"], float(out["wall"]), float(out["cpu"])
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
 
 
 def run_one(dataset: str, metric_name: str, data, args) -> dict:
@@ -146,11 +168,11 @@ def run_one(dataset: str, metric_name: str, data, args) -> dict:
     print(f"  structural: {s_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
     previous = None
     if args.previous:
-        Prev = previous_structural(args.previous)
-        if Prev is not None:
-            p_res, p_wall, p_cpu = timed(lambda: Prev(random_state=0)(knn, X_ev, y_ev))
+        got = previous_structural(args.previous, data, metric_name)
+        if got is not None:
+            p_radii, p_wall, p_cpu = got
             pos = s_res.radii > 0
-            q = p_res.radii[pos] / s_res.radii[pos]
+            q = p_radii[pos] / s_res.radii[pos]
             previous = {"commit": args.previous, "wall_per_point": p_wall / len(y_ev), "cpu_per_point": p_cpu / len(y_ev),
                         "speedup_wall": p_wall / s_wall, "speedup_cpu": p_cpu / s_cpu,
                         "previous_over_current_radius": {"min": float(q.min()), "max": float(q.max()),
