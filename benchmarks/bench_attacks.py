@@ -28,8 +28,8 @@ skipped with a message. Each (dataset, metric, n-eval) result is kept in
 ``benchmarks/results/attacks.json`` (written atomically) and reused unless ``--force``.
 
 With ``--previous COMMIT`` the structural attack as it was at that commit (the whole package
-of then, from a git worktree, in its own process; with the ``arml`` metric its ARML is fitted
-there too) is timed on the same points, and its radii compared.
+of then, from a git worktree, in its own process, under this run's fitted metric) is timed on
+the same points, and its radii compared.
 
 Run (raise the priority on a shared machine)::
 
@@ -106,12 +106,10 @@ def curve(radii: np.ndarray, eps: list[float]) -> list[float]:
 _PREVIOUS_SCRIPT = """
 import sys, time, numpy as np
 from robust_metric_learning.attacks import StructuralAttack
-from robust_metric_learning.learners import ARML
 from robust_metric_learning.neighbors import MahalanobisKNN
 z = np.load(sys.argv[1])
-X_tr, y_tr, X_ev, y_ev = z["X_tr"], z["y_tr"], z["X_ev"], z["y_ev"]
-metric = ARML(random_state=0).fit(X_tr, y_tr) if sys.argv[3] == "arml" else "euclidean"
-knn = MahalanobisKNN(int(sys.argv[4]), metric=metric).fit(X_tr, y_tr)
+X_tr, y_tr, X_ev, y_ev, L = z["X_tr"], z["y_tr"], z["X_ev"], z["y_ev"], z["L"]
+knn = MahalanobisKNN(int(sys.argv[3]), metric=L if L.size else "euclidean").fit(X_tr, y_tr)
 attack = StructuralAttack(random_state=0)
 attack(knn, X_ev[:2], y_ev[:2])  # the compiled parts loaded outside the timing
 w0, c0 = time.perf_counter(), time.process_time()
@@ -120,10 +118,12 @@ np.savez(sys.argv[2], radii=radii, wall=time.perf_counter() - w0, cpu=time.proce
 """
 
 
-def previous_structural(commit: str, data, metric_name: str):
-    """``StructuralAttack`` as it was at ``commit``, run on the same points in its own process from
-    a git worktree of that commit (the whole package of then, so any restructuring since is
-    irrelevant): ``(radii, wall seconds, CPU seconds)``, or None if git cannot check it out."""
+def previous_structural(commit: str, data, components):
+    """``StructuralAttack`` as it was at ``commit``, run on the same points under the same metric
+    (``components``: this run's fitted ``L``, None for Euclidean) in its own process from a git
+    worktree of that commit (the whole package of then, so any restructuring since is
+    irrelevant): ``(radii, wall seconds, CPU seconds)``, or None if that fails (said why)."""
+    import shutil
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_attacks_prev_"))
@@ -131,19 +131,20 @@ def previous_structural(commit: str, data, metric_name: str):
     try:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
                        capture_output=True, text=True, timeout=120, check=True)
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"[bench_attacks] cannot check out {commit}: {exc}", file=sys.stderr)
-        return None
-    try:
         X_tr, y_tr, X_ev, y_ev = data
-        np.savez(tmp / "data.npz", X_tr=X_tr, y_tr=y_tr, X_ev=X_ev, y_ev=y_ev)
+        L = np.zeros((0, 0)) if components is None else np.asarray(components)
+        np.savez(tmp / "data.npz", X_tr=X_tr, y_tr=y_tr, X_ev=X_ev, y_ev=y_ev, L=L)
         env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-        subprocess.run([sys.executable, "-c", _PREVIOUS_SCRIPT, str(tmp / "data.npz"), str(tmp / "out.npz"),
-                        metric_name, str(K)], env=env, check=True, timeout=24 * 3600)
+        subprocess.run([sys.executable, "-c", _PREVIOUS_SCRIPT, str(tmp / "data.npz"), str(tmp / "out.npz"), str(K)],
+                       env=env, check=True, timeout=24 * 3600)
         out = np.load(tmp / "out.npz")
         return out["radii"], float(out["wall"]), float(out["cpu"])
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"[bench_attacks] the attack at {commit} could not be run: {exc}", file=sys.stderr)
+        return None
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_one(dataset: str, metric_name: str, data, args) -> dict:
@@ -168,7 +169,7 @@ def run_one(dataset: str, metric_name: str, data, args) -> dict:
     print(f"  structural: {s_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
     previous = None
     if args.previous:
-        got = previous_structural(args.previous, data, metric_name)
+        got = previous_structural(args.previous, data, None if metric == "euclidean" else knn.components_)
         if got is not None:
             p_radii, p_wall, p_cpu = got
             pos = s_res.radii > 0

@@ -157,7 +157,7 @@ def _bad_argument_cases():
         (lambda: APGD(rho=2.0)(net, Xi, rml.attacks.EmbeddingShift(net(torch.as_tensor(Xi))), eps=0.1), "rho"),
         (lambda: RetrievalEnsemble(focus=5).members, "focus"),
         (lambda: download_dataset("usps", base_url=5, data_home="/nonexistent"), "base_url"),
-        (lambda: download_dataset("usps", base_url="ftp://x", data_home="/nonexistent"), "base_url"),
+        (lambda: download_dataset("usps", base_url="gopher://x", data_home="/nonexistent"), "base_url"),
         (lambda: download_dataset("usps", timeout=-1, data_home="/nonexistent"), "timeout"),
         (lambda: load_dataset("nope"), "dataset name"),
     ]

@@ -186,7 +186,7 @@ class Interval:
             return False
         lo_ok = self.low is None or (value >= self.low if self.closed in ("left", "both") else value > self.low)
         hi_ok = self.high is None or (value <= self.high if self.closed in ("right", "both") else value < self.high)
-        return bool(lo_ok and hi_ok and np.isfinite(value))
+        return bool(lo_ok and hi_ok and (isinstance(value, Integral) or np.isfinite(value)))
 
     def __str__(self) -> str:
         kind = "an int" if self.kind is Integral else "a number"
@@ -260,6 +260,8 @@ def check_params(owner: str, values: dict[str, Any], constraints: dict[str, list
             if c is None and value is None:
                 break
             if isinstance(c, type) and isinstance(value, c) and (c is bool or not isinstance(value, bool)):
+                break
+            if c is bool and isinstance(value, np.bool_):
                 break
             if hasattr(c, "accepts") and c.accepts(value):
                 break

@@ -142,7 +142,7 @@ class MahalanobisKNN(ClassifierMixin, BaseEstimator):
             raise ValueError(f"method='exact' is for 1-NN only; n_neighbors={self.n_neighbors} needs method='bound'")
         k = check_odd_k(self.n_neighbors) if method == "bound" else 1
         return geometry_radii(self.geometry_, X, y, method=method, k=k, n_jobs=self.n_jobs, progress=progress,
-                              return_adversarial=return_adversarial)
+                              return_adversarial=return_adversarial, owner="MahalanobisKNN.certify")
 
     def attack(self, X, y, *, method: Any = "structural", eps=None, random_state: int | None = None,
                progress: bool | None = None):

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sklearn.utils.multiclass import check_classification_targets
+
 from .._geometry import fit_geometry
 from .._validation import check_array_2d, check_n_features, check_positive_int
 from ..margin import DEFAULT_MEMORY_BUDGET
@@ -158,7 +160,8 @@ def attack_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric: Any = "e
     k = check_positive_int(n_neighbors, name="n_neighbors")
     budget = check_positive_int(memory_budget, name="memory_budget")
     geo, _ = fit_geometry(X_train, y_train, metric, n_neighbors=k, memory_budget=budget, name="X_train",
-                          y_name="y_train")
+                          y_name="y_train", fit_learner=False)
+    check_classification_targets(geo.classes)  # continuous labels are no classes
     knn = _Target.from_geometry(geo, k)
     X = check_array_2d(X, name="X")
     check_n_features(X, geo.n_features, name="X", what="X_train has")

@@ -131,9 +131,10 @@ def download_dataset(
     """
     spec = _spec(name)
     check_params("download_dataset", {"base_url": base_url, "timeout": timeout, "force": force},
-                 {"base_url": [None, str], "timeout": [Interval(Real, 0, None, closed="neither")], "force": [bool]})
-    if base_url is not None and not base_url.lower().startswith(("http://", "https://", "file://")):
-        raise ValueError(f"The 'base_url' parameter of download_dataset must be an http(s) or file URL; "
+                 {"base_url": [None, str], "timeout": [None, Interval(Real, 0, None, closed="neither")],
+                  "force": [bool]})
+    if base_url is not None and not base_url.lower().startswith(("http://", "https://", "ftp://", "file://")):
+        raise ValueError(f"The 'base_url' parameter of download_dataset must be an http(s), ftp or file URL; "
                          f"got {base_url!r}")
     if spec.kind == "bundled":
         return []
