@@ -195,11 +195,13 @@ class KNNGeometry:
         _, ind = self.kneighbors(Q, k)
         return vote(self.codes[ind], self.n_classes)
 
-    def codes_of(self, y: np.ndarray) -> np.ndarray:
-        """Class codes of labels ``y``; -1 for labels the geometry does not know."""
+    def codes_of(self, y: np.ndarray, *, against: str = "the model's classes_ have") -> np.ndarray:
+        """Class codes of labels ``y``; -1 for labels the geometry does not know. Labels that
+        cannot compare with the training labels (strings against numbers) raise ValueError,
+        ``against`` naming the training labels in the message."""
         classes = self.classes
         if (y.dtype.kind in "USO") != (classes.dtype.kind in "USO"):
-            raise ValueError(f"y has labels of dtype {y.dtype}, the model's classes_ have {classes.dtype}")
+            raise ValueError(f"y has labels of dtype {y.dtype}, {against} {classes.dtype}; they must be comparable")
         pos = np.searchsorted(classes, y)
         ok = pos < classes.size
         ok[ok] = classes[pos[ok]] == y[ok]

@@ -222,18 +222,15 @@ def check_queries(geo: KNNGeometry, X, y, n_neighbors: int) -> tuple[np.ndarray,
     """Validated query rows and their class codes (-1: a label the training set lacks)."""
     X = check_array_2d(X, name="X")
     check_n_features(X, geo.n_features, name="X", what="X_train has")
-    y = check_labels(y, n_samples=X.shape[0], name="y")
-    classes = geo.classes
-    if (y.dtype.kind in "USO") != (classes.dtype.kind in "USO"):
-        raise ValueError(f"y has labels of dtype {y.dtype}, y_train has {classes.dtype}; they must be comparable")
+    y_codes = geo.codes_of(check_labels(y, n_samples=X.shape[0], name="y"), against="y_train has")
     if n_neighbors > geo.counts.min():
-        small = classes[geo.counts.argmin()].tolist()
+        small = geo.classes[geo.counts.argmin()].tolist()
         raise ValueError(
             f"n_neighbors={n_neighbors} is larger than the smallest class of y_train "
             f"(label {small!r} has {geo.counts.min()} points)"
         )
     check_metric_scale(X, geo.L, name="X")
-    return X, geo.codes_of(y)
+    return X, y_codes
 
 
 def certify_geometry(geo: KNNGeometry, X: np.ndarray, y_codes: np.ndarray, *, k: int, method: str, n_jobs,
@@ -316,9 +313,9 @@ def exact_radius_1nn(X_train, y_train, X, y, *, metric: Any = "euclidean", retur
     >>> exact_radius_1nn([[0.], [2.]], [0, 1], [[0.5]], [0])
     array([0.5])
     """
-    return geometry_radii(_training(X_train, y_train, metric, memory_budget), X, y, method="exact", n_jobs=n_jobs,
-                          progress=progress, return_adversarial=return_adversarial, tol=tol, n_screen=n_screen,
-                          chunk_size=chunk_size, owner="exact_radius_1nn")
+    return geometry_radii(_training(X_train, y_train, metric, memory_budget), X, y,
+                          method="exact", n_jobs=n_jobs, progress=progress, return_adversarial=return_adversarial,
+                          tol=tol, n_screen=n_screen, chunk_size=chunk_size, owner="exact_radius_1nn")
 
 
 def certified_radius_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric: Any = "euclidean",
@@ -341,9 +338,9 @@ def certified_radius_knn(X_train, y_train, X, y, *, n_neighbors: int = 1, metric
     array([1.5])
     """
     k = check_odd_k(n_neighbors)
-    return geometry_radii(_training(X_train, y_train, metric, memory_budget), X, y, method="bound", k=k,
-                          n_jobs=n_jobs, progress=progress, n_screen=n_screen, chunk_size=chunk_size,
-                          owner="certified_radius_knn")
+    return geometry_radii(_training(X_train, y_train, metric, memory_budget), X, y,
+                          method="bound", k=k, n_jobs=n_jobs, progress=progress, n_screen=n_screen,
+                          chunk_size=chunk_size, owner="certified_radius_knn")
 
 
 # ----------------------------------------------------------------- robust error curves

@@ -286,10 +286,10 @@ class RetrievalEnsemble(EnsembleAttack):
         if isinstance(factor, bool) or not isinstance(factor, Integral) or factor < 1:
             raise ValueError(f"factor must be an integer >= 1, got {factor!r}")
         f = int(factor)
-        return RetrievalEnsemble(norm=self.norm, steps=f * self.steps, restarts=f * self.restarts,
-                                 pgd_steps=f * self.pgd_steps, pgd_rel_step_size=self.pgd_rel_step_size,
-                                 temperatures=self.temperatures, focus=[(m, f * int(r)) for m, r in self.focus],
-                                 batch_size=self.batch_size, random_state=self.random_state, progress=self.progress)
+        params = {name: getattr(self, name) for name in self._parameter_constraints}
+        params.update(steps=f * self.steps, restarts=f * self.restarts, pgd_steps=f * self.pgd_steps,
+                      focus=[(m, f * int(r)) for m, r in self.focus])
+        return type(self)(**params)
 
     def _select(self, member: int, objective: Any, rest: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         k = len(self.temperatures)
