@@ -887,17 +887,20 @@ def test_retrieval_ensemble_has_one_cross_entropy_member_per_temperature(cnn, di
     one = RetrievalEnsemble(temperatures=(0.1,), restarts=4, focus=(), random_state=0)
     three = RetrievalEnsemble(temperatures=(0.1, 0.03, 0.01), restarts=4, focus=((0.3, 4), (0.1, 32)), random_state=0)
     m1, m3 = one.members, three.members
-    assert [type(a).__name__ for a, _ in m3] == ["APGD"] * 4 + ["PGD"] + ["APGD"] * 6
+    assert [type(a).__name__ for a, _ in m3] == ["APGD"] * 4 + ["PGD"] + ["APGD"] * 8
     assert m3[0][1] is None and m3[4][1] is None
     assert [f(obj).temperature for _, f in m3[1:4]] == [0.1, 0.03, 0.01]
-    assert [f(obj).temperature for _, f in m3[5:]] == [0.1, 0.03, 0.01] * 2
-    assert [a.restarts for a, _ in m3] == [4] * 5 + [4] * 3 + [32] * 3
+    # each focus stage: the margin, then the cross-entropy at each temperature
+    for stage in (m3[5:9], m3[9:13]):
+        assert stage[0][1] is None
+        assert [f(obj).temperature for _, f in stage[1:]] == [0.1, 0.03, 0.01]
+    assert [a.restarts for a, _ in m3] == [4] * 5 + [4] * 4 + [32] * 4
     # adding temperatures and focus stages keeps the seeds of the members both ensembles have
     assert [a.random_state for a, _ in m1] == [m3[i][0].random_state for i in (0, 1, 4)]
-    assert len({a.random_state for a, _ in m3}) == 11
+    assert len({a.random_state for a, _ in m3}) == 13
     assert one.n_forward == 4 * (2 * 101 + 21) + 3
-    assert three.n_forward == (4 * 4 + 36 * 3) * 101 + 4 * 21 + 2 + 3 + 6
-    assert RetrievalEnsemble().n_forward == (1 * 3 + 36 * 2) * 101 + 21 + 2 + 2 + 4  # the defaults
+    assert three.n_forward == (4 + 36) * 4 * 101 + 4 * 21 + 2 + 3 + 2 * 4
+    assert RetrievalEnsemble().n_forward == (1 + 38) * 3 * 101 + 21 + 2 + 2 + 3 * 3  # the defaults
     for bad in ((), (0.1, 0.0), (0.1, -1.0), (float("nan"),), "0.1", 0.1, (True,)):
         with pytest.raises(ValueError, match="'temperatures' parameter of RetrievalEnsemble must be a non-empty "
                                              "sequence of a number in"):
@@ -933,8 +936,10 @@ def test_retrieval_ensemble_focus_stages_attack_only_near_misses(cnn, digits, mo
     scores = torch.tensor([-0.1, -0.6, -0.49, -2.0, -0.5, 0.0], dtype=torch.float64) * s
     for member in range(3):  # margin, cross-entropy, PGD: every unbroken query
         assert torch.equal(ens._select(member, obj, rest, scores), rest)
-    assert ens._select(3, obj, rest, scores).tolist() == [0, 2, 4, 5]  # stage 1: margin >= -0.5 s
-    assert ens._select(4, obj, rest, scores).tolist() == [0, 5]  # stage 2: margin >= -0.1 s
+    for member in (3, 4):  # stage 1 (margin, cross-entropy): margin >= -0.5 s
+        assert ens._select(member, obj, rest, scores).tolist() == [0, 2, 4, 5]
+    for member in (5, 6):  # stage 2: margin >= -0.1 s
+        assert ens._select(member, obj, rest, scores).tolist() == [0, 5]
     # the first stage is called with exactly the unbroken near misses the members left
     off = RetrievalEnsemble(**base, focus=())
     r_off = off(cnn, x, obj, eps=0.02)
@@ -951,8 +956,11 @@ def test_retrieval_ensemble_focus_stages_attack_only_near_misses(cnn, digits, mo
     res = ens(cnn, x, obj, eps=0.02)
     assert [c[0] for c in calls[:3]] == [1, 1, 2]
     assert torch.equal(calls[2][1], near)
-    if len(calls) == 4:  # the second stage: a subset of the first's, the near misses left
-        assert calls[3][0] == 3 and bool(torch.isin(calls[3][1], near).all())
+    # then the stage's cross-entropy and the second stage's margin and cross-entropy, each on
+    # the near misses still unbroken (a call is skipped when none is left)
+    later = [c[0] for c in calls[3:]]
+    assert later in ([2, 3, 3], [2, 3], [2], [3, 3], [3], [])
+    assert all(bool(torch.isin(c[1], near).all()) for c in calls[3:])
     assert torch.all(res.success >= r_off.success)
     far = ~torch.isin(torch.arange(len(y)), near)
     assert torch.equal(res.clipped[far], r_off.clipped[far])

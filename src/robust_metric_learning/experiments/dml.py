@@ -24,7 +24,7 @@ ensemble (:class:`~robust_metric_learning.attacks.RetrievalEnsemble`): APGD on t
 margin and on the gallery cross-entropy at each of ``EVAL_TEMPERATURES`` (``EVAL_STEPS`` steps,
 ``EVAL_RESTARTS`` restarts each), and PGD-``EVAL_PGD_STEPS`` with a fixed step ``EVAL_REL_STEP * eps``
 (``EVAL_RESTARTS`` restarts), then the focus stages ``EVAL_FOCUS``: more restarts of each
-cross-entropy member on the near misses; certified Recall@1 at the same l_inf radii and at ``CERT_L2_EPS``
+APGD member (margin and cross-entropies) on the near misses; certified Recall@1 at the same l_inf radii and at ``CERT_L2_EPS``
 (l2), from the embedding margin bound and the network's Lipschitz bound. Checks on every model,
 failing loudly: certified-robust queries are never broken by the attack (soundness); and, at the
 training eps, recorded for the report: on the first ``N_STRENGTH`` queries, the ensemble against
@@ -89,9 +89,10 @@ EVAL_PGD_STEPS = 20
 EVAL_REL_STEP = 0.25
 #: temperatures of the ensemble's cross-entropy members (one APGD member each)
 EVAL_TEMPERATURES = (0.1, 0.03)
-#: its focus stages (margin, restarts): restarts of every cross-entropy member on the near misses,
-#: the unbroken queries whose best margin is at least -margin times the gallery's scale
-EVAL_FOCUS = ((0.3, 4), (0.1, 32))
+#: its focus stages (margin, restarts): restarts of every APGD member (the margin and each
+#: cross-entropy) on the near misses, the unbroken queries whose best margin is at least -margin
+#: times the gallery's scale
+EVAL_FOCUS = ((1.0, 2), (0.3, 4), (0.1, 32))
 #: the strength check's plain PGD with a decaying step (eps/4 at first, cosine to 0)
 DECAY_PGD: dict[str, Any] = {"steps": 100, "restarts": 3, "rel_step_size": 0.25, "step_schedule": "cosine"}
 CERT_L2_EPS = (0.01, 0.03, 0.1, 0.3)
@@ -169,7 +170,7 @@ def protocol() -> dict[str, Any]:
                             "pgd_steps": EVAL_PGD_STEPS, "pgd_rel_step": EVAL_REL_STEP,
                             "temperatures": list(EVAL_TEMPERATURES), "focus": [list(f) for f in EVAL_FOCUS],
                             "members": ["APGD margin", "APGD cross-entropy per temperature", "PGD",
-                                        "focus: APGD cross-entropy per temperature on near misses"]},
+                                        "focus: APGD margin and cross-entropy per temperature on near misses"]},
             "decay_pgd": DECAY_PGD, "cert_l2_eps": CERT_L2_EPS,
             "n_shift_check": N_SHIFT_CHECK, "n_strength": N_STRENGTH,
             # adversarial R@1 counts a query broken at a smaller eps as broken at the larger ones
