@@ -1,0 +1,322 @@
+"""Ranking attacks on retrieval (the suite of Zhou et al., "Adversarial ranking attack and
+defense", ECCV 2020, and its sequels): objectives against a clean gallery, and how their
+targets are chosen.
+
+Every objective is to maximise (the attacker's loss negated); the perturbed input is the
+query, except for the candidate attacks, where it is a gallery item (the candidate) and the
+targets are queries. Distances are Euclidean between the embeddings (the model's output; for
+the published protocol, L2-normalised), except :class:`TargetedMismatch`'s cosine.
+
+=========================  ================================================================
+``CandidateRank`` (CA+/-)  raise (+) or lower (-) the candidate in the rankings of its
+                           target queries; metric: its rank percentile among the gallery
+``QueryRank`` (QA+/-)      raise (+) or lower (-) the target candidates in the query's
+                           ranking; metric: their mean rank percentile
+``TargetedMismatch`` (TMA) the query's embedding towards a random gallery item's (cosine)
+``LearningToMisrank`` (LTM) every other-class item nearer than the nearest same-class one
+``TopOneMisrank`` (GTM)    the query towards the nearest item of another class than its
+                           top-1 neighbour's
+``TopOneTranslocation``    the query's top-1 neighbour pushed out of its top ranks
+(GTT)
+=========================  ================================================================
+
+:func:`select_targets` picks the targets as the suite does: ``n`` uniformly random gallery
+rows (with replacement) for CA+, QA+ and TMA; for CA- ``n`` drawn with replacement from the
+query's 1 % nearest gallery rows and for QA- ``n`` without replacement from them (the row of
+the item itself excluded); the top-1 neighbour for GTT; for GTM the nearest row whose label
+differs from the top-1 neighbour's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..._validation import check_labels
+from .objectives import Objective, _embeddings, _safe_sqrt, _sq_matrix
+
+__all__ = ["RANKING_KINDS", "CandidateRank", "LearningToMisrank", "QueryRank", "TargetedMismatch",
+           "TopOneMisrank", "TopOneTranslocation", "select_targets"]
+
+#: target kinds of :func:`select_targets`
+RANKING_KINDS = ("CA+", "CA-", "QA+", "QA-", "TMA", "GTM", "GTT")
+
+
+def _dist(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return _safe_sqrt(_sq_matrix(q, g))
+
+
+def _rows(x: Any, *, n_gallery: int, name: str, ndim: int) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x))
+    if t.dtype not in (torch.int32, torch.int64) or t.ndim != ndim or t.shape[0] == 0 or (ndim == 2 and t.shape[1] == 0):
+        shape = "(n,)" if ndim == 1 else "(n, k)"
+        raise ValueError(f"{name} must be a non-empty integer array of shape {shape} of gallery rows, "
+                         f"got {t.dtype} of shape {tuple(t.shape)}")
+    t = t.long()
+    if int(t.min()) < 0 or int(t.max()) >= n_gallery:
+        raise ValueError(f"{name} must hold gallery rows in [0, {n_gallery}), got values in "
+                         f"[{int(t.min())}, {int(t.max())}]")
+    return t
+
+
+def _self_rows(self_index: Any, n: int, n_gallery: int) -> torch.Tensor:
+    if self_index is None:
+        return torch.full((n,), -1, dtype=torch.long)
+    t = torch.as_tensor(np.asarray(self_index.cpu() if isinstance(self_index, torch.Tensor) else self_index))
+    if t.dtype not in (torch.int32, torch.int64) or t.shape != (n,):
+        raise ValueError(f"self_index must be an integer array of shape ({n},) (each input's gallery row, "
+                         f"-1 if none), got {t.dtype} of shape {tuple(t.shape)}")
+    t = t.long()
+    if int(t.min()) < -1 or int(t.max()) >= n_gallery:
+        raise ValueError(f"self_index must hold gallery rows in [0, {n_gallery}) or -1")
+    return t
+
+
+class _GalleryObjective(Objective):
+    """Context: the clean gallery and one row of targets per attacked input."""
+
+    def __init__(self, gallery: Any, targets: Any, *, ndim: int):
+        g = _embeddings(gallery, name="gallery")
+        t = _rows(targets, n_gallery=g.shape[0], name="targets", ndim=ndim)
+        self.n_samples, self.embedding_dim = int(t.shape[0]), int(g.shape[1])
+        self._set_context(gallery=g, targets=t)
+
+    def success(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Rank attacks have no success event; never stops an attack early."""
+        return torch.zeros(len(index), dtype=torch.bool, device=emb_adv.device)
+
+
+class CandidateRank(_GalleryObjective):
+    """CA+ / CA-: the perturbed input is a candidate, moved up (``direction=+1``) or down
+    (``-1``) in the rankings of its target queries (clean gallery rows).
+
+    Score of candidate c' with queries q_1..q_W: ``-mean_{x, w} relu(s (d(c', q_w) - d(X_x,
+    q_w)))`` over every gallery row x, s the direction. :meth:`rank` is the metric: the fraction
+    of (gallery row, query) pairs with ``d(X_x, q_w) < d(c', q_w)``, the candidate's rank
+    percentile (the attacker of CA+ drives it to 0, of CA- to 1).
+
+    Parameters
+    ----------
+    gallery : tensor of shape (n_gallery, dim)
+    targets : array of int of shape (n, W)
+        The queries of each candidate, gallery rows.
+    direction : {+1, -1}
+    """
+
+    def __init__(self, gallery: Any, targets: Any, *, direction: int = 1):
+        if direction not in (1, -1):
+            raise ValueError(f"direction must be 1 or -1, got {direction!r}")
+        super().__init__(gallery, targets, ndim=2)
+        self.direction = direction
+
+    def _terms(self, emb_adv, index):
+        g = self._ctx("gallery", emb_adv)
+        q = g[self._ctx("targets", emb_adv)[index]]  # (B, W, dim)
+        a = _safe_sqrt(((emb_adv[:, None, :] - q) ** 2).sum(-1))  # (B, W)
+        b = torch.stack([_dist(q[:, w], g) for w in range(q.shape[1])], 1)  # (B, W, G)
+        return a[:, :, None], b
+
+    def __call__(self, emb_adv, index):
+        a, b = self._terms(emb_adv, index)
+        return -torch.relu(self.direction * (a - b)).mean((1, 2))
+
+    def rank(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Rank percentile of each candidate among the gallery for its queries, in [0, 1]."""
+        with torch.no_grad():
+            a, b = self._terms(emb_adv.double(), index)
+            return (a > b).double().mean((1, 2))
+
+
+class QueryRank(_GalleryObjective):
+    """QA+ / QA-: the perturbed input is a query; its target candidates (gallery rows) are
+    moved up (``direction=+1``) or down (``-1``) in its ranking.
+
+    Score of q' with candidates c_1..c_M: ``-mean_{x, m} relu(s (d(q', c_m) - d(q', X_x)))``.
+    :meth:`rank`: the mean over m of the fraction of gallery rows nearer to q' than c_m (the
+    candidates' rank percentile; the attacker of QA+ drives it to 0, of QA- to 1).
+    """
+
+    def __init__(self, gallery: Any, targets: Any, *, direction: int = 1):
+        if direction not in (1, -1):
+            raise ValueError(f"direction must be 1 or -1, got {direction!r}")
+        super().__init__(gallery, targets, ndim=2)
+        self.direction = direction
+
+    def _terms(self, emb_adv, index):
+        g = self._ctx("gallery", emb_adv)
+        d = _dist(emb_adv, g)  # (B, G)
+        a = torch.gather(d, 1, self._ctx("targets", emb_adv)[index])  # (B, M)
+        return a[:, :, None], d[:, None, :]
+
+    def __call__(self, emb_adv, index):
+        a, b = self._terms(emb_adv, index)
+        return -torch.relu(self.direction * (a - b)).mean((1, 2))
+
+    def rank(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Mean rank percentile of each query's candidates in its ranking, in [0, 1]."""
+        with torch.no_grad():
+            a, b = self._terms(emb_adv.double(), index)
+            return (b < a).double().mean((1, 2))
+
+
+class TargetedMismatch(_GalleryObjective):
+    """TMA: the query's embedding turned towards a target gallery item's; score and metric
+    ``cos(q', X_t)`` (the attacker drives it to 1)."""
+
+    def __init__(self, gallery: Any, targets: Any):
+        super().__init__(gallery, targets, ndim=1)
+
+    def __call__(self, emb_adv, index):
+        t = self._ctx("gallery", emb_adv)[self._ctx("targets", emb_adv)[index]]
+        return torch.nn.functional.cosine_similarity(emb_adv, t, dim=1)
+
+
+class _LabelledObjective(_GalleryObjective):
+    """Gallery, labels of gallery and inputs, and each input's own gallery row (excluded)."""
+
+    def __init__(self, gallery: Any, gallery_labels: Any, labels: Any, targets: Any, *, self_index: Any,
+                 ndim: int = 1):
+        super().__init__(gallery, targets, ndim=ndim)
+        n_gallery = self._context["gallery"].shape[0]
+        gl = check_labels(np.asarray(gallery_labels), n_samples=n_gallery, name="gallery_labels")
+        ql = check_labels(np.asarray(labels), n_samples=self.n_samples, name="labels")
+        _, codes = np.unique(np.concatenate([gl, ql]), return_inverse=True)
+        self._context.update(g_codes=torch.as_tensor(codes[:n_gallery]), q_codes=torch.as_tensor(codes[n_gallery:]),
+                             self_rows=_self_rows(self_index, self.n_samples, n_gallery))
+
+    def _masked(self, emb_adv, index, *, dtype=None):
+        """Distances to the gallery with each input's own row at +inf, and the same-label mask."""
+        g = self._ctx("gallery", emb_adv, dtype=dtype)
+        d = _dist(emb_adv.to(g.dtype), g)
+        own = self._ctx("self_rows", emb_adv)[index]
+        rows = torch.nonzero(own >= 0).flatten()
+        d = d.index_put((rows, own[rows]), torch.tensor(torch.inf, dtype=d.dtype, device=d.device))
+        same = self._ctx("g_codes", emb_adv)[None, :] == self._ctx("q_codes", emb_adv)[index][:, None]
+        return d, same
+
+    def top1_correct(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Whether the nearest gallery row (its own excluded; ties to the smaller row) has the
+        input's label: the R@1 indicator."""
+        with torch.no_grad():
+            d, same = self._masked(emb_adv, index, dtype=torch.float64)
+            return torch.gather(same, 1, d.argmin(1, keepdim=True)).flatten()
+
+
+class LearningToMisrank(_LabelledObjective):
+    """LTM: score ``-relu(max_{other label} d(q', X_x) - min_{same label} d(q', X_x))``, the
+    input's own gallery row excluded (every other-class item pulled nearer than the nearest
+    same-class one). Metric: :meth:`top1_correct`.
+
+    Parameters
+    ----------
+    gallery, gallery_labels
+    labels : array of shape (n,)
+        Labels of the attacked inputs.
+    self_index : array of int of shape (n,) or None
+        Each input's own gallery row (-1: none).
+    """
+
+    def __init__(self, gallery: Any, gallery_labels: Any, labels: Any, *, self_index: Any = None):
+        # no targets: a placeholder row per input (the labels give the count)
+        super().__init__(gallery, gallery_labels, labels, np.zeros(max(len(np.asarray(labels)), 1), dtype=np.int64),
+                         self_index=self_index)
+
+    def __call__(self, emb_adv, index):
+        d, same = self._masked(emb_adv, index)
+        far_other = torch.where(same, -torch.inf, d).amax(1)
+        near_same = torch.where(same & torch.isfinite(d), d, torch.inf).amin(1)
+        gap = torch.where(torch.isfinite(near_same), far_other - near_same, far_other)
+        return -torch.relu(gap)
+
+
+class TopOneMisrank(_LabelledObjective):
+    """GTM: the query pulled towards its target (the nearest clean gallery row of another
+    label than its top-1 neighbour's, :func:`select_targets`); score ``-d(q', X_t)``. Metric:
+    :meth:`top1_correct`."""
+
+    def __call__(self, emb_adv, index):
+        t = self._ctx("gallery", emb_adv)[self._ctx("targets", emb_adv)[index]]
+        return -_safe_sqrt(((emb_adv - t) ** 2).sum(1))
+
+
+class TopOneTranslocation(_LabelledObjective):
+    """GTT: the query's clean top-1 neighbour (its target) pushed down its ranking; score
+    ``-mean_x relu(d(q', X_x) - d(q', X_t))`` over the gallery rows other than its own.
+    Metric: :meth:`retained`."""
+
+    def __call__(self, emb_adv, index):
+        d, _ = self._masked(emb_adv, index)
+        t = torch.gather(d, 1, self._ctx("targets", emb_adv)[index][:, None])
+        keep = torch.isfinite(d)
+        return -torch.where(keep, torch.relu(d - t), 0.0).sum(1) / keep.sum(1)
+
+    def retained(self, emb_adv: torch.Tensor, index: torch.Tensor, *, k: int = 4) -> torch.Tensor:
+        """Whether the target is still among the ``k`` nearest rows (own row excluded)."""
+        with torch.no_grad():
+            d, _ = self._masked(emb_adv, index, dtype=torch.float64)
+            top = d.topk(min(k, d.shape[1]), dim=1, largest=False).indices
+            return (top == self._ctx("targets", emb_adv)[index][:, None]).any(1)
+
+
+def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gallery_labels: Any, *,
+                   self_index: Any = None, n: int = 1, near_fraction: float = 0.01,
+                   generator: torch.Generator | None = None, block: int = 1024) -> torch.Tensor:
+    """The targets of one ranking attack for each query (or candidate), as the suite picks them.
+
+    Parameters
+    ----------
+    kind : {"CA+", "CA-", "QA+", "QA-", "TMA", "GTM", "GTT"}
+    queries : tensor of shape (n_queries, dim)
+        Clean embeddings of the attacked inputs.
+    gallery : tensor of shape (n_gallery, dim)
+    gallery_labels : array of shape (n_gallery,)
+    self_index : array of int of shape (n_queries,) or None
+        Each input's own gallery row (-1: none); never a near target.
+    n : int, default=1
+        Targets per input (W for CA, M for QA; 1 for the others).
+    near_fraction : float, default=0.01
+        CA- and QA- draw from the ``max(1, int(near_fraction * n_gallery))`` nearest rows.
+    generator : torch.Generator or None
+
+    Returns
+    -------
+    LongTensor of shape (n_queries, n) for CA and QA, (n_queries,) for the others.
+    """
+    if kind not in RANKING_KINDS:
+        raise ValueError(f"kind must be one of {list(RANKING_KINDS)}, got {kind!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    q, g = _embeddings(queries, name="queries").double(), _embeddings(gallery, name="gallery").double()
+    n_q, n_g = q.shape[0], g.shape[0]
+    if kind in ("CA+", "QA+", "TMA"):
+        shape = (n_q,) if kind == "TMA" else (n_q, int(n))
+        return torch.randint(n_g, shape, generator=generator)
+    gl = check_labels(np.asarray(gallery_labels), n_samples=n_g, name="gallery_labels")
+    codes = torch.as_tensor(np.unique(gl, return_inverse=True)[1].reshape(-1))
+    own = _self_rows(self_index, n_q, n_g)
+    near = max(1, int(near_fraction * n_g))
+    if kind == "QA-" and n > near:
+        raise ValueError(f"n must be at most the {near} near rows QA- draws from without replacement, got {n}")
+    k = min(near, n_g - int(bool((own >= 0).any())))
+    if k < 1:
+        raise ValueError(f"{kind} needs a gallery row other than the input's own; the gallery has {n_g}")
+    out = []
+    for s in range(0, n_q, block):
+        d = _dist(q[s:s + block], g)
+        o = own[s:s + block]
+        rows = torch.nonzero(o >= 0).flatten()
+        d[rows, o[rows]] = torch.inf
+        order = d.topk(k, dim=1, largest=False).indices
+        if kind == "GTT":
+            out.append(order[:, 0])
+        elif kind == "GTM":
+            other = codes[None, :] != codes[order[:, 0]][:, None]
+            out.append(torch.where(other, d, torch.inf).argmin(1))
+        elif kind == "CA-":
+            out.append(torch.gather(order, 1, torch.randint(order.shape[1], (len(order), int(n)), generator=generator)))
+        else:  # QA-
+            perm = torch.argsort(torch.rand(order.shape, generator=generator, dtype=torch.float64), dim=1)[:, :int(n)]
+            out.append(torch.gather(order, 1, perm))
+    return torch.cat(out)
