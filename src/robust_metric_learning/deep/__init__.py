@@ -12,7 +12,9 @@ from .metrics import (
 from .models import MLP, EmbeddingNet, L2Normalize, SmallCNN
 from .robust import (
     DEFENSES,
+    AntiCollapseTriplets,
     EmbeddingShiftTriplets,
+    HardnessManipulation,
     NaiveAdversarial,
     Natural,
     RobustTriplets,
@@ -23,7 +25,8 @@ from .training import TrainHistory, embed, hyperparameters, train_embedding
 
 __all__ = [
     "MLP", "EmbeddingNet", "L2Normalize", "SmallCNN", "BalancedBatchSampler",
-    "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "DEFENSES", "get_defense",
+    "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "AntiCollapseTriplets",
+    "HardnessManipulation", "DEFENSES", "get_defense",
     "TrainHistory", "train_embedding", "embed", "hyperparameters", "load_checkpoint", "CheckpointError",
     "lipschitz_bound", "layer_bounds", "certified_input_radius",
     "retrieval_metrics", "adversarial_retrieval", "certified_retrieval", "embedding_radius_bound",

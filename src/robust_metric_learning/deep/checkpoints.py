@@ -112,8 +112,9 @@ def _load(path: Path, device: torch.device) -> dict:
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict:
     """The training state in a checkpoint written by :func:`train_embedding`, checksum verified.
 
-    Returns a dict with ``model`` (state dict), ``optimizer``, ``settings_key`` and the
-    per-epoch ``loss``, ``seconds`` and ``n_adversarial``. Raises :class:`CheckpointError`
+    Returns a dict with ``model`` (state dict), ``optimizer``, ``settings_key``, the
+    per-epoch ``loss``, ``seconds`` and ``n_adversarial``, and (when written by this version)
+    ``defense``, the defence's state between batches (``Defense.state_dict()``). Raises :class:`CheckpointError`
     (naming the file) when the file is damaged or has no checksum, OSError when unreadable.
     """
     return _load(Path(path), torch.device(map_location) if isinstance(map_location, str) else map_location)

@@ -1,9 +1,10 @@
-"""Training steps: natural, and three adversarial defences for mini-batch metric losses.
+"""Training steps: natural, and the adversarial defences for mini-batch metric losses, with
+the registry of all defences (:data:`DEFENSES`, :func:`get_defense`).
 
 A defence is a small object with ``step_loss(model, x, y, loss_fn, miner, generator)``
 returning the scalar loss of one mini-batch (attached to the graph) and the number of
-adversarial inputs it made. ``loss_fn`` and ``miner`` are any pytorch-metric-learning loss and
-miner (``miner=None``: every triplet of the batch).
+adversarial inputs it made (:class:`~.defense_base.Defense`). ``loss_fn`` and ``miner`` are any
+pytorch-metric-learning loss and miner (``miner=None``: every triplet of the batch).
 
 * :class:`Natural`: ``loss_fn(f(x), y, miner(f(x), y))``.
 * :class:`RobustTriplets` (ours, the published formulation for mini-batch-dependent losses):
@@ -15,72 +16,27 @@ miner (``miner=None``: every triplet of the batch).
   clean-mined tuples (each sample against its own loss terms); the loss on the perturbed batch.
 * :class:`EmbeddingShiftTriplets` (EST): every input perturbed to maximise its own embedding
   shift ``||f(x') - f(x)||``; the loss on the perturbed batch with the clean-mined tuples.
+* :class:`~.anticollapse.AntiCollapseTriplets` (ACT, RobRank's TPAMI 2024 defence) and
+  :class:`~.hardness.HardnessManipulation` (HM, CVPR 2022), in their own modules.
 """
 
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any
 
 import torch
-from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from ..attacks.embedding.norms import get_norm
+from .._validation import Interval, Options
 from ..attacks.embedding.objectives import EmbeddingShift, TripletRoleObjective
-from ..attacks.embedding.pgd import perturb
+from .anticollapse import AntiCollapseTriplets
+from .defense_base import Defense, mine_triplets
+from .defense_base import check_batch as _check_batch
+from .hardness import HardnessManipulation
 
 __all__ = ["Defense", "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets",
-           "get_defense", "DEFENSES"]
-
-
-def mine_triplets(emb: torch.Tensor, y: torch.Tensor, miner: Any) -> tuple[torch.Tensor, ...]:
-    """Triplets (a, p, n) of the batch: the miner's (pairs converted), or all of them."""
-    if miner is None:
-        return lmu.get_all_triplets_indices(y)
-    mined = miner(emb, y)
-    if len(mined) == 4:
-        return lmu.convert_to_triplets(mined, y, t_per_anchor="all")
-    return tuple(mined)
-
-
-def _check_batch(y: torch.Tensor) -> None:
-    n_classes = int(torch.unique(y).numel())
-    if n_classes < 2:
-        raise ValueError(f"a mini-batch needs at least 2 classes for a metric loss, got {n_classes}")
-
-
-class Defense:
-    """Base class: how one mini-batch's training loss is formed."""
-
-    name = "natural"
-
-    def __init__(self, *, eps: float = 0.1, steps: int = 10, norm: str = "linf", step_size: float | None = None):
-        if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-        if not (isinstance(steps, int) and steps >= 1):
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        self.eps, self.steps, self.norm, self.step_size = float(eps), steps, get_norm(norm), step_size
-
-    def _perturb(self, model, x, objective, generator) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        try:
-            return perturb(model, x, objective, norm=self.norm, eps=self.eps, steps=self.steps,
-                           step_size=self.step_size, random_start=True, restarts=1,
-                           generator=generator).detach()
-        finally:
-            model.train(was_training)
-
-    def step_loss(self, model, x, y, loss_fn, miner, generator) -> tuple[torch.Tensor, int]:
-        raise NotImplementedError
-
-    def _extra_repr(self) -> str:
-        """Parameters a subclass adds, shown between ``steps`` and ``norm``."""
-        return ""
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(eps={self.eps}, steps={self.steps}, {self._extra_repr()}norm={self.norm!r}"
-                + (f", step_size={self.step_size}" if self.step_size is not None else "") + ")")
+           "AntiCollapseTriplets", "HardnessManipulation", "get_defense", "DEFENSES", "mine_triplets"]
 
 
 class Natural(Defense):
@@ -130,14 +86,16 @@ class RobustTriplets(Defense):
     """
 
     name = "ours"
+    _parameter_constraints = {
+        **Defense._parameter_constraints,
+        "rate": [Interval(Real, 0, 1, closed="right")],
+        "role": [Options(*_MEMBER)],
+    }
 
     def __init__(self, *, eps: float = 0.1, steps: int = 10, rate: float = 0.5, role: str = "positive",
                  norm: str = "linf", step_size: float | None = None):
         super().__init__(eps=eps, steps=steps, norm=norm, step_size=step_size)
-        if not (isinstance(rate, (int, float)) and 0 < rate <= 1):
-            raise ValueError(f"rate must be in (0, 1], got {rate!r}")
-        if role not in _MEMBER:
-            raise ValueError(f"role must be one of {sorted(_MEMBER)}, got {role!r}")
+        self._validate(rate=rate, role=role)
         self.rate, self.role = float(rate), role
 
     def choose(self, triplets: tuple[torch.Tensor, ...], generator) -> tuple[torch.Tensor, torch.Tensor,
@@ -213,11 +171,13 @@ class EmbeddingShiftTriplets(Defense):
 
 DEFENSES: dict[str, type[Defense]] = {
     "natural": Natural, "ours": RobustTriplets, "naive": NaiveAdversarial, "est": EmbeddingShiftTriplets,
+    "act": AntiCollapseTriplets, "hm": HardnessManipulation,
 }
 
 
 def get_defense(name: str | Defense, **params: Any) -> Defense:
-    """A defence by name (``natural``, ``ours``, ``naive``, ``est``) with its parameters."""
+    """A defence by name (``natural``, ``ours``, ``naive``, ``est``, ``act``, ``hm``) with its
+    parameters."""
     if isinstance(name, Defense):
         return name
     if name not in DEFENSES:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import sys
@@ -33,6 +32,7 @@ from .checkpoints import (
     _save,
     _settings_key,
 )
+from .hyperparams import hyperparameters
 from .lipschitz import _body
 from .robust import Defense, get_defense
 from .sampler import BalancedBatchSampler
@@ -124,32 +124,6 @@ def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = Fals
         model.train(was_training)
 
 
-_SIMPLE = (bool, int, float, str, type(None))
-
-
-def hyperparameters(obj: Any) -> Any:
-    """A JSON-ready description of a loss, miner or other module by its constructor arguments.
-
-    ``repr`` of a pytorch-metric-learning loss or miner leaves out its margins, so two losses
-    with different margins would look alike; this lists every constructor argument stored under
-    its own name (numbers, strings, tuples of them), then the sub-modules, recursively. Counters
-    a module updates when called (such as a miner's ``num_triplets``) are not constructor
-    arguments and are left out. Anything that is not a ``torch.nn.Module`` is its ``repr``.
-    """
-    if not isinstance(obj, nn.Module):
-        return repr(obj)
-    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    names = [n for cls in type(obj).__mro__ if cls.__init__ is not object.__init__
-             for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind in named]
-    desc: dict[str, Any] = {"type": type(obj).__qualname__}
-    for n in dict.fromkeys(names):
-        v = obj.__dict__.get(n, ())
-        if isinstance(v, _SIMPLE) or (isinstance(v, tuple) and v and all(isinstance(e, _SIMPLE) for e in v)):
-            desc[n] = v
-    desc.update({n: hyperparameters(child) for n, child in obj.named_children()})
-    return desc
-
-
 def _check_labels(y: Any, n: int) -> np.ndarray:
     y_np = np.asarray(y)
     if y_np.ndim != 1 or len(y_np) != n:
@@ -189,8 +163,10 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     loss : pytorch-metric-learning loss, default=TripletMarginLoss(margin=0.2)
     miner : pytorch-metric-learning miner, default=None (every triplet of the batch)
     defense : str or Defense, default="natural"
-        ``"natural"``, ``"ours"``, ``"naive"``, ``"est"`` (default parameters) or a
-        :mod:`~robust_metric_learning.deep.robust` object.
+        ``"natural"``, ``"ours"``, ``"naive"``, ``"est"``, ``"act"``, ``"hm"`` (default
+        parameters) or a :mod:`~robust_metric_learning.deep.robust` object. A defence that
+        keeps state between batches (HM's gradual target) is reset when training starts
+        afresh, and its state is saved in the checkpoint and restored on resume.
     epochs : int, default=10
     m, classes_per_batch, batches_per_epoch
         The :class:`~robust_metric_learning.deep.sampler.BalancedBatchSampler`.
@@ -307,7 +283,10 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 warnings.warn(f"{exc}; resume='compatible': training starts afresh and will overwrite it",
                               UserWarning, stacklevel=2)
             state = None
+    defense.reset()  # state kept between batches (HM's gradual target): a fresh run starts from none
     if state is not None:
+        if isinstance(state.get("defense"), dict):
+            defense.load_state_dict(state["defense"])
         history = TrainHistory(loss=[float(v) for v in state["loss"]], seconds=[float(v) for v in state["seconds"]],
                                n_adversarial=[int(v) for v in state["n_adversarial"]])
         start = history.resumed_from = len(history.loss)
@@ -335,6 +314,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 idx = torch.as_tensor(batch)
                 xb, yb = X[idx].to(device), y_t[idx].to(device)
                 kept = [b.clone() for b in buffers]  # batch-norm statistics, restored if the batch fails
+                kept_defense = defense.state_dict()
                 flags.clear()
                 opt.zero_grad(set_to_none=True)
                 value, made = defense.step_loss(model, xb, yb, loss_fn, miner, generator)
@@ -351,6 +331,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 if not bool(torch.stack([c.to(device) for c in checks]).all()):
                     for b, k in zip(buffers, kept):
                         b.copy_(k)
+                    defense.load_state_dict(kept_defense)
                     _raise_not_finite(value, flags, grads, epoch=epoch, epochs=epochs, batch=n_batches,
                                       n_batches=len(sampler), lr=lr, path=path)
                 opt.step()
@@ -364,7 +345,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
             if path is not None:
                 _save(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "settings_key": key,
                              "loss": history.loss, "seconds": history.seconds,
-                             "n_adversarial": history.n_adversarial})
+                             "n_adversarial": history.n_adversarial, "defense": defense.state_dict()})
     finally:
         hook.remove()
         model.eval()

@@ -43,8 +43,16 @@ STEP_SCHEDULES = {
 
 
 def _pgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, steps: int, alpha: torch.Tensor,
-         random_start: bool, restarts: int, generator: torch.Generator | None, schedule: str = "constant"):
-    """PGD on one batch, no validation; returns (best x_adv, best score), both detached."""
+         random_start: bool, restarts: int, generator: torch.Generator | None, schedule: str = "constant",
+         keep: str = "best", stop_tol: float | None = None):
+    """PGD on one batch, no validation; returns (x_adv, score), both detached.
+
+    ``keep="best"``: the per-sample best iterate over all steps and restarts, and its score.
+    ``keep="last"`` (one restart): the last iterate and the score of the iterate before the
+    last step (no final forward pass). ``stop_tol``: stop after the step at which the summed
+    score changed by less than ``stop_tol`` from the previous step's, or its gradient is zero
+    everywhere (no input would move again).
+    """
     factor = STEP_SCHEDULES[schedule]
     best = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)
     best_x = x.clone()
@@ -54,6 +62,7 @@ def _pgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, steps: int, 
             x_adv = (x + delta).clamp_(0.0, 1.0)
         else:
             x_adv = x.clone()
+        previous = None
         for t in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
@@ -63,8 +72,18 @@ def _pgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, steps: int, 
                                      "PGD needs a differentiable objective (and model)")
                 (grad,) = torch.autograd.grad(s.sum(), x_adv)
             x_adv = x_adv.detach()
-            _keep_best(best, best_x, s.detach(), x_adv)
+            if keep == "best":
+                _keep_best(best, best_x, s.detach(), x_adv)
+            else:
+                best = s.detach()
             x_adv = norm.ascent(x_adv, x, grad, factor(t, steps) * alpha, eps)
+            if stop_tol is not None:
+                total = float(s.detach().sum())
+                if not bool(grad.any()) or (previous is not None and abs(total - previous) < stop_tol):
+                    break
+                previous = total
+        if keep == "last":
+            return x_adv, best
         with torch.no_grad():
             s = _score(objective, _embed(model, x_adv, objective), index)
         _keep_best(best, best_x, s, x_adv)
@@ -74,7 +93,8 @@ def _pgd(model, x, objective, index, norm: Norm, eps: torch.Tensor, steps: int, 
 def perturb(model: Any, x: torch.Tensor, objective: Any, *, norm: str | Norm = "linf",
             eps: float | torch.Tensor, steps: int = 10, step_size: float | torch.Tensor | None = None,
             random_start: bool = True, restarts: int = 1, generator: torch.Generator | None = None,
-            index: torch.Tensor | None = None, return_score: bool = False):
+            index: torch.Tensor | None = None, return_score: bool = False, keep: str = "best",
+            stop_tol: float | None = None):
     """PGD on one batch: the functional core used by robust training and the attack objects.
 
     Maximises ``objective(model(x_adv), index)`` per sample over ``x_adv`` in the ball of radius
@@ -110,6 +130,15 @@ def perturb(model: Any, x: torch.Tensor, objective: Any, *, norm: str | Norm = "
         Rows of ``x`` in the objective's context; None: ``0..n-1``.
     return_score : bool, default=False
         Also return the best objective value per sample.
+    keep : {"best", "last"}, default="best"
+        ``"last"``: return the last iterate instead of the best one (robust training's inner
+        maximisation of a joint objective, whose per-sample best iterates would not belong
+        together); needs ``restarts=1``, skips the final forward pass (``steps`` forward
+        passes) and the score returned is that of the iterate before the last step.
+    stop_tol : float or None, default=None
+        Stop early, after the step at which ``objective(...).sum()`` changed by less than
+        ``stop_tol`` since the previous step, or at which its gradient was zero everywhere
+        (sign steps would not move any input again). None: always ``steps`` steps.
 
     Returns
     -------
@@ -132,6 +161,13 @@ def perturb(model: Any, x: torch.Tensor, objective: Any, *, norm: str | Norm = "
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
     if not isinstance(random_start, bool):
         raise ValueError(f"random_start must be True or False, got {random_start!r}")
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+    if keep == "last" and restarts != 1:
+        raise ValueError(f"keep='last' needs restarts=1, got restarts={restarts!r}")
+    if stop_tol is not None and (isinstance(stop_tol, bool) or not isinstance(stop_tol, Real)
+                                 or not math.isfinite(stop_tol) or stop_tol < 0):
+        raise ValueError(f"stop_tol must be None or a finite number >= 0, got {stop_tol!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     x = check_unit_interval(x.detach() if isinstance(x, torch.Tensor) else x, name="x")
@@ -140,7 +176,7 @@ def perturb(model: Any, x: torch.Tensor, objective: Any, *, norm: str | Norm = "
     eps_t = _per_sample(eps, n, x, name="eps")
     alpha = 2.0 * eps_t / steps if step_size is None else _per_sample(step_size, n, x, name="step_size")
     x_adv, score = _pgd(model, x, objective, index, norm, eps_t, int(steps), alpha, random_start, int(restarts),
-                        generator)
+                        generator, keep=keep, stop_tol=None if stop_tol is None else float(stop_tol))
     return (x_adv, score) if return_score else x_adv
 
 
