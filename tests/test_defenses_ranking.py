@@ -152,7 +152,7 @@ def test_act_per_triplet_equals_shared_when_no_input_is_shared(batch):
     for copies in ("shared", "per_triplet"):
         out[copies] = AntiCollapseTriplets(eps=EPS, steps=4, copies=copies).step_loss(
             _model(2), x, y, _triplet_loss(), miner, None)
-    assert float(out["shared"][0]) == pytest.approx(float(out["per_triplet"][0]), abs=1e-6)
+    assert float(out["shared"][0].detach()) == pytest.approx(float(out["per_triplet"][0].detach()), abs=1e-6)
     assert out["shared"][1] == out["per_triplet"][1] == 6
 
 
@@ -199,10 +199,10 @@ def test_hm_objective_decreases_and_targets_follow_the_gradual_schedule(batch, m
     e0 = _embed(model, spy.calls[0]["x"])
     assert float(obj.loss(e0)) == pytest.approx(_et(e0, slots, -0.2), abs=1e-6)
     # the state: the previous batch's adversarial loss (no ICS here, so the returned loss)
-    assert hm.prev_loss == pytest.approx(float(loss1))
+    assert hm.prev_loss == pytest.approx(float(loss1.detach()))
     assert made == len(set(sum((t.tolist() for t in miner.t), [])))
     # the second call targets -clip(prev_loss, 0, m)
-    target2 = -min(max(float(loss1), 0.0), 0.2)
+    target2 = -min(max(float(loss1.detach()), 0.0), 0.2)
     assert hm.gradual_target(_triplet_loss()) == pytest.approx(target2)
     hm.load_state_dict({"prev_loss": 0.0})  # a hard target, so the objective is not zero at the input
     target2 = 0.0
@@ -259,11 +259,11 @@ def test_hm_ics_term_equals_a_hand_computation(batch, monkeypatch):
     ics = np.mean([max(0.0, float(_dist(clean[at], adv[s]) - _dist(clean[at], clean[pt])))
                    for at, pt, s in zip(a, p, sa)])
     assert ics > 0
-    assert float(with_ics) - float(base) == pytest.approx(0.5 * ics, abs=1e-6)
+    assert float(with_ics.detach()) - float(base.detach()) == pytest.approx(0.5 * ics, abs=1e-6)
     # ics_weight=0: exactly the triplet loss on the adversarial copies, by hand
     sa, sp, sn = _hm_slots(miner.t)
     terms = [max(0.0, float(_dist(adv[i], adv[j]) - _dist(adv[i], adv[k])) + 0.2) for i, j, k in zip(sa, sp, sn)]
-    assert float(base) == pytest.approx(np.mean(terms), abs=1e-5)
+    assert float(base.detach()) == pytest.approx(np.mean(terms), abs=1e-5)
 
 
 def test_hm_gradients_reach_the_clean_anchors_only_through_the_ics_term(batch):
@@ -436,3 +436,27 @@ def test_bad_batches(batch, name):
         defense.step_loss(flat, x, y, _triplet_loss(), None, None)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         defense.step_loss(_model(), x * 16, y, _triplet_loss(), None, None)
+
+
+def test_perturb_keep_last_and_stop_tol():
+    from robust_metric_learning.attacks.embedding.pgd import perturb
+    from robust_metric_learning.attacks import EmbeddingShift
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    x = torch.full((5, 4), 0.5)
+    obj = EmbeddingShift(net(x).detach())
+    g = torch.Generator().manual_seed(0)
+    last = perturb(net, x, obj, eps=0.1, steps=3, keep="last", generator=g)
+    assert float((last - x).abs().max()) <= 0.1 + 1e-6
+    # no random start: the shift has a zero gradient at the input, so nothing moves and it stops
+    calls = []
+    h = net.register_forward_hook(lambda m, i, o: calls.append(1))
+    same = perturb(net, x, obj, eps=0.1, steps=5, keep="last", random_start=False, stop_tol=0.0)
+    h.remove()
+    assert torch.equal(same, x) and len(calls) == 1
+    for kw, match in [(dict(keep="first"), "keep must be 'best' or 'last'"),
+                      (dict(keep="last", restarts=2), "keep='last' needs restarts=1"),
+                      (dict(stop_tol=-1.0), "stop_tol must be None or a finite number >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            perturb(net, x, obj, eps=0.1, **kw)
