@@ -313,7 +313,7 @@ def test_joint_objectives_have_correct_gradients():
     assert torch.autograd.gradcheck(lambda z: et(z, idx).sum(), (e,))
     assert torch.autograd.gradcheck(lambda z: collapse(z, idx).sum(), (e,))
     # the scores sum to minus the objective (perturb's ascent is a descent on it)
-    assert float(et(e, idx).sum()) == pytest.approx(-float(et.loss(e)))
+    assert float(et(e, idx).sum().detach()) == pytest.approx(-float(et.loss(e).detach()))
 
 
 # ------------------------------------------------------------------------------ training
