@@ -48,7 +48,7 @@ def learners():
 
 
 #: our recommended ARML settings (the published defaults move the metric too little)
-ARML_OURS = dict(learning_rate=1e-2, max_iter=1000)
+ARML_OURS = dict(learn_rate=1e-2, max_iter=1000)
 
 
 def main() -> None:

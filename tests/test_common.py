@@ -18,9 +18,10 @@ FAST_ESTIMATORS = [
     learners.TripletLearner(k_same=1, k_other=2, max_iter=5, perturbation=learners.PerturbationLoss(0.5, 1.0)),
     learners.ARML(max_iter=5),
     learners.ITML(max_iter=100),
+    learners.ITML_Supervised(max_iter=100),
     learners.LFDA(),
-    learners.LMNN(k=1, max_iter=5),
-    learners.LMNNPL(k=1, n_impostors=1, max_iter=5),
+    learners.LMNN(n_neighbors=1, max_iter=5),
+    learners.LMNNPL(n_neighbors=1, n_impostors=1, max_iter=5),
 ]
 
 

@@ -151,9 +151,13 @@ def test_itml_reproducible_and_bounds_and_priors():
     c = ITML(bounds=(1.0, 20.0), random_state=0, max_iter=100).fit(X, y)
     np.testing.assert_array_equal(c.bounds_, [1.0, 20.0])
     Xc = np.c_[X, np.zeros(len(X)), X[:, 0]]  # constant and duplicated feature: singular covariance
-    for prior in ["covariance", "random", np.diag([1.0, 2.0, 3.0, 4.0, 0.0, 1.0])]:
+    for prior in ["covariance", "random", np.diag([1.0, 2.0, 3.0, 4.0, 0.5, 1.0])]:
         L = ITML(prior=prior, random_state=0, max_iter=100).fit(Xc, y).components_
         assert np.isfinite(L).all() and L.shape == (6, 6)
+    # a singular array prior is refused (LogDet is undefined; the metric could never leave its range)
+    for w0 in (0.0, 1e-20, -1e-20):
+        with pytest.raises(np.linalg.LinAlgError, match=r"'prior' parameter of ITML must be positive definite"):
+            ITML(prior=np.diag([1.0, 2.0, 3.0, 4.0, w0, 1.0]), max_iter=10).fit(Xc, y)
 
 
 def test_itml_default_bounds_are_distance_percentiles():
@@ -277,9 +281,9 @@ def test_lfda_embedding_types():
     S_b, S_w = _local_scatter(X, np.unique(y, return_inverse=True)[1], 7)
     vals, _ = _generalized_eigh(S_b, S_w)
     ridge = 1e-6 * np.trace(S_w) / 4
-    plain = LFDA(embedding_type="plain", n_components=3).fit(X, y).components_
-    ortho = LFDA(embedding_type="orthonormalized", n_components=3).fit(X, y).components_
-    weighted = LFDA(n_components=3).fit(X, y)
+    plain = LFDA(embedding_type="plain", n_components=3, k=7).fit(X, y).components_
+    ortho = LFDA(embedding_type="orthonormalized", n_components=3, k=7).fit(X, y).components_
+    weighted = LFDA(n_components=3, k=7).fit(X, y)
     # plain: rows are generalised eigenvectors, L (S_w + ridge I) L^T = I, S_b v = lambda S_w v
     np.testing.assert_allclose(plain @ (S_w + ridge * np.eye(4)) @ plain.T, np.eye(3), atol=1e-8)
     np.testing.assert_allclose(S_b @ plain.T, (S_w + ridge * np.eye(4)) @ plain.T * vals[:3], atol=1e-8)

@@ -95,10 +95,10 @@ def test_triplet_sampling_equals_brute_force():
 def test_arml_published_behaviour(digits):
     X_tr, y_tr, X_te, y_te = digits
     # L starts at the identity: a step of 0 leaves it there
-    arml0 = ARML(max_iter=1, learning_rate=1e-12, random_state=0).fit(X_tr, y_tr)
+    arml0 = ARML(max_iter=1, learn_rate=1e-12, random_state=0).fit(X_tr, y_tr)
     np.testing.assert_allclose(arml0.components_, np.eye(64), atol=1e-9)
     # training raises the mean margin of fresh triplets (the objective is -mean margin)
-    arml = ARML(max_iter=60, learning_rate=1e-2, random_state=0).fit(X_tr, y_tr)
+    arml = ARML(max_iter=60, learn_rate=1e-2, random_state=0).fit(X_tr, y_tr)
     X = torch.tensor(X_tr)
     codes = torch.tensor(y_tr)
 
@@ -125,7 +125,7 @@ def test_nca_wraps_scikit_learn(digits):
     ours = NCA(max_iter=20, random_state=0).fit(X_tr, y_tr)
     ref = NeighborhoodComponentsAnalysis(init="identity", max_iter=20, random_state=0).fit(X_tr, y_tr)
     np.testing.assert_allclose(ours.components_, ref.components_)
-    with pytest.raises(ValueError, match="n_components=65 is larger than the 64 features"):
+    with pytest.raises(ValueError, match=r"'n_components' parameter of NCA must be at most the number of features of X \(64\); got 65"):
         NCA(n_components=65).fit(X_tr, y_tr)
 
 
@@ -148,7 +148,7 @@ def test_learner_interface(digits):
 @pytest.mark.parametrize("est, match", [
     (TripletLearner(k_same=0), "'k_same' parameter of TripletLearner must be an int in \\[1, inf\\)"),
     (TripletLearner(solver="newton"), "'solver' parameter of TripletLearner must be one of 'adam', 'lbfgs', 'sgd'"),
-    (ARML(learning_rate=0.0), "'learning_rate'"),
+    (ARML(learn_rate=0.0), "'learn_rate'"),
     (ARML(dtype="float16"), "'dtype'"),
     (TripletLearner(k_same=5), "TripletLearner needs at least 6 points per class; label 1 has 3"),
 ])
@@ -241,11 +241,11 @@ def test_diverging_lmnn_pl_fit_warns_and_keeps_the_identity():
     X = Normalizer().fit_transform(StandardScaler().fit_transform(X))
     # the published step of 50 with lambda = 10, tau = 0.8: every step raises the objective
     with pytest.warns(ConvergenceWarning, match="LMNNPL: the loss never went below"):
-        m = LMNNPL(perturbation=PerturbationLoss(tau=0.8, weight=10.0), learning_rate=50.0).fit(X, y)
+        m = LMNNPL(perturbation=PerturbationLoss(tau=0.8, weight=10.0), learn_rate=50.0).fit(X, y)
     np.testing.assert_allclose(m.get_mahalanobis_matrix(), np.eye(13), atol=1e-12)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        m = LMNNPL(perturbation=PerturbationLoss(tau=0.8, weight=10.0), learning_rate=50.0 / 8).fit(X, y)
+        m = LMNNPL(perturbation=PerturbationLoss(tau=0.8, weight=10.0), learn_rate=50.0 / 8).fit(X, y)
     assert np.abs(m.get_mahalanobis_matrix() - np.eye(13)).max() > 0.1
 
 

@@ -13,13 +13,8 @@ from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 from robust_metric_learning.datasets import load_dataset
-from robust_metric_learning.learners.lmnn import (
-    LMNN,
-    LMNNPL,
-    _psd_projection,
-    active_triplets,
-    make_lmnn_pl,
-)
+from robust_metric_learning.learners.lmnn import LMNN, active_triplets
+from robust_metric_learning.learners.lmnn_pl import LMNNPL, _psd_projection, make_lmnn_pl
 from robust_metric_learning.learners.triplet import PerturbationLoss
 from robust_metric_learning.margin import class_neighbors, margin
 from robust_metric_learning.neighbors import MahalanobisKNN
@@ -59,7 +54,7 @@ def digits_lmnn(digits):
 # -- scikit-learn compatibility ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("est", [LMNN(k=1, max_iter=5), LMNNPL(k=1, n_impostors=1, max_iter=5)],
+@pytest.mark.parametrize("est", [LMNN(n_neighbors=1, max_iter=5), LMNNPL(n_neighbors=1, n_impostors=1, max_iter=5)],
                          ids=["LMNN", "LMNNPL"])
 def test_estimator_checks(est):
     with warnings.catch_warnings():
@@ -97,13 +92,13 @@ def test_objective_decreases_with_perturbation_loss():
 def test_auto_step_follows_the_dimension(digits):
     assert LMNN()._learning_rate(16) == LMNN()._learning_rate(64) == 0.03
     assert LMNN()._learning_rate(256) == 4 / 256
-    assert LMNN(learning_rate=0.5)._learning_rate(784) == 0.5
+    assert LMNN(learn_rate=0.5)._learning_rate(784) == 0.5
     # digits upsampled to 24 x 24 pixels: Adam's fixed step of 0.03 only raises the objective
     X_tr, y_tr, _, _ = digits
     X = np.kron(X_tr[:300].reshape(-1, 8, 8), np.ones((3, 3))).reshape(300, 576)
     y = y_tr[:300]
     with pytest.warns(ConvergenceWarning, match="LMNN: the loss never went below its initial value"):
-        fixed = LMNN(learning_rate=0.03, max_iter=60).fit(X, y)
+        fixed = LMNN(learn_rate=0.03, max_iter=60).fit(X, y)
     np.testing.assert_array_equal(fixed.components_, np.eye(576))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -113,8 +108,8 @@ def test_auto_step_follows_the_dimension(digits):
 
 def test_resample_every_and_float32():
     X, y, _, _ = load_dataset("iris")
-    ref = LMNN(max_iter=30, tol=0).fit(X, y)
-    for est in (LMNN(max_iter=30, tol=0, resample_every=3), LMNN(max_iter=30, tol=0, dtype="float32")):
+    ref = LMNN(max_iter=30, convergence_tol=0).fit(X, y)
+    for est in (LMNN(max_iter=30, convergence_tol=0, resample_every=3), LMNN(max_iter=30, convergence_tol=0, dtype="float32")):
         est.fit(X, y)
         assert np.isfinite(est.components_).all()
         assert _objective(est, X, y, est.components_) < _objective(est, X, y, np.eye(4))
@@ -125,7 +120,7 @@ def test_resample_every_and_float32():
 def test_init_array_is_the_start():
     X, y, _, _ = load_dataset("iris")
     L0 = np.diag([1.0, 2.0, 3.0, 4.0])[:2]  # (2, 4): a rank-2 L
-    est = LMNN(init=L0, max_iter=1, learning_rate=1e-9, tol=0).fit(X, y)
+    est = LMNN(init=L0, max_iter=1, learn_rate=1e-9, convergence_tol=0).fit(X, y)
     assert est.components_.shape == (2, 4)
     np.testing.assert_allclose(est.components_, L0, atol=1e-6)
     assert est.transform(X).shape == (X.shape[0], 2)
@@ -136,7 +131,7 @@ def test_init_array_is_the_start():
 
 def test_lmnn_pl_pipeline_fits_and_is_finite(digits):
     X_tr, y_tr, X_te, y_te = digits
-    pipe = make_lmnn_pl(mu=0.5, lam=1.0, tau=0.5).fit(X_tr, y_tr)
+    pipe = make_lmnn_pl(regularization=0.5, lam=1.0, tau=0.5).fit(X_tr, y_tr)
     assert [name for name, _ in pipe.steps] == ["scale", "normalize", "lmnn"]
     Z = pipe.transform(X_te)
     assert Z.shape == (X_te.shape[0], 64) and np.isfinite(Z).all()
@@ -154,8 +149,8 @@ def test_lmnn_pl_pipeline_fits_and_is_finite(digits):
 def test_lmnn_pl_objective_decreases_and_pl_enlarges_margins():
     X, y, _, _ = load_dataset("wine")
     Xp = Normalizer().fit_transform(StandardScaler().fit_transform(X))
-    plain = LMNNPL(max_iter=100, tol=0).fit(Xp, y)
-    robust = LMNNPL(perturbation=PerturbationLoss(tau=0.5, weight=1.0), max_iter=100, tol=0).fit(Xp, y)
+    plain = LMNNPL(max_iter=100, convergence_tol=0).fit(Xp, y)
+    robust = LMNNPL(perturbation=PerturbationLoss(tau=0.5, weight=1.0), max_iter=100, convergence_tol=0).fit(Xp, y)
     I = np.eye(X.shape[1])
     assert _objective(robust, Xp, y, robust.get_mahalanobis_matrix()) < _objective(robust, Xp, y, I)
 
@@ -190,7 +185,7 @@ def test_gradcheck_lmnn_objective():
     X, y, rng = _small_problem(n=12, d=3)
     Xt = torch.as_tensor(X)
     codes = torch.as_tensor(y)
-    est = LMNN(k=2, perturbation=PerturbationLoss(tau=0.8, weight=2.0))
+    est = LMNN(n_neighbors=2, perturbation=PerturbationLoss(tau=0.8, weight=2.0))
     est.classes_ = np.unique(y)
     est._state = est._prepare(Xt, codes)
     targets = est._state["targets"]
@@ -207,7 +202,7 @@ def test_gradcheck_lmnn_pl_objective():
     X, y, rng = _small_problem(n=15, d=3)
     Xp = X / np.linalg.norm(X, axis=1, keepdims=True)
     Xt = torch.as_tensor(Xp)
-    est = LMNNPL(k=2, n_impostors=3, perturbation=PerturbationLoss(tau=0.5, weight=1.5))
+    est = LMNNPL(n_neighbors=2, n_impostors=3, perturbation=PerturbationLoss(tau=0.5, weight=1.5))
     est.classes_ = np.unique(y)
     est._state = est._prepare(Xt, torch.as_tensor(y))
     A = rng.normal(size=(3, 3))
@@ -224,14 +219,14 @@ def test_margins_equal_the_margin_formula():
     M = torch.as_tensor(A @ A.T)
     L = torch.as_tensor(np.linalg.cholesky(A @ A.T).T)  # L.T @ L = M
     # LMNN (parameter L) over its active triplets
-    est = LMNN(k=2)
+    est = LMNN(n_neighbors=2)
     est.classes_ = np.unique(y)
     est._state = est._prepare(Xt, codes)
     a, p, q = trip = est._sample(Xt, codes, L, None, {})
     assert a.numel() > 0
     torch.testing.assert_close(est._margins(L, Xt, trip), margin(Xt[a], Xt[p], Xt[q], M))
     # LMNNPL (parameter M) over its fixed (i, j, l) triplets, in the order of est._state["trip"]
-    pl = LMNNPL(k=2, n_impostors=4)
+    pl = LMNNPL(n_neighbors=2, n_impostors=4)
     pl.classes_ = np.unique(y)
     pl._state = pl._prepare(Xt, codes)
     a, p, q = pl._state["trip"]
@@ -284,7 +279,7 @@ def test_impostor_search_is_exact_where_float32_cannot_tell():
 
 def test_targets_are_euclidean_same_class_neighbours():
     X, y, _ = _small_problem(n=30, d=3)
-    est = LMNN(k=2)
+    est = LMNN(n_neighbors=2)
     est.classes_ = np.unique(y)
     targets = est._prepare(torch.as_tensor(X), torch.as_tensor(y))["targets"].numpy()
     for i in range(30):
@@ -297,20 +292,20 @@ def test_targets_are_euclidean_same_class_neighbours():
 
 
 @pytest.mark.parametrize("est, match", [
-    (LMNN(k=0), "'k'"),
-    (LMNN(mu=1.5), "'mu'"),
-    (LMNN(mu=-0.1), "'mu'"),
+    (LMNN(n_neighbors=0), "'n_neighbors'"),
+    (LMNN(regularization=1.5), "'regularization'"),
+    (LMNN(regularization=-0.1), "'regularization'"),
     (LMNN(perturbation=PerturbationLoss(tau=0.0)), "'tau'"),
     (LMNN(perturbation=PerturbationLoss(tau=-1.0)), "'tau'"),
     (LMNN(perturbation=PerturbationLoss(weight=-1.0)), "'weight'"),
     (LMNN(solver="lbfgs"), "'solver'"),
-    (LMNN(init="pca"), "'init'"),
-    (LMNN(learning_rate=0), "'learning_rate'"),
-    (LMNN(learning_rate="fast"), "'learning_rate'"),
-    (LMNN(solver="sgd"), "learning_rate='auto' is a step for solver='adam'; give a number for solver='sgd'"),
-    (LMNNPL(learning_rate="auto"), "'learning_rate'"),
+    (LMNN(init="bogus"), "'init'"),
+    (LMNN(learn_rate=0), "'learn_rate'"),
+    (LMNN(learn_rate="fast"), "'learn_rate'"),
+    (LMNN(solver="sgd"), "learn_rate='auto' is a step for solver='adam'; give a number for solver='sgd'"),
+    (LMNNPL(learn_rate="auto"), "'learn_rate'"),
     (LMNNPL(n_impostors=0), "'n_impostors'"),
-    (LMNNPL(mu=2), "'mu'"),
+    (LMNNPL(regularization=2), "'regularization'"),
     (LMNNPL(perturbation=PerturbationLoss(weight=-0.5)), "'weight'"),
 ])
 def test_bad_parameters(est, match):
@@ -319,21 +314,32 @@ def test_bad_parameters(est, match):
         est.fit(X, y)
 
 
-def test_class_smaller_than_k_plus_one():
+def test_class_of_n_neighbors_points():
+    """As metric-learn: a class needs n_neighbors points; with exactly n_neighbors, each point's
+    last target is itself (LMNNPL, whose triplets pair every target with impostors, needs one more)."""
     X, y, _ = _small_problem(n=30)
     y = y.copy()
     y[y == 2] = 1
-    y[:3] = 2  # class 2 has 3 points: enough for k=2, not for k=3
-    LMNN(k=2, max_iter=2).fit(X, y)
-    with pytest.raises(ValueError, match=r"k=3 .* at least 4 points .* class 2 has 3"):
-        LMNN(k=3).fit(X, y)
-    with pytest.raises(ValueError, match=r"k=3 .* class 2 has 3"):
-        LMNNPL(k=3).fit(X, y)
+    y[:3] = 2  # class 2 has 3 points: enough for n_neighbors=3 (2 mates + itself), not for 4
+    LMNN(n_neighbors=3, max_iter=2).fit(X, y)
+    from robust_metric_learning.learners.lmnn import _targets
+
+    Xt, codes = torch.as_tensor(X), torch.as_tensor(np.unique(y, return_inverse=True)[1])
+    t = _targets(Xt, codes, 3, 2**20)
+    small = np.flatnonzero(y == 2)
+    for i in small:
+        assert set(t[i, :2].tolist()) == set(small) - {i} and int(t[i, 2]) == i
+    big = np.flatnonzero(y != 2)
+    assert (t[big] != torch.as_tensor(big).unsqueeze(1)).all()  # no self target in the large classes
+    with pytest.raises(ValueError, match=r"n_neighbors=4 .* at least 4 points .* class 2 has 3"):
+        LMNN(n_neighbors=4).fit(X, y)
+    with pytest.raises(ValueError, match=r"n_neighbors=3 .* at least 4 points .* class 2 has 3"):
+        LMNNPL(n_neighbors=3).fit(X, y)
 
 
 def test_too_many_impostors_and_bad_init():
     X, y, _ = _small_problem(n=30)
     with pytest.raises(ValueError, match=r"n_impostors=25 .* 20 points"):
         LMNNPL(n_impostors=25).fit(X, y)
-    with pytest.raises(ValueError, match=r"init .* \(r, 4\)"):
+    with pytest.raises(ValueError, match=r"'init' parameter of LMNN must be an array of shape \(n_components, 4\)"):
         LMNN(init=np.eye(3)).fit(X, y)

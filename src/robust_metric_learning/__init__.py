@@ -20,6 +20,7 @@ from .certify import (
 from .learners import (
     ARML,
     ITML,
+    ITML_Supervised,
     LFDA,
     LMNN,
     LMNNPL,
@@ -35,7 +36,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MahalanobisKNN",
-    "ARML", "Euclidean", "ITML", "LFDA", "LMNN", "LMNNPL", "MetricLearner", "NCA", "PerturbationLoss", "make_lmnn_pl",
+    "ARML", "Euclidean", "ITML", "ITML_Supervised", "LFDA", "LMNN", "LMNNPL", "MetricLearner", "NCA",
+    "PerturbationLoss", "make_lmnn_pl",
     "certified_radius_knn",
     "exact_radius_1nn",
     "attack_knn",

@@ -9,7 +9,7 @@ the authors' preprocessing, fitted on the training part only:
 
 * ``Euclidean``: no learning.
 * ``LMNN``: :class:`~robust_metric_learning.learners.LMNNPL` without the perturbation loss
-  (the paper's LMNN baseline), ``mu`` chosen by 5-fold stratified CV on the training part.
+  (the paper's LMNN baseline), ``mu`` (``LMNNPL``'s ``regularization``) chosen by 5-fold stratified CV on the training part.
 * ``LMNN-PL``: ``LMNNPL(perturbation=PerturbationLoss(tau, lam))``, ``(mu, lam, tau)`` chosen
   by 5-fold stratified CV on the training part. ``lam = 0`` (no perturbation loss) is one of
   the candidates, so LMNN-PL's search space contains LMNN's.
@@ -73,8 +73,11 @@ GRID: dict[str, list[float]] = {"mu": [0.1, 0.3, 0.5], "lam": [0.0, 0.1, 1.0, 10
 #: the projected-gradient step, divided by max(1, lam * tau) (:func:`learning_rate`)
 BASE_LR = 50.0
 #: fixed settings of every LMNNPL fit: the published 3 targets x 10 impostors
-LEARNER: dict[str, Any] = {"k": 3, "n_impostors": 10, "solver": "sgd", "max_iter": 300, "tol": 1e-4,
-                           "dtype": "float32"}
+LEARNER: dict[str, Any] = {"n_neighbors": 3, "n_impostors": 10, "solver": "sgd", "max_iter": 300,
+                           "convergence_tol": 1e-4, "dtype": "float32"}
+#: the protocol describes LEARNER in the words its first results were fingerprinted with (a
+#: description, not parameter names: renaming a parameter must not invalidate finished results)
+_DESCRIBED_AS = {"n_neighbors": "k", "convergence_tol": "tol"}
 #: LMNN-PL candidates drawn per split (None: all of them)
 N_ITER_PL: int | None = None
 #: mean CV accuracies this close count as tied
@@ -96,7 +99,8 @@ def learning_rate(lam: float, tau: float) -> float:
 def protocol() -> dict[str, Any]:
     """Everything a cached result depends on (its fingerprint invalidates other protocols)."""
     return {"k": K, "cv_folds": CV_FOLDS, "test_size": TEST_SIZE, "grid": GRID, "base_lr": BASE_LR,
-            "lr_rule": "base_lr / max(1, lam * tau)", "learner": LEARNER, "n_iter_pl": N_ITER_PL,
+            "lr_rule": "base_lr / max(1, lam * tau)",
+            "learner": {_DESCRIBED_AS.get(key, key): value for key, value in LEARNER.items()}, "n_iter_pl": N_ITER_PL,
             "tie_tol": TIE_TOL, "noise_eps": NOISE_EPS, "noise_draws": NOISE_DRAWS,
             "noise": "NoiseAttack(kind='gaussian', exact_norm=False, random_state=seed) on the 3-NN",
             "preprocessing": "StandardScaler -> Normalizer(l2)",
@@ -128,14 +132,14 @@ def knn_pipeline(metric: Any, n_jobs: int | None = None):
 
 def search_space(method: str) -> list[dict[str, list]]:
     """``RandomizedSearchCV`` candidates of ``method`` (all lists: drawn without replacement)."""
-    lmnn = {"knn__metric__mu": list(GRID["mu"]), "knn__metric__perturbation": [None],
-            "knn__metric__learning_rate": [BASE_LR]}
+    lmnn = {"knn__metric__regularization": list(GRID["mu"]), "knn__metric__perturbation": [None],
+            "knn__metric__learn_rate": [BASE_LR]}
     if method == "LMNN":
         return [lmnn]
     space = [lmnn] if 0.0 in GRID["lam"] else []
-    return space + [{"knn__metric__mu": list(GRID["mu"]), "knn__metric__perturbation__tau": [tau],
+    return space + [{"knn__metric__regularization": list(GRID["mu"]), "knn__metric__perturbation__tau": [tau],
                      "knn__metric__perturbation__weight": [lam],
-                     "knn__metric__learning_rate": [learning_rate(lam, tau)]}
+                     "knn__metric__learn_rate": [learning_rate(lam, tau)]}
                     for lam in GRID["lam"] if lam > 0 for tau in GRID["tau"]]
 
 
@@ -172,11 +176,11 @@ def validation_median_radius(estimator, X, y) -> float:
 
 def _short(params: dict[str, Any]) -> dict[str, float]:
     """``knn__metric__perturbation__weight`` -> ``lam`` etc.; no perturbation loss is ``lam = 0``."""
-    out = {"mu": float(params["knn__metric__mu"]), "lam": 0.0, "tau": 0.0}
+    out = {"mu": float(params["knn__metric__regularization"]), "lam": 0.0, "tau": 0.0}
     if "knn__metric__perturbation__weight" in params:
         out.update(lam=float(params["knn__metric__perturbation__weight"]),
                    tau=float(params["knn__metric__perturbation__tau"]))
-    out["lr"] = float(params["knn__metric__learning_rate"])
+    out["lr"] = float(params["knn__metric__learn_rate"])
     return out
 
 

@@ -22,12 +22,14 @@ def minimize(
     max_iter: int = 1000,
     tol: float = 0.0,
     n_iter_no_change: int = 10,
+    min_iter: int = 0,
     on_epoch: Callable[[torch.Tensor, int], None] | None = None,
     project: Callable[[torch.Tensor], torch.Tensor] | None = None,
     dtype: torch.dtype = torch.float64,
     keep_best: bool | None = None,
     verbose: bool = False,
     desc: str = "fit",
+    on_loss: Callable[[int, float], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Minimise ``objective(param, epoch)`` over a matrix parameter.
 
@@ -46,6 +48,8 @@ def minimize(
     tol : float, default=0
         Early stopping: stop when the loss has not improved by more than ``tol`` (relative)
         for ``n_iter_no_change`` epochs. 0 runs all ``max_iter`` epochs.
+    min_iter : int, default=0
+        Adam/SGD: never stop early before this many epochs.
     on_epoch : callable, optional
         Called with the detached parameter before each epoch (re-sampling triplets, say).
     project : callable, optional
@@ -58,6 +62,9 @@ def minimize(
         the last iterate is returned.
     verbose : bool
         Progress bar with the loss.
+    on_loss : callable, optional
+        Adam/SGD: called with the epoch number (from 1) and the loss of the iterate the epoch
+        started from.
 
     Returns
     -------
@@ -139,12 +146,14 @@ def minimize(
                 bar.update(1)
                 if verbose:
                     bar.set_postfix(loss=f"{value:.5g}")
+                if on_loss is not None:
+                    on_loss(n_iter, value)
                 if tol > 0:
                     if value < ref - tol * max(abs(ref), 1e-12) if np.isfinite(ref) else True:
                         ref, stall = value, 0
                     else:
                         stall += 1
-                        if stall >= n_iter_no_change:
+                        if stall >= n_iter_no_change and n_iter >= min_iter:
                             converged = True
                             break
             if keep_best and n_iter:  # the iterate after the last step has not been evaluated yet

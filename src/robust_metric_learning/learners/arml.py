@@ -30,7 +30,7 @@ class ARML(TripletLearner):
         Recompute the nearest-neighbour lists every this many samplings (1, the published
         setting, is exact; larger values reuse the lists while the metric moves little, and
         the positive and negative are still drawn afresh every epoch).
-    solver, learning_rate, max_iter, tol, resample_every, dtype, memory_budget, random_state, verbose
+    solver, learn_rate, max_iter, convergence_tol, resample_every, dtype, memory_budget, random_state, verbose
         As in :class:`TripletLearner`; defaults are the published settings (float32 as the
         authors' code).
 
@@ -46,16 +46,16 @@ class ARML(TripletLearner):
     _parameter_constraints["search_every"] = [Interval(Integral, 1, None, closed="left")]
 
     def __init__(self, k_same: int = 10, k_other: int = 10, *, perturbation: PerturbationLoss | None = None,
-                 solver: str = "adam", learning_rate: float = 1e-3, max_iter: int = 1000, tol: float = 0.0,
+                 solver: str = "adam", learn_rate: float = 1e-3, max_iter: int = 1000, convergence_tol: float = 0.0,
                  resample_every: int = 1, search_every: int = 1, dtype: str = "float32",
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, random_state: int | None = None, verbose: bool = False):
         self.k_same = k_same
         self.k_other = k_other
         self.perturbation = perturbation
         self.solver = solver
-        self.learning_rate = learning_rate
+        self.learn_rate = learn_rate
         self.max_iter = max_iter
-        self.tol = tol
+        self.convergence_tol = convergence_tol
         self.resample_every = resample_every
         self.search_every = search_every
         self.dtype = dtype

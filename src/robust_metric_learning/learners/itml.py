@@ -18,11 +18,13 @@ from scipy.linalg import pinvh
 from scipy.spatial.distance import pdist
 from sklearn.exceptions import ConvergenceWarning
 
-from .._validation import Interval, Options, resolve_metric
+from .._validation import Interval, Options, check_params, resolve_metric
 from ..margin import components_from_metric
-from .base import MetricLearner
+from .base import PREPROCESSOR, RANDOM_STATE, MetricLearner
 
-__all__ = ["ITML"]
+__all__ = ["ITML", "ITML_Supervised"]
+
+_BOUNDS = [Options("distance", "squared"), list, tuple, np.ndarray]
 
 #: at most this many points enter the percentile estimate of the default bounds
 _MAX_BOUND_POINTS = 2000
@@ -50,8 +52,18 @@ class ITML(MetricLearner):
     prior : {"identity", "covariance", "random"} or ndarray of shape (n_features, n_features), \
 default="identity"
         The matrix ``M0`` the metric is pulled towards. "covariance" is the (pseudo-)inverse of
-        the data covariance; "random" a random SPD matrix with eigenvalues in [1, 2]; an array is
-        read as ``M0`` (symmetric PSD; a non-square ``(r, n_features)`` array as ``L0``).
+        the data covariance (a pseudo-inverse where features are constant or collinear, where
+        metric-learn raises: those directions carry no distance in the data); "random" a random
+        SPD matrix with eigenvalues in [1, 2]; an array is read as ``M0`` (a non-square
+        ``(r, n_features)`` array as ``L0``, ``M0 = L0.T @ L0``). An array ``M0`` must be
+        symmetric positive definite (else ``numpy.linalg.LinAlgError``): the LogDet divergence
+        is undefined otherwise, and the Bregman updates never leave the range of ``M0``.
+    verbose : bool, default=False
+        Print the convergence measure after each pass.
+    preprocessor : array of shape (n_points, n_features), callable or None, default=None
+        ``X`` holds identifiers of points instead of points (see :class:`MetricLearner`).
+    random_state : int, RandomState, Generator or None, default=None
+        Seeds the pair sampling and the "random" prior.
     bounds : {"distance", "squared"} or array-like of 2 floats, default="distance"
         ``(u, l)``: similar pairs should have squared distance ``<= u``, dissimilar ``>= l``.
         A string takes ``(u, l)`` as the 5th and 95th percentiles of the pairwise distances
@@ -59,10 +71,7 @@ default="identity"
         2000 of them): of the plain distances for "distance" (metric-learn's convention; it
         asks for tighter similar pairs, and measured better 3-NN accuracy on digits), of the
         squared distances for "squared" (the authors' code; makes the fit scale-equivariant).
-    random_state : int, Generator or None, default=None
-        Seeds the pair sampling and the "random" prior.
-    verbose : bool, default=False
-        Print the convergence measure after each pass.
+        ``fit(X, y, bounds=...)`` overrides it for one fit (metric-learn's convention).
 
     Attributes
     ----------
@@ -86,32 +95,35 @@ default="identity"
         "max_iter": [Interval(Integral, 1, None)],
         "tol": [Interval(Real, 0, None, closed="left")],
         "n_constraints": [None, Interval(Integral, 1, None)],
-        "prior": [Options("identity", "covariance", "random"), np.ndarray],
-        "bounds": [Options("distance", "squared"), list, tuple, np.ndarray],
-        "random_state": [None, Interval(Integral, 0, None), np.random.Generator, np.random.RandomState],
-        "verbose": [Options(True, False)],
+        "prior": [Options("identity", "covariance", "random"), np.ndarray, list],
+        "verbose": [bool],
+        "preprocessor": PREPROCESSOR,
+        "random_state": RANDOM_STATE,
+        "bounds": _BOUNDS,
     }
 
-    def __init__(
-        self,
-        gamma: float = 1.0,
-        *,
-        max_iter: int = 1000,
-        tol: float = 1e-3,
-        n_constraints: int | None = None,
-        prior: str | np.ndarray = "identity",
-        bounds: str | tuple[float, float] | np.ndarray = "distance",
-        random_state: int | np.random.Generator | None = None,
-        verbose: bool = False,
-    ):
+    def __init__(self, gamma: float = 1.0, max_iter: int = 1000, tol: float = 1e-3,
+                 n_constraints: int | None = None, prior: str | np.ndarray = "identity", verbose: bool = False,
+                 preprocessor=None, random_state=None, *, bounds: str | tuple[float, float] | np.ndarray = "distance"):
         self.gamma = gamma
         self.max_iter = max_iter
         self.tol = tol
         self.n_constraints = n_constraints
         self.prior = prior
-        self.bounds = bounds
-        self.random_state = random_state
         self.verbose = verbose
+        self.preprocessor = preprocessor
+        self.random_state = random_state
+        self.bounds = bounds
+
+    def fit(self, X, y, bounds=None) -> "ITML":
+        """Learn the metric from ``X`` and labels ``y``; ``bounds`` (None: the ``bounds`` parameter)
+        gives ``(u, l)`` or the rule for this fit, as metric-learn's ``fit(X, y, bounds)``."""
+        check_params(f"{type(self).__name__}.fit", {"bounds": bounds}, {"bounds": [None, *_BOUNDS]})
+        self._fit_bounds = self.bounds if bounds is None else bounds
+        try:
+            return super().fit(X, y)
+        finally:
+            del self._fit_bounds
 
     # ------------------------------------------------------------------ pieces
 
@@ -133,21 +145,28 @@ default="identity"
                 return M0 if np.abs(M0).max() > 0 else np.eye(d)
             Q, _ = np.linalg.qr(rng.standard_normal((d, d)))  # "random"
             return (Q * (1.0 + rng.random(d))) @ Q.T
-        L0 = resolve_metric(prior, d, name="prior")
-        return np.eye(d) if L0 is None else L0.T @ L0
+        L0 = resolve_metric(np.asarray(prior), d, name="prior")
+        M0 = np.eye(d) if L0 is None else L0.T @ L0
+        w = np.linalg.eigvalsh(M0)
+        if not w.min() > 1e-10 * max(w.max(), 0.0):
+            raise np.linalg.LinAlgError(
+                f"The 'prior' parameter of {type(self).__name__} must be positive definite (ITML's LogDet "
+                f"divergence is undefined otherwise); its smallest eigenvalue is {w.min():.3g}")
+        return M0
 
     def _resolve_bounds(self, X: np.ndarray, pairs: np.ndarray, M0: np.ndarray, rng) -> np.ndarray:
-        if not isinstance(self.bounds, str):
-            b = np.asarray(self.bounds)
+        bounds = getattr(self, "_fit_bounds", self.bounds)
+        if not isinstance(bounds, str):
+            b = np.asarray(bounds)
             if b.dtype.kind not in "biuf" or b.size != 2 or not np.isfinite(b).all() or (b < 0).any():
-                raise ValueError(f"bounds must be 2 finite numbers >= 0 (u, l), got {self.bounds!r}")
+                raise ValueError(f"bounds must be 2 finite numbers >= 0 (u, l), got {bounds!r}")
             b = b.astype(np.float64).ravel()
         else:
             P = np.unique(X[np.unique(pairs)], axis=0)  # distinct points, as metric-learn
             if P.shape[0] > _MAX_BOUND_POINTS:
                 P = P[rng.choice(P.shape[0], _MAX_BOUND_POINTS, replace=False)]
             Z = P @ components_from_metric(M0).T  # Euclidean coordinates under M0
-            kind = "sqeuclidean" if self.bounds == "squared" else "euclidean"
+            kind = "sqeuclidean" if bounds == "squared" else "euclidean"
             dist = pdist(Z, kind) if P.shape[0] > 1 else np.zeros(1)
             b = np.percentile(dist, [5.0, 95.0])
         b[b == 0] = 1e-9
@@ -173,6 +192,37 @@ default="identity"
                 ConvergenceWarning,
             )
         return components_from_metric(M), n_iter
+
+
+class ITML_Supervised(ITML):  # noqa: N801 - metric-learn's name
+    """:class:`ITML` under metric-learn's name and signature (``metric_learn.ITML_Supervised``).
+
+    The same learner: its parameters are metric-learn's, and the bounds are given to
+    ``fit(X, y, bounds=None)`` (None: the 5th and 95th percentiles of the pairwise distances,
+    metric-learn's rule, :class:`ITML`'s ``bounds="distance"``).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_iris
+    >>> X, y = load_iris(return_X_y=True)
+    >>> ITML_Supervised(random_state=0).fit(X, y, bounds=None).transform(X).shape
+    (150, 4)
+    """
+
+    _parameter_constraints: ClassVar[dict] = {k: v for k, v in ITML._parameter_constraints.items() if k != "bounds"}
+    bounds = "distance"
+
+    def __init__(self, gamma: float = 1.0, max_iter: int = 1000, tol: float = 1e-3,
+                 n_constraints: int | None = None, prior: str | np.ndarray = "identity", verbose: bool = False,
+                 preprocessor=None, random_state=None):
+        self.gamma = gamma
+        self.max_iter = max_iter
+        self.tol = tol
+        self.n_constraints = n_constraints
+        self.prior = prior
+        self.verbose = verbose
+        self.preprocessor = preprocessor
+        self.random_state = random_state
 
 
 # ---------------------------------------------------------------------- helpers

@@ -21,7 +21,8 @@ import numpy as np
 from scipy.linalg import LinAlgError, eigh
 
 from .._validation import Interval, Options
-from .base import MetricLearner
+from ._init import resolve_n_components
+from .base import PREPROCESSOR, MetricLearner
 
 __all__ = ["LFDA"]
 
@@ -41,14 +42,17 @@ class LFDA(MetricLearner):
     n_components : int, default=None
         Dimension of the embedding (rows of ``components_``); None keeps ``n_features``.
         At most ``n_features``.
-    k : int, default=7
+    k : int or None, default=None
         The k-th nearest neighbour (within the class) sets the local scale ``sigma_i``;
-        clamped to ``class size - 1``.
+        clamped to ``class size - 1``. None is metric-learn's rule, ``min(7, n_features - 1)``
+        (at least 1): Sugiyama's suggested 7, smaller for data with few features.
     embedding_type : {"weighted", "orthonormalized", "plain"}, default="weighted"
         How the generalised eigenvectors ``V`` (columns, ``V.T @ (S_w + ridge I) @ V = I``)
         become ``components_ = W.T``: "weighted" scales each by the square root of its
         eigenvalue (negative eigenvalues give 0); "orthonormalized" takes an orthonormal basis of
         their span (QR), so ``components_ @ components_.T = I``; "plain" keeps ``V``.
+    preprocessor : array of shape (n_points, n_features), callable or None, default=None
+        ``X`` holds identifiers of points instead of points (see :class:`MetricLearner`).
 
     Attributes
     ----------
@@ -77,21 +81,23 @@ class LFDA(MetricLearner):
 
     _parameter_constraints: ClassVar[dict] = {
         "n_components": [None, Interval(Integral, 1, None)],
-        "k": [Interval(Integral, 1, None)],
+        "k": [None, Interval(Integral, 1, None)],
         "embedding_type": [Options("weighted", "orthonormalized", "plain")],
+        "preprocessor": PREPROCESSOR,
     }
 
-    def __init__(self, n_components: int | None = None, *, k: int = 7, embedding_type: str = "weighted"):
+    def __init__(self, n_components: int | None = None, k: int | None = None, embedding_type: str = "weighted",
+                 preprocessor=None):
         self.n_components = n_components
         self.k = k
         self.embedding_type = embedding_type
+        self.preprocessor = preprocessor
 
     def _fit(self, X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         d = X.shape[1]
-        r = d if self.n_components is None else int(self.n_components)
-        if r > d:
-            raise ValueError(f"n_components={r} must be <= n_features={d}")
-        S_b, S_w = _local_scatter(X, y, int(self.k))
+        r = resolve_n_components(self.n_components, d, owner=type(self).__name__)
+        k = max(1, min(7, d - 1)) if self.k is None else int(self.k)
+        S_b, S_w = _local_scatter(X, y, k)
         vals, V = _generalized_eigh(S_b, S_w)
         vals, V = vals[:r], V[:, :r]
         if self.embedding_type == "weighted":

@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator
 from .._validation import Interval, Options, validate_params
 from ..margin import DEFAULT_MEMORY_BUDGET, class_neighbors, margin
 from ._optim import minimize
-from .base import MetricLearner
+from .base import RANDOM_STATE, MetricLearner
 
 __all__ = ["PerturbationLoss", "TripletLearner"]
 
@@ -77,16 +77,17 @@ class TripletLearner(MetricLearner):
         Hinge margin, in squared-distance units.
     perturbation : PerturbationLoss or None, default=None
     solver : {"adam", "lbfgs", "sgd"}, default="adam"
-    learning_rate : float, default=1e-2
+    learn_rate : float, default=1e-2
+        The optimiser's step (metric-learn's name for it).
     max_iter : int, default=200
         Epochs.
-    tol : float, default=0.0
+    convergence_tol : float, default=0.0
         Relative early-stopping tolerance (0: run every epoch).
     resample_every : int, default=1
         Re-sample triplets every this many epochs.
     dtype : {"float32", "float64"}, default="float64"
     memory_budget : int, default=512 MiB
-    random_state : int or None
+    random_state : int, RandomState, Generator or None
     verbose : bool, default=False
     """
 
@@ -96,19 +97,19 @@ class TripletLearner(MetricLearner):
         "margin": [Interval(Real, 0, None, closed="left")],
         "perturbation": [None, PerturbationLoss],
         "solver": [Options("adam", "lbfgs", "sgd")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "learn_rate": [Interval(Real, 0, None, closed="neither")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
+        "convergence_tol": [Interval(Real, 0, None, closed="left")],
         "resample_every": [Interval(Integral, 1, None, closed="left")],
         "dtype": [Options("float32", "float64")],
         "memory_budget": [Interval(Integral, 1, None, closed="left")],
-        "random_state": [None, Interval(Integral, 0, None, closed="left")],
+        "random_state": RANDOM_STATE,
         "verbose": [bool],
     }
 
     def __init__(self, k_same: int = 3, k_other: int = 10, *, margin: float = 1.0,
                  perturbation: PerturbationLoss | None = None, solver: str = "adam",
-                 learning_rate: float = 1e-2, max_iter: int = 200, tol: float = 0.0,
+                 learn_rate: float = 1e-2, max_iter: int = 200, convergence_tol: float = 0.0,
                  resample_every: int = 1, dtype: str = "float64",
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, random_state: int | None = None,
                  verbose: bool = False):
@@ -117,9 +118,9 @@ class TripletLearner(MetricLearner):
         self.margin = margin
         self.perturbation = perturbation
         self.solver = solver
-        self.learning_rate = learning_rate
+        self.learn_rate = learn_rate
         self.max_iter = max_iter
-        self.tol = tol
+        self.convergence_tol = convergence_tol
         self.resample_every = resample_every
         self.dtype = dtype
         self.memory_budget = memory_budget
@@ -132,7 +133,7 @@ class TripletLearner(MetricLearner):
 
     # -- what a subclass states ------------------------------------------------------
 
-    def _init_components(self, X: np.ndarray) -> np.ndarray:
+    def _init_components(self, X: np.ndarray, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.eye(X.shape[1])
 
     def _sample(self, X: torch.Tensor, codes: torch.Tensor, L: torch.Tensor, rng: np.random.Generator,
@@ -179,7 +180,10 @@ class TripletLearner(MetricLearner):
 
     def _learning_rate(self, n_features: int) -> float:
         """The step the optimiser takes (subclasses resolve an ``"auto"`` setting here)."""
-        return self.learning_rate
+        return self.learn_rate
+
+    def _logger(self, state: dict, n_features: int) -> "_EpochLog":
+        return _EpochLog(type(self).__name__, state, self._learning_rate(n_features))
 
     def _objective(self, param: torch.Tensor, X: torch.Tensor, trip) -> torch.Tensor:
         loss = self._loss(param, X, trip)
@@ -203,11 +207,37 @@ class TripletLearner(MetricLearner):
         def objective(param, epoch):
             return self._objective(param, Xt, state["trip"])
 
+        log = self._logger(state, X.shape[1]) if self.verbose else None
         try:
-            param, n_iter = minimize(objective, self._init_components(X), solver=self.solver,
+            param, n_iter = minimize(objective, self._init_components(X, y, rng), solver=self.solver,
                                      learning_rate=self._learning_rate(X.shape[1]), max_iter=self.max_iter,
-                                     tol=self.tol, on_epoch=on_epoch, project=self._project, dtype=dtype,
-                                     verbose=self.verbose, desc=type(self).__name__)
+                                     tol=self.convergence_tol, min_iter=getattr(self, "min_iter", 0),
+                                     on_epoch=on_epoch, project=self._project, dtype=dtype,
+                                     verbose=self.verbose, desc=type(self).__name__, on_loss=log)
         finally:
             del self._state
+        if log is not None:
+            log.finish(n_iter, self.max_iter)
         return self._components(param), n_iter
+
+
+class _EpochLog:
+    """``verbose``: one line per epoch (epoch, objective, change, active triplets, step), as
+    metric-learn's LMNN prints them, and a closing line."""
+
+    def __init__(self, name: str, state: dict, step: float):
+        self.name, self.state, self.step = name, state, step
+        self.last = self.best = None
+        print(f"[{name}] iteration | objective | objective change | active triplets | step")
+
+    def __call__(self, epoch: int, value: float) -> None:
+        change = 0.0 if self.last is None else value - self.last
+        self.last = value
+        self.best = value if self.best is None else min(self.best, value)
+        print(epoch, repr(value), repr(change), int(self.state["trip"][0].numel()), self.step)
+
+    def finish(self, n_iter: int, max_iter: int) -> None:
+        if n_iter < max_iter:
+            print(f"{self.name} converged with objective {self.best!r} after {n_iter} iterations")
+        else:
+            print(f"{self.name} stopped after max_iter={max_iter} iterations (best objective {self.best!r})")
