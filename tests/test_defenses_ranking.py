@@ -460,3 +460,14 @@ def test_perturb_keep_last_and_stop_tol():
                       (dict(stop_tol=-1.0), "stop_tol must be None or a finite number >= 0")]:
         with pytest.raises(ValueError, match=match):
             perturb(net, x, obj, eps=0.1, **kw)
+
+
+@pytest.mark.parametrize("loss", [_triplet_loss(), losses.MultiSimilarityLoss(), object()])
+def test_distance_lookup_matrix_and_rows_agree(loss):
+    torch.manual_seed(1)
+    e1, e2 = torch.randn(7, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    i, j = torch.randint(0, 7, (30,)), torch.randint(0, 4, (30,))
+    dist = defense_base.loss_distance(loss)
+    from_matrix = defense_base.distance_lookup(dist, e1, e2, n_pairs=30)(i, j)  # 28 <= 30 * 5: the matrix
+    from_rows = defense_base.distance_lookup(dist, e1, e2, n_pairs=1)(i, j)  # 28 > 5: the rows
+    assert torch.allclose(from_matrix, from_rows, atol=1e-5)

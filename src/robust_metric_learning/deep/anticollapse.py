@@ -14,6 +14,7 @@ from .defense_base import (
     JointObjective,
     check_batch,
     check_embeddings,
+    distance_lookup,
     loss_distance,
     make_copies,
     mine_triplets,
@@ -115,7 +116,7 @@ class AntiCollapseTriplets(Defense):
         """The inner objective, to minimise: ``mean_t d(e[slot_p[t]], e[slot_n[t]])`` over the
         copies' embeddings ``e``, with the loss's distance."""
         dist = loss_distance(loss_fn)
-        return JointObjective(lambda e: dist.pairs(e[slot_p], e[slot_n]).mean(), n_copies)
+        return JointObjective(lambda e: distance_lookup(dist, e, e, len(slot_p))(slot_p, slot_n).mean(), n_copies)
 
     def __repr__(self) -> str:
         return self._full_repr(("eps", "steps", "norm", "step_size", "random_start", "copies", "max_triplets"))

@@ -23,7 +23,8 @@ from ..attacks.embedding.norms import NORMS, Norm, get_norm
 from ..attacks.embedding.objectives import _Distance
 from ..attacks.embedding.pgd import perturb
 
-__all__ = ["Defense", "mine_triplets", "select_triplets", "make_copies", "JointObjective", "loss_distance"]
+__all__ = ["Defense", "mine_triplets", "select_triplets", "make_copies", "JointObjective", "loss_distance",
+           "distance_lookup"]
 
 
 def mine_triplets(emb: torch.Tensor, y: torch.Tensor, miner: Any) -> tuple[torch.Tensor, ...]:
@@ -88,6 +89,17 @@ def loss_distance(loss_fn: Any) -> _Distance:
     if spec is not None and hasattr(spec, "is_inverted") and hasattr(spec, "pairwise_distance"):
         return _Distance(spec)
     return _Distance("euclidean")
+
+
+def distance_lookup(dist: _Distance, e1: torch.Tensor, e2: torch.Tensor,
+                    n_pairs: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``lookup(i, j) = d(e1[i], e2[j])`` row-wise for ``n_pairs`` pairs: gathered from one
+    ``len(e1) x len(e2)`` distance matrix when that is smaller than the gathered rows (many
+    triplets on few inputs), else from the gathered rows."""
+    if len(e1) * len(e2) <= n_pairs * e1.shape[1]:
+        D = dist.matrix(e1, e2)
+        return lambda i, j: D[i, j]
+    return lambda i, j: dist.pairs(e1[i], e2[j])
 
 
 def check_batch(y: torch.Tensor) -> None:

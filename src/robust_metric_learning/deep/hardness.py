@@ -18,6 +18,7 @@ from .defense_base import (
     JointObjective,
     check_batch,
     check_embeddings,
+    distance_lookup,
     loss_distance,
     make_copies,
     mine_triplets,
@@ -177,7 +178,8 @@ class HardnessManipulation(Defense):
         if len(da) == 0:
             return None
         with torch.no_grad():
-            h = dist.pairs(clean[da], clean[dp]) - dist.pairs(clean[da], clean[dn])
+            d = distance_lookup(dist, clean, clean, len(da))
+            h = d(da, dp) - d(da, dn)
             total = torch.zeros(len(clean), dtype=h.dtype, device=h.device).index_add(0, da, h)
             count = torch.zeros(len(clean), dtype=h.dtype, device=h.device).index_add(0, da, torch.ones_like(h))
             per_anchor = torch.where(count > 0, total / count.clamp_min(1), h.mean())
@@ -192,7 +194,8 @@ class HardnessManipulation(Defense):
         sa, sp, sn = slots
 
         def et(e: torch.Tensor) -> torch.Tensor:
-            h = dist.pairs(e[sa], e[sp]) - dist.pairs(e[sa], e[sn])
+            d = distance_lookup(dist, e, e, len(sa))
+            h = d(sa, sp) - d(sa, sn)
             return (h - target).clamp(max=0.0).square().mean()
 
         return JointObjective(et, n_copies)
@@ -221,8 +224,9 @@ class HardnessManipulation(Defense):
         if self.gradual:
             self.prev_loss = float(loss.detach())
         if self.ics_weight > 0:
-            a, p = emb[triplets[0]], emb[triplets[1]]
-            ics = (dist.pairs(a, adv[slots[0]]) - dist.pairs(a, p)).clamp(min=0.0).mean()
+            ia, ip, T = triplets[0], triplets[1], len(triplets[0])
+            ics = (distance_lookup(dist, emb, adv, T)(ia, slots[0])
+                   - distance_lookup(dist, emb, emb, T)(ia, ip)).clamp(min=0.0).mean()
             loss = loss + self.ics_weight * ics
         return loss, made
 
