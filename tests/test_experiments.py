@@ -59,7 +59,7 @@ def tiny_digits_protocol(monkeypatch):
     """digits under a toy per-dataset protocol: subsample, default n_eval, changed learners."""
     from robust_metric_learning.experiments import arml
 
-    proto = {"n_train": 300, "n_eval": 15, "learners": {"ARML": {"max_iter": 3, "learning_rate": 1e-2}},
+    proto = {"n_train": 300, "n_eval": 15, "learners": {"ARML": {"max_iter": 3, "learn_rate": 1e-2}},
              "fit_n_train": {"ARML": 120}}
     monkeypatch.setattr(arml, "DATASET_SETTINGS", {"digits": proto})
     return proto
@@ -95,10 +95,10 @@ def test_dataset_settings_subsample_learners_and_fingerprint(tmp_path, monkeypat
     block = summary["datasets"]["digits"]
     assert block["methods"]["ARML"]["n_train"] == 300 and block["methods"]["ARML"]["n_fit"] == 120
     assert block["methods"]["Euclidean"]["n_fit"] == 300 and block["methods"]["ARML"]["n_eval"] == 15
-    assert block["protocol"]["learners"] == {"ARML": {"max_iter": 3, "learning_rate": 1e-2}}
+    assert block["protocol"]["learners"] == {"ARML": {"max_iter": 3, "learn_rate": 1e-2}}
     report = (tmp_path / "report.md").read_text()
     assert "stratified subsample of 300 points of 1257" in report
-    assert "ARML settings changed from the published defaults: max_iter=3, learning_rate=0.01" in report
+    assert "ARML settings changed from the published defaults: max_iter=3, learn_rate=0.01" in report
     assert "ARML is fitted on a stratified subsample of 120" in report
     # the K = 11 gap table: certified minus empirical robust error, in points, never negative
     gap = block["certified_minus_empirical"]["ARML"]
@@ -247,7 +247,7 @@ def test_lmnn_pl_search_space_and_selection():
     assert all(c in pl for c in lmnn)  # lambda = 0: LMNN-PL's search space contains LMNN's
     n_grid = len(lmnn_pl.GRID["mu"]) * (1 + (len(lmnn_pl.GRID["lam"]) - 1) * len(lmnn_pl.GRID["tau"]))
     assert len(pl) == n_grid
-    assert all(c["learning_rate"] == lmnn_pl.BASE_LR / max(1, c["weight"] * c["tau"]) for c in pl if "tau" in c)
+    assert all(c["learn_rate"] == lmnn_pl.BASE_LR / max(1, c["weight"] * c["tau"]) for c in pl if "tau" in c)
     # selection: best accuracy (to 1e-9), then the larger validation radius, then the first drawn
     res = {"mean_test_accuracy": np.array([0.9, 0.95, 0.95 - 1e-12, 0.95, 0.8]),
            "mean_test_radius": np.array([0.9, 0.20, 0.30, 0.30, 0.9])}

@@ -67,7 +67,7 @@ def test_array_init_and_n_components(iris, cls):
         cls(init=np.ones((2, 5))).fit(X, y)
     for init in ("identity", "pca", "lda", "random", "auto"):
         assert cls(init=init, n_components=2, max_iter=1, random_state=0).fit(X, y).components_.shape == (2, 4)
-    with pytest.raises(ValueError, match=r"'n_components' parameter of .* at most the number of features of X \(4\); got 5"):
+    with pytest.raises(ValueError, match=r"'n_components' parameter of .* number of features of X \(4\); got 5"):
         cls(n_components=5).fit(X, y)
 
 
