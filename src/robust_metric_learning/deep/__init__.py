@@ -9,7 +9,8 @@ from .metrics import (
     embedding_radius_bound,
     retrieval_metrics,
 )
-from .models import MLP, EmbeddingNet, L2Normalize, SmallCNN
+from .miners import PairedRandomTripletMiner
+from .models import MLP, RC2F2, EmbeddingNet, L2Normalize, SmallCNN
 from .robust import (
     DEFENSES,
     AntiCollapseTriplets,
@@ -20,11 +21,13 @@ from .robust import (
     RobustTriplets,
     get_defense,
 )
-from .sampler import BalancedBatchSampler
+from .ranking import ERS_COLUMNS, RANKING_ATTACKS, empirical_robustness_score, ranking_robustness
+from .sampler import BalancedBatchSampler, PairBatchSampler
 from .training import TrainHistory, embed, hyperparameters, train_embedding
 
 __all__ = [
-    "MLP", "EmbeddingNet", "L2Normalize", "SmallCNN", "BalancedBatchSampler",
+    "MLP", "EmbeddingNet", "L2Normalize", "SmallCNN", "RC2F2", "BalancedBatchSampler", "PairBatchSampler",
+    "PairedRandomTripletMiner", "ranking_robustness", "empirical_robustness_score", "RANKING_ATTACKS", "ERS_COLUMNS",
     "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "AntiCollapseTriplets",
     "HardnessManipulation", "DEFENSES", "get_defense",
     "TrainHistory", "train_embedding", "embed", "hyperparameters", "load_checkpoint", "CheckpointError",

@@ -14,7 +14,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from .._validation import check_positive_int
 
-__all__ = ["L2Normalize", "EmbeddingNet", "SmallCNN", "MLP"]
+__all__ = ["L2Normalize", "EmbeddingNet", "SmallCNN", "MLP", "RC2F2"]
 
 
 class L2Normalize(nn.Module):
@@ -105,6 +105,44 @@ class SmallCNN(EmbeddingNet):
         )
         super().__init__(body, normalize=normalize, spectral_norm=spectral_norm)
         self.input_shape = (c, size, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.reshape(x.shape[0], -1))
+
+
+class RC2F2(EmbeddingNet):
+    """The 28x28 network of the ranking-attack literature (RobRank's ``rc2f2``): 5x5 convs of 32
+    and 64 channels (padding 2, ReLU, 2x2 max-pool each), a hidden layer of 1024 and a 512-d
+    embedding, L2-normalised (the distance of its "N" metric); flat ``(batch, 784)`` rows are
+    reshaped.
+
+    Parameters
+    ----------
+    embedding_dim : int, default=512
+    in_channels : int, default=1
+    normalize, spectral_norm : bool
+        See :class:`EmbeddingNet`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> RC2F2()(torch.rand(2, 784)).shape
+    torch.Size([2, 512])
+    """
+
+    def __init__(self, embedding_dim: int = 512, *, in_channels: int = 1, normalize: bool = True,
+                 spectral_norm: bool = False):
+        c = check_positive_int(in_channels, name="in_channels")
+        body = nn.Sequential(
+            nn.Unflatten(1, (c, 28, 28)),
+            nn.Conv2d(c, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 1024), nn.ReLU(),
+            nn.Linear(1024, _dims(embedding_dim)),
+        )
+        super().__init__(body, normalize=normalize, spectral_norm=spectral_norm)
+        self.input_shape = (c, 28, 28)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.reshape(x.shape[0], -1))

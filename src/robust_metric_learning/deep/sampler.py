@@ -1,4 +1,5 @@
-"""Class-balanced mini-batches: ``classes_per_batch`` classes, ``m`` samples of each."""
+"""Mini-batch samplers: class-balanced (``classes_per_batch`` classes, ``m`` samples of each),
+and anchor-positive pairs (every sample once as an anchor per epoch, with a random positive)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch.utils.data import Sampler
 
 from .._validation import check_positive_int
 
-__all__ = ["BalancedBatchSampler"]
+__all__ = ["BalancedBatchSampler", "PairBatchSampler"]
 
 
 class BalancedBatchSampler(Sampler[list[int]]):
@@ -90,3 +91,54 @@ class BalancedBatchSampler(Sampler[list[int]]):
                 batch.extend(pool[pos[k]:pos[k] + self.m].tolist())
                 pos[k] += self.m
             yield batch
+
+
+class PairBatchSampler(Sampler[list[int]]):
+    """Yields lists ``[a_0, p_0, a_1, p_1, ...]`` of ``pairs`` anchor-positive pairs: per epoch
+    every sample is an anchor once (in a random order), each with a positive drawn uniformly
+    from its class (itself included), as the ranking-attack literature trains (RobRank's
+    "SPC-2" sampling). Pair with :class:`~robust_metric_learning.deep.miners.PairedRandomTripletMiner`.
+
+    Parameters
+    ----------
+    labels : array-like of shape (n,)
+    pairs : int, default=128
+        Pairs per batch (the last batch of an epoch may hold fewer).
+    seed : int, default=0
+
+    Examples
+    --------
+    >>> s = PairBatchSampler([0, 0, 1, 1, 2], pairs=2)
+    >>> [len(b) for b in s]
+    [4, 4, 2]
+    """
+
+    def __init__(self, labels, *, pairs: int = 128, seed: int = 0):
+        y = np.asarray(labels)
+        if y.ndim != 1 or y.size == 0:
+            raise ValueError(f"labels must be a non-empty 1-D array, got shape {y.shape}")
+        classes, codes = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"labels must contain at least 2 classes, got {len(classes)}")
+        self.pairs = check_positive_int(pairs, name="pairs")
+        self.codes = codes
+        self.members = [np.flatnonzero(codes == k) for k in range(len(classes))]
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose batches the next iteration yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return -(-len(self.codes) // self.pairs)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        anchors = rng.permutation(len(self.codes))
+        draw = rng.random(len(anchors))
+        sizes = np.array([len(m) for m in self.members])
+        c = self.codes[anchors]
+        positives = np.array([self.members[k][i] for k, i in zip(c, (draw * sizes[c]).astype(np.int64))])
+        for s in range(0, len(anchors), self.pairs):
+            yield np.stack([anchors[s:s + self.pairs], positives[s:s + self.pairs]], 1).reshape(-1).tolist()

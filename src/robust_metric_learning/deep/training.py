@@ -35,7 +35,7 @@ from .checkpoints import (
 from .hyperparams import hyperparameters
 from .lipschitz import _body
 from .robust import Defense, get_defense
-from .sampler import BalancedBatchSampler
+from .sampler import BalancedBatchSampler, PairBatchSampler
 
 __all__ = ["TrainHistory", "train_embedding", "embed", "hyperparameters"]
 
@@ -147,7 +147,7 @@ def _check_labels(y: Any, n: int) -> np.ndarray:
 def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner: Any = None,
                     defense: str | Defense = "natural", epochs: int = 10, m: int = 4,
                     classes_per_batch: int | None = None, batches_per_epoch: int | None = None,
-                    lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
+                    pairs: int | None = None, lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
                     checkpoint: str | os.PathLike | None = None, resume: bool | Literal["compatible"] = True,
                     progress: bool | None = None) -> TrainHistory:
     """Train ``model`` in place with Adam on class-balanced mini-batches.
@@ -170,6 +170,12 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     epochs : int, default=10
     m, classes_per_batch, batches_per_epoch
         The :class:`~robust_metric_learning.deep.sampler.BalancedBatchSampler`.
+    pairs : int, default=None
+        Instead of class-balanced batches, batches of ``pairs`` anchor-positive pairs
+        (:class:`~robust_metric_learning.deep.sampler.PairBatchSampler`: every sample an anchor
+        once per epoch), as the ranking-attack literature trains; use a miner for such batches
+        (:class:`~robust_metric_learning.deep.miners.PairedRandomTripletMiner`). ``m``,
+        ``classes_per_batch`` and ``batches_per_epoch`` are then unused.
     lr, weight_decay : float
         Adam's (finite; ``lr > 0``, ``weight_decay >= 0``).
     seed : int, default=0
@@ -231,8 +237,11 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     if miner is not None and not callable(miner):
         raise TypeError(f"miner must be None or a callable miner, got {type(miner).__name__} {miner!r}")
     defense = get_defense(defense)
-    sampler = BalancedBatchSampler(codes, m=m, classes_per_batch=classes_per_batch,
-                                   n_batches=batches_per_epoch, seed=seed)
+    if pairs is None:
+        sampler = BalancedBatchSampler(codes, m=m, classes_per_batch=classes_per_batch,
+                                       n_batches=batches_per_epoch, seed=seed)
+    else:
+        sampler = PairBatchSampler(codes, pairs=check_positive_int(pairs, name="pairs"), seed=seed)
     device = _device_of(model)
     was_training = model.training
     model.eval()
@@ -248,7 +257,8 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     history = TrainHistory()
     settings = {"defense": repr(defense), "loss": hyperparameters(loss_fn), "miner": hyperparameters(miner),
                 "epochs": epochs, "m": m, "classes_per_batch": classes_per_batch, "batches": len(sampler), "lr": lr,
-                "weight_decay": weight_decay, "seed": seed, "n": len(X), "model": _model_signature(model)}
+                "weight_decay": weight_decay, "seed": seed, "n": len(X), "model": _model_signature(model),
+                **({} if pairs is None else {"pairs": pairs})}  # (absent by default: older checkpoints match)
     key = _settings_key({k: v for k, v in settings.items() if k != "epochs"})
     path = Path(checkpoint) if checkpoint is not None else None
     start, state = 0, None

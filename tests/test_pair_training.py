@@ -1,0 +1,79 @@
+"""Pair batches (every sample an anchor once per epoch), the paired random-negative miner, the
+rc2f2 network, and training with pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning import losses
+
+from robust_metric_learning.deep import RC2F2, PairBatchSampler, PairedRandomTripletMiner, train_embedding
+
+
+def test_pair_sampler_makes_each_sample_an_anchor_once_with_a_same_class_positive():
+    y = np.array([0] * 7 + [1] * 5 + [2] * 9)
+    s = PairBatchSampler(y, pairs=4, seed=3)
+    batches = list(s)
+    assert len(batches) == len(s) == 6 and [len(b) for b in batches] == [8] * 5 + [2]
+    anchors = [b[i] for b in batches for i in range(0, len(b), 2)]
+    positives = [b[i] for b in batches for i in range(1, len(b), 2)]
+    assert sorted(anchors) == list(range(len(y)))
+    assert all(y[a] == y[p] for a, p in zip(anchors, positives))
+    assert batches == list(s)  # deterministic per epoch
+    s.set_epoch(1)
+    assert list(s) != batches
+    # positives uniform over the class (itself included): all members of class 1 show up over epochs
+    seen = set()
+    for e in range(30):
+        s.set_epoch(e)
+        seen |= {b[i + 1] for b in s for i in range(0, len(b), 2) if b[i] == 7}
+    assert seen == set(range(7, 12))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        PairBatchSampler([1, 1, 1])
+    with pytest.raises(ValueError, match="pairs"):
+        PairBatchSampler(y, pairs=0)
+
+
+def test_paired_miner_takes_the_pairs_and_a_random_other_class_negative():
+    torch.manual_seed(0)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 0, 0])
+    counts = torch.zeros(8)
+    for _ in range(300):
+        a, p, n = PairedRandomTripletMiner()(torch.zeros(8, 3), y)
+        assert a.tolist() == [0, 2, 4, 6] and p.tolist() == [1, 3, 5, 7]
+        assert bool((y[n] != y[a]).all())
+        counts += torch.bincount(n[:1], minlength=8)
+    assert set(torch.nonzero(counts).flatten().tolist()) == {2, 3, 4, 5}  # anchor 0: every other-class row
+    with pytest.raises(ValueError, match="must agree"):
+        PairedRandomTripletMiner()(torch.zeros(4, 3), torch.tensor([0, 1, 1, 1]))
+    with pytest.raises(ValueError, match="even length"):
+        PairedRandomTripletMiner()(torch.zeros(3, 3), torch.tensor([0, 0, 1]))
+
+
+def test_rc2f2_has_the_published_layers():
+    net = RC2F2()
+    shapes = [tuple(p.shape) for p in net.parameters()]
+    assert shapes == [(32, 1, 5, 5), (32,), (64, 32, 5, 5), (64,), (1024, 3136), (1024,), (512, 1024), (512,)]
+    out = net(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 512) and torch.allclose(out.norm(dim=1), torch.ones(3))
+
+
+def test_training_with_pairs_runs_and_resumes(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 64)).astype(np.float32)
+    y = np.repeat(np.arange(4), 10)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 8))
+    before = [p.detach().clone() for p in net.parameters()]
+    kw = dict(loss=losses.TripletMarginLoss(margin=0.2), miner=PairedRandomTripletMiner(), pairs=8,
+              checkpoint=tmp_path / "c.pt", progress=False)
+    h = train_embedding(net, X, y, epochs=1, **kw)
+    assert len(h.loss) == 1 and any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    h2 = train_embedding(net, X, y, epochs=2, **kw)
+    assert h2.resumed_from == 1 and len(h2.loss) == 2
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 8))
+    fresh.load_state_dict({k: v for k, v in zip(fresh.state_dict(), before)})
+    h3 = train_embedding(fresh, X, y, epochs=2, **{**kw, "checkpoint": tmp_path / "d.pt"})
+    assert h3.loss == pytest.approx(h2.loss)  # resume is exact
+    with pytest.raises(ValueError, match="pairs"):
+        train_embedding(net, X, y, epochs=1, pairs=-1, progress=False)
