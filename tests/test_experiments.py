@@ -339,3 +339,37 @@ def test_dml_role_ablation_defences_differ_from_ours_only_in_the_role():
     assert dml.make_defense("naive", eps=0.05).eps == 0.05
     with pytest.raises(ValueError, match="defense must be one of"):
         dml.make_defense("ours-anchor")
+
+
+def test_robrank_plugin_runs_caches_reports_and_refuses_bad_settings(tmp_path, monkeypatch):
+    from robust_metric_learning.datasets import dataset_status
+    from robust_metric_learning.deep import ERS_COLUMNS
+    from robust_metric_learning.experiments import robrank
+
+    if not dataset_status()["fashion-mnist"]["available"]:
+        pytest.skip("Fashion-MNIST files are not in the data home (RML_DATA)")
+    monkeypatch.setitem(robrank.PROFILES, "toy", {"n_train": 200, "epochs": 1, "train_steps": 1})
+    monkeypatch.setattr(robrank, "EVAL", {**robrank.EVAL, "steps": 2, "apgd_steps": 2})
+    monkeypatch.setattr(robrank, "N_ENSEMBLE", 8)
+    kw = dict(datasets=["fashion-mnist"], methods=["natural", "act"], n_eval=40, profile="toy", verbose=False)
+    summary = reproduce("robrank", tmp_path, **kw)
+    rows = summary["results"]["fashion-mnist"]["toy"]
+    assert set(rows) == {"natural", "act"}
+    for r in rows.values():
+        assert r["n_eval"] == 40 and r["n_train"] == 200 and r["ensemble_queries"] == 8
+        assert 0 <= r["recall_at_1"] <= 1 and 0 <= r["ensemble_recall_at_1"] <= r["recall_at_1"] + 1e-12
+        assert list(r["adversarial"]) == list(ERS_COLUMNS) and r["ERS"] is not None
+    report = (tmp_path / "report.md").read_text()
+    assert "| act | RobRank (published) | 0.787 |" in report and "| 63.3 |" in report
+    assert "| act | ours |" in report
+    # cached: a rerun computes nothing
+    monkeypatch.setattr(robrank, "run_task", lambda *a, **k: pytest.fail("recomputed a cached task"))
+    assert reproduce("robrank", tmp_path, **kw)["results"] == summary["results"]
+    with pytest.raises(ValueError, match=r"profile must be one of \['full', 'cpu'"):
+        reproduce("robrank", tmp_path, profile="gpu")
+    with pytest.raises(ValueError, match="methods must be among"):
+        reproduce("robrank", tmp_path, methods=["ours"], profile="toy")
+    with pytest.raises(ValueError, match="datasets must be among"):
+        reproduce("robrank", tmp_path, datasets=["digits"], profile="toy")
+    with pytest.raises(ValueError, match="profile applies to the experiments that have profiles"):
+        reproduce("dml", tmp_path, profile="cpu")

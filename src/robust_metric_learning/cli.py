@@ -35,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("reproduce", help="rerun a published experiment (cached, resumable)")
-    r.add_argument("name", choices=["arml", "lmnn-pl", "dml"],
+    r.add_argument("name", choices=["arml", "lmnn-pl", "dml", "robrank"],
                    help="arml: the ARML experiments; lmnn-pl: the perturbation-loss protocol (LMNN vs LMNN-PL); "
-                        "dml: robust deep metric learning (natural, naive, EST, ours) on MNIST/Fashion-MNIST")
+                        "dml: robust deep metric learning (natural, naive, EST, ours) on MNIST/Fashion-MNIST; "
+                        "robrank: RobRank's ranking-attack protocol (natural, EST, ACT; HM on request)")
     r.add_argument("--datasets", nargs="+", default=None, choices=DATASET_NAMES,
                    help="default: arml, every Mahalanobis dataset whose files are present (digits always); "
                         "lmnn-pl, wine, breast_cancer, iris and splice if present; dml, mnist and fashion-mnist "
@@ -48,9 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                         "perturbing that role instead of the anchor)")
     r.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19)")
-    r.add_argument("--n-eval", type=int, default=None, help="arml only: test points evaluated (default: each dataset's, 1000 unless "
+    r.add_argument("--n-eval", type=int, default=None, help="arml and robrank: test points evaluated (default: each dataset's, 1000 unless "
                         "experiments/arml.py states otherwise)")
     r.add_argument("--n-jobs", type=int, default=None, help="joblib workers")
+    r.add_argument("--profile", default=None,
+                   help="robrank only: full, cpu (default), cpu+images, cpu+epochs, cpu+steps (training budget)")
     r.add_argument("--data-home", default=None)
     r.add_argument("--out", default=None, help="output folder (default: results/NAME)")
 
@@ -170,7 +173,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = _check_out(str(args.out if args.out is not None else Path("results") / args.name))
     t0 = time.perf_counter()
     reproduce(args.name, out, datasets=args.datasets, methods=args.methods, seeds=args.seeds,
-              n_eval=args.n_eval, n_jobs=args.n_jobs, data_home=args.data_home)
+              n_eval=args.n_eval, n_jobs=args.n_jobs, data_home=args.data_home, profile=args.profile)
     print((out / "report.md").read_text())
     print(f"wrote {out / 'report.md'}, {out / 'results.json'} and the plots in "
           f"{time.perf_counter() - t0:.0f} s")

@@ -1,9 +1,10 @@
 """Run a published experiment task by task, caching each finished task (one generic loop over the
-experiment plugins of :mod:`.plugin`: :mod:`.arml`, :mod:`.lmnn_pl`, :mod:`.dml`)."""
+experiment plugins of :mod:`.plugin`: :mod:`.arml`, :mod:`.lmnn_pl`, :mod:`.dml`, :mod:`.robrank`)."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,7 +15,7 @@ from .cache import ResultCache, fingerprint
 __all__ = ["reproduce", "EXPERIMENTS"]
 
 #: experiment name -> its plugin module
-EXPERIMENTS = {"arml": "arml", "lmnn-pl": "lmnn_pl", "dml": "dml"}
+EXPERIMENTS = {"arml": "arml", "lmnn-pl": "lmnn_pl", "dml": "dml", "robrank": "robrank"}
 
 
 def _cached(cache: ResultCache, key: tuple, settings: dict, compute: Callable[[], dict], verbose: bool, label: str,
@@ -34,7 +35,8 @@ def _cached(cache: ResultCache, key: tuple, settings: dict, compute: Callable[[]
 
 def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = None,
               methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None, n_eval: int | None = None,
-              shuffle_seed: int = 42, n_jobs: int | None = None, data_home=None, verbose: bool = True) -> dict:
+              shuffle_seed: int = 42, n_jobs: int | None = None, data_home=None, verbose: bool = True,
+              profile: str | None = None) -> dict:
     """Run experiment ``name`` into folder ``out``: cached task results under ``out/cache``,
     then ``report.md``, ``results.json`` and plots per dataset.
 
@@ -45,7 +47,8 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
     70/30 splits (default 0-19), every test point is evaluated (``n_eval`` must stay None).
     ``"dml"``: one task per (dataset, loss, defence, seed). Interrupting and rerunning recomputes
     only the tasks not yet finished; a corrupt or partial cache entry is detected (checksum) and
-    recomputed.
+    recomputed. ``"robrank"``: one task per (dataset, defence, seed) of RobRank's ranking-attack
+    protocol under ``profile`` (see :mod:`.robrank`; the only experiment that takes one).
     """
     if name not in EXPERIMENTS:
         raise ValueError(f"experiment must be one of {list(EXPERIMENTS)}, got {name!r}")
@@ -55,8 +58,15 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
             raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
     plugin = importlib.import_module(f".{EXPERIMENTS[name]}", __package__)
     out = Path(out)
+    extra = {}
+    if profile is not None:
+        if "profile" not in inspect.signature(plugin.plan).parameters:
+            raise ValueError(f"profile applies to the experiments that have profiles (robrank), not {name!r}; "
+                             f"got {profile!r}")
+        extra["profile"] = profile
     tasks, context = plugin.plan(name, out, datasets=datasets, methods=methods, seeds=seeds, n_eval=n_eval,
-                                 shuffle_seed=shuffle_seed, n_jobs=n_jobs, data_home=data_home, verbose=verbose)
+                                 shuffle_seed=shuffle_seed, n_jobs=n_jobs, data_home=data_home, verbose=verbose,
+                                 **extra)
     cache = ResultCache(out / "cache")
     results: dict = {}
     for task in tasks:
