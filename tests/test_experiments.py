@@ -373,3 +373,14 @@ def test_robrank_plugin_runs_caches_reports_and_refuses_bad_settings(tmp_path, m
         reproduce("robrank", tmp_path, datasets=["digits"], profile="toy")
     with pytest.raises(ValueError, match="profile applies to the experiments that have profiles"):
         reproduce("dml", tmp_path, profile="cpu")
+
+
+def test_dml_runs_the_act_and_hm_rows(tmp_path, tiny_dml):
+    summary = reproduce("dml", tmp_path, datasets=["digits"], methods=["act", "hm"], verbose=False)
+    for loss in ("triplet", "contrastive"):
+        rows = summary["results"]["digits"][loss]
+        assert set(rows) == {"act", "hm"}
+        for p in rows.values():
+            assert all(n > 0 for n in p["n_adversarial"]) and 0 < p["clean"]["precision_at_1"] <= 1
+    assert "AntiCollapseTriplets" in repr(tiny_dml.make_defense("act"))
+    assert tiny_dml.make_defense("hm").margin == tiny_dml.HM_MARGIN

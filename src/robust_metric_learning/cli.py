@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", nargs="+", default=None,
                    help="default: all of the experiment's methods (dml: the defences natural naive est ours; "
                         "on request: ours-sn, a spectrally normalised model; ours-positive, ours-negative, ours "
-                        "perturbing that role instead of the anchor)")
+                        "perturbing that role instead of the anchor; act, hm, the anti-collapse and hardness-manipulation "
+                        "defences; robrank: natural est act, hm on request)")
     r.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19)")
     r.add_argument("--n-eval", type=int, default=None, help="arml and robrank: test points evaluated (default: each dataset's, 1000 unless "

@@ -54,9 +54,13 @@ DEFENSES = ("natural", "naive", "est", "ours")
 #: defences run only when asked for (``--methods``): "ours-sn" is ours on the same SmallCNN with
 #: every Linear/Conv2d weight spectrally normalised (a 5-10x smaller Lipschitz bound, so
 #: non-zero certified R@1); "ours-positive" and "ours-negative" are ours with that role
-#: perturbed instead of the anchor (the role ablation)
+#: perturbed instead of the anchor (the role ablation); "act" and "hm" are the ranking
+#: literature's defences (:class:`~robust_metric_learning.deep.AntiCollapseTriplets`,
+#: :class:`~robust_metric_learning.deep.HardnessManipulation`, its gradual target on the scale of
+#: ``HM_MARGIN``) with this protocol's training attack
 _ROLE_VARIANTS = ("positive", "negative")
-EXTRA_DEFENSES = ("ours-sn",) + tuple(f"ours-{role}" for role in _ROLE_VARIANTS)
+EXTRA_DEFENSES = ("ours-sn",) + tuple(f"ours-{role}" for role in _ROLE_VARIANTS) + ("act", "hm")
+HM_MARGIN = 0.2
 ALL_DEFENSES = DEFENSES + EXTRA_DEFENSES
 LOSSES = ("triplet", "contrastive")
 #: training split: classes seen in training; the others are retrieved at test time
@@ -133,7 +137,14 @@ def make_defense(name: str, eps: float = TRAIN_EPS):
     """The defence ``name``; a ``-sn`` variant is its base defence (the model differs, see
     :func:`_model`), ``ours-<role>`` is ours with that role. ``eps``: the training attack's
     budget (``TRAIN_EPS`` in the protocol; benchmarks/bench_dml_train_eps.py varies it)."""
-    from ..deep import EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets
+    from ..deep import (
+        AntiCollapseTriplets,
+        EmbeddingShiftTriplets,
+        HardnessManipulation,
+        NaiveAdversarial,
+        Natural,
+        RobustTriplets,
+    )
 
     if name not in ALL_DEFENSES:
         raise ValueError(f"defense must be one of {list(ALL_DEFENSES)}, got {name!r}")
@@ -142,6 +153,8 @@ def make_defense(name: str, eps: float = TRAIN_EPS):
         "naive": lambda: NaiveAdversarial(eps=eps, steps=TRAIN_STEPS),
         "est": lambda: EmbeddingShiftTriplets(eps=eps, steps=TRAIN_STEPS),
         "ours": lambda: RobustTriplets(eps=eps, steps=TRAIN_STEPS, **OURS),
+        "act": lambda: AntiCollapseTriplets(eps=eps, steps=TRAIN_STEPS),
+        "hm": lambda: HardnessManipulation(eps=eps, steps=TRAIN_STEPS, margin=HM_MARGIN),
     }
     for role in _ROLE_VARIANTS:
         makers[f"ours-{role}"] = lambda role=role: RobustTriplets(eps=eps, steps=TRAIN_STEPS,
