@@ -233,3 +233,23 @@ def test_ranking_robustness_rejects_bad_input():
         ranking_robustness(net, X * 3, y)
     with pytest.raises(ValueError, match="y"):
         ranking_robustness(net, X, y[:5])
+
+
+def test_select_targets_rejects_bad_arguments_instead_of_silent_targets(space):
+    g, labels, _ = space
+    own = np.arange(15)
+    # GTM with one label has no valid target (it used to return row 0, the first input's own row)
+    with pytest.raises(ValueError, match="GTM needs a gallery row of another label"):
+        select_targets("GTM", g, g, np.zeros(15, dtype=int), self_index=own)
+    # QA- asked for more targets than the near rows it can draw (own row excluded) used to return fewer
+    with pytest.raises(ValueError, match="n must be at most the 14 near rows"):
+        select_targets("QA-", g, g, labels, self_index=own, n=15, near_fraction=1.0)
+    for bad in (float("nan"), float("inf"), -0.1, 0.0, 1.5):
+        with pytest.raises(ValueError, match="near_fraction must be a finite number"):
+            select_targets("CA-", g, g, labels, self_index=own, near_fraction=bad)
+    with pytest.raises(TypeError, match="near_fraction must be a finite number"):
+        select_targets("CA-", g, g, labels, near_fraction="x")
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        select_targets("GTT", g, g, labels, block=0)
+    with pytest.raises(ValueError, match="queries have 3 dimensions, the gallery 4"):
+        select_targets("GTT", g[:, :3], g, labels)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import check_labels
+from ..._validation import check_labels, check_positive_int, check_real
 from .objectives import Objective, _embeddings, _safe_sqrt, _sq_matrix
 
 __all__ = ["RANKING_KINDS", "CandidateRank", "LearningToMisrank", "QueryRank", "TargetedMismatch",
@@ -276,9 +276,12 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
         Each input's own gallery row (-1: none); never a near target.
     n : int, default=1
         Targets per input (W for CA, M for QA; 1 for the others).
-    near_fraction : float, default=0.01
-        CA- and QA- draw from the ``max(1, int(near_fraction * n_gallery))`` nearest rows.
+    near_fraction : float in (0, 1], default=0.01
+        CA- and QA- draw from the ``max(1, int(near_fraction * n_gallery))`` nearest rows
+        (the input's own row left out).
     generator : torch.Generator or None
+    block : int, default=1024
+        Inputs whose gallery distances are computed at once.
 
     Returns
     -------
@@ -288,8 +291,14 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
         raise ValueError(f"kind must be one of {list(RANKING_KINDS)}, got {kind!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    near_fraction = check_real(near_fraction, name="near_fraction", low=0.0, low_open=True)
+    if near_fraction > 1:
+        raise ValueError(f"near_fraction must be a finite number in (0, 1], got {near_fraction!r}")
+    block = check_positive_int(block, name="block")
     q, g = _embeddings(queries, name="queries").double(), _embeddings(gallery, name="gallery").double()
     n_q, n_g = q.shape[0], g.shape[0]
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"queries have {q.shape[1]} dimensions, the gallery {g.shape[1]}")
     if kind in ("CA+", "QA+", "TMA"):
         shape = (n_q,) if kind == "TMA" else (n_q, int(n))
         return torch.randint(n_g, shape, generator=generator)
@@ -297,11 +306,11 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
     codes = torch.as_tensor(np.unique(gl, return_inverse=True)[1].reshape(-1))
     own = _self_rows(self_index, n_q, n_g)
     near = max(1, int(near_fraction * n_g))
-    if kind == "QA-" and n > near:
-        raise ValueError(f"n must be at most the {near} near rows QA- draws from without replacement, got {n}")
     k = min(near, n_g - int(bool((own >= 0).any())))
     if k < 1:
         raise ValueError(f"{kind} needs a gallery row other than the input's own; the gallery has {n_g}")
+    if kind == "QA-" and n > k:
+        raise ValueError(f"n must be at most the {k} near rows QA- draws from without replacement, got {n}")
     out = []
     for s in range(0, n_q, block):
         d = _dist(q[s:s + block], g)
@@ -312,7 +321,12 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
         if kind == "GTT":
             out.append(order[:, 0])
         elif kind == "GTM":
-            other = codes[None, :] != codes[order[:, 0]][:, None]
+            other = codes[None, :].to(d.device) != codes.to(d.device)[order[:, 0]][:, None]
+            lone = ~(other & torch.isfinite(d)).any(1)
+            if bool(lone.any()):
+                raise ValueError(f"GTM needs a gallery row of another label than each input's top-1 neighbour's; "
+                                 f"input {s + int(torch.nonzero(lone)[0])} has none (gallery_labels hold "
+                                 f"{int(codes.max()) + 1} label(s))")
             out.append(torch.where(other, d, torch.inf).argmin(1))
         elif kind == "CA-":
             out.append(torch.gather(order, 1, torch.randint(order.shape[1], (len(order), int(n)), generator=generator)))
