@@ -253,3 +253,26 @@ def test_select_targets_rejects_bad_arguments_instead_of_silent_targets(space):
         select_targets("GTT", g, g, labels, block=0)
     with pytest.raises(ValueError, match="queries have 3 dimensions, the gallery 4"):
         select_targets("GTT", g[:, :3], g, labels)
+
+
+def test_query_rows_and_attacks_are_checked_not_truncated_or_called_blindly():
+    from robust_metric_learning.deep import adversarial_retrieval
+
+    net, X, y = _tiny()
+    for fn in (ranking_robustness, adversarial_retrieval):
+        kw = {"attacks": ["TMA"]} if fn is ranking_robustness else {"eps": 0.1}
+        # float rows were truncated to row 0 and booleans read as rows 0/1
+        with pytest.raises(ValueError, match="queries must be a non-empty 1-D array of rows of X.*dtype"):
+            fn(net, X, y, queries=[0.7, 1.2], **kw)
+        with pytest.raises(ValueError, match="queries must be a non-empty 1-D array of rows of X.*dtype"):
+            fn(net, X, y, queries=np.ones(14, dtype=bool), **kw)
+    with pytest.raises(ValueError, match="attack must be None, an embedding attack object"):
+        ranking_robustness(net, X, y, attack="pgd", attacks=["TMA"])
+    with pytest.raises(ValueError, match="attack must be None, an embedding attack object"):
+        ranking_robustness(net, X, y, attack=[], attacks=["TMA"])
+    with pytest.raises(ValueError, match="n_targets must be a positive integer"):
+        ranking_robustness(net, X, y, n_targets=0, attacks=["TMA"])
+    with pytest.raises(ValueError, match="random_state must be an integer >= 0"):
+        ranking_robustness(net, X, y, random_state=None, attacks=["TMA"])
+    with pytest.raises(ValueError, match="normalize must be True or False"):
+        ranking_robustness(net, X, y, normalize="yes", attacks=["TMA"])

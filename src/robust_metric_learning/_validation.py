@@ -337,6 +337,26 @@ def check_index(index: Any, *, n_rows: int, size: int | None, name: str = "index
     return t
 
 
+def check_query_rows(queries: Any, n: int, *, name: str = "queries") -> torch.Tensor:
+    """Rows of ``X`` to use as queries (None: all ``n``) as a 1-D int64 tensor, or raise: integer
+    row numbers only (floats and booleans are refused, not truncated), non-empty, in ``[0, n)``."""
+    if queries is None:
+        return torch.arange(n)
+    what = f"{name} must be a non-empty 1-D array of rows of X (0..{n - 1})"
+    try:
+        t = queries.detach().cpu() if isinstance(queries, torch.Tensor) else torch.as_tensor(np.asarray(queries))
+    except Exception as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{what}, got dtype {t.dtype}")
+    if t.ndim != 1 or len(t) == 0:
+        raise ValueError(f"{what}, got shape {tuple(t.shape)}")
+    t = t.to(torch.int64)
+    if int(t.min()) < 0 or int(t.max()) >= n:
+        raise ValueError(f"{what}, got values in [{int(t.min())}, {int(t.max())}]")
+    return t
+
+
 # ------------------------------------------------------------ scalars and metric files (added for issue 16)
 
 

@@ -18,7 +18,7 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_acc
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from .._validation import check_eps
+from .._validation import check_eps, check_query_rows
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .training import _inputs, embed
@@ -181,9 +181,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         raise ValueError(f"The 'attack' parameter of adversarial_retrieval must be an embedding attack object "
                          f"(e.g. RetrievalEnsemble(), PGD()); got {attack!r}")
     gallery = embed(model, X, batch_size=batch_size).double()
-    qrows = torch.arange(len(X)) if queries is None else torch.as_tensor(np.asarray(queries), dtype=torch.long)
-    if qrows.dim() != 1 or len(qrows) == 0 or int(qrows.min()) < 0 or int(qrows.max()) >= len(X):
-        raise ValueError(f"queries must be a non-empty 1-D array of rows of X (0..{len(X) - 1})")
+    qrows = check_query_rows(queries, len(X))
     q_labels = labels[qrows]
     correct = _recall_at_1_mask(gallery[qrows], q_labels, gallery, labels, qrows)
     clean = retrieval_metrics(gallery[qrows], q_labels, gallery, labels, self_index=qrows)

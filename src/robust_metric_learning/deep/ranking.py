@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_eps, check_labels
+from .._validation import (
+    check_eps,
+    check_labels,
+    check_nonnegative_int,
+    check_positive_int,
+    check_query_rows,
+)
 from ..attacks.embedding.objectives import EmbeddingShift
 from ..attacks.embedding.ranking import (
     CandidateRank,
@@ -185,11 +191,17 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
         raise ValueError("y must hold at least 2 classes for retrieval, got 1")
     attack_list = [ranking_attack()] if attack is None else list(attack) if isinstance(attack, (list, tuple)) \
         else [attack]
+    bad = [a for a in attack_list if isinstance(a, (str, bytes)) or not callable(a)]
+    if bad or not attack_list:
+        raise ValueError(f"attack must be None, an embedding attack object (e.g. PGD(), APGD()) or a non-empty "
+                         f"list of them, got {attack!r}")
+    n_targets = check_positive_int(n_targets, name="n_targets")
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    random_state = check_nonnegative_int(random_state, name="random_state")
     net = _Normalized(model) if normalize else model
     gallery = embed(net, X, batch_size=batch_size).detach()
-    rows = torch.arange(len(X)) if queries is None else torch.as_tensor(np.asarray(queries), dtype=torch.long)
-    if rows.ndim != 1 or len(rows) == 0 or int(rows.min()) < 0 or int(rows.max()) >= len(X):
-        raise ValueError(f"queries must be a non-empty 1-D array of rows of X (0..{len(X) - 1})")
+    rows = check_query_rows(queries, len(X))
     idx = torch.arange(len(rows))
     clean = gallery[rows]
     gen = torch.Generator().manual_seed(int(random_state))
