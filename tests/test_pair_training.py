@@ -15,7 +15,7 @@ def test_pair_sampler_makes_each_sample_an_anchor_once_with_a_same_class_positiv
     y = np.array([0] * 7 + [1] * 5 + [2] * 9)
     s = PairBatchSampler(y, pairs=4, seed=3)
     batches = list(s)
-    assert len(batches) == len(s) == 6 and [len(b) for b in batches] == [8] * 5 + [2]
+    assert len(batches) == len(s) == 5 and [len(b) for b in batches] == [8] * 4 + [10]  # the lone 21st pair joins
     anchors = [b[i] for b in batches for i in range(0, len(b), 2)]
     positives = [b[i] for b in batches for i in range(1, len(b), 2)]
     assert sorted(anchors) == list(range(len(y)))
@@ -77,3 +77,17 @@ def test_training_with_pairs_runs_and_resumes(tmp_path):
     assert h3.loss == pytest.approx(h2.loss)  # resume is exact
     with pytest.raises(ValueError, match="pairs"):
         train_embedding(net, X, y, epochs=1, pairs=-1, progress=False)
+
+
+def test_training_with_pairs_survives_a_lone_last_pair():
+    # 9 samples in batches of 4 pairs: the 9th pair alone would be a one-class batch, which every
+    # defence refuses; it joins the batch before it
+    s = PairBatchSampler(np.arange(9) % 3, pairs=4)
+    assert [len(b) for b in s] == [8, 10] and len(s) == 2
+    assert [len(b) for b in PairBatchSampler(np.arange(10) % 3, pairs=4)] == [8, 8, 4]
+    assert [len(b) for b in PairBatchSampler([0, 1, 0], pairs=4)] == [6]
+    X = np.random.default_rng(0).random((9, 4)).astype(np.float32)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    h = train_embedding(net, X, np.arange(9) % 3, loss=losses.TripletMarginLoss(margin=0.2),
+                        miner=PairedRandomTripletMiner(), pairs=4, epochs=1, progress=False)
+    assert len(h.loss) == 1 and np.isfinite(h.loss[0])

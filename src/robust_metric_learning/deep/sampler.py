@@ -103,14 +103,15 @@ class PairBatchSampler(Sampler[list[int]]):
     ----------
     labels : array-like of shape (n,)
     pairs : int, default=128
-        Pairs per batch (the last batch of an epoch may hold fewer).
+        Pairs per batch (the last batch of an epoch may hold fewer; a single pair left over
+        joins the batch before it, since one pair is one class and no metric loss).
     seed : int, default=0
 
     Examples
     --------
-    >>> s = PairBatchSampler([0, 0, 1, 1, 2], pairs=2)
+    >>> s = PairBatchSampler([0, 0, 1, 1, 2, 2], pairs=4)
     >>> [len(b) for b in s]
-    [4, 4, 2]
+    [8, 4]
     """
 
     def __init__(self, labels, *, pairs: int = 128, seed: int = 0):
@@ -130,8 +131,15 @@ class PairBatchSampler(Sampler[list[int]]):
         """Select the epoch whose batches the next iteration yields."""
         self.epoch = int(epoch)
 
+    def _starts(self) -> list[int]:
+        n = len(self.codes)
+        starts = list(range(0, n, self.pairs))
+        if len(starts) > 1 and n - starts[-1] == 1:
+            starts.pop()  # a lone pair (one class) joins the batch before it
+        return starts
+
     def __len__(self) -> int:
-        return -(-len(self.codes) // self.pairs)
+        return len(self._starts())
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -140,5 +148,6 @@ class PairBatchSampler(Sampler[list[int]]):
         sizes = np.array([len(m) for m in self.members])
         c = self.codes[anchors]
         positives = np.array([self.members[k][i] for k, i in zip(c, (draw * sizes[c]).astype(np.int64))])
-        for s in range(0, len(anchors), self.pairs):
-            yield np.stack([anchors[s:s + self.pairs], positives[s:s + self.pairs]], 1).reshape(-1).tolist()
+        starts = self._starts()
+        for s, e in zip(starts, [*starts[1:], len(anchors)]):
+            yield np.stack([anchors[s:e], positives[s:e]], 1).reshape(-1).tolist()
