@@ -91,3 +91,24 @@ def test_training_with_pairs_survives_a_lone_last_pair():
     h = train_embedding(net, X, np.arange(9) % 3, loss=losses.TripletMarginLoss(margin=0.2),
                         miner=PairedRandomTripletMiner(), pairs=4, epochs=1, progress=False)
     assert len(h.loss) == 1 and np.isfinite(h.loss[0])
+
+
+def test_pair_sampler_gives_every_batch_two_classes_where_the_labels_allow():
+    # random batches of 2 pairs would often be one class
+    for y, pairs in ((np.array([0] * 20 + [1] * 20), 2), (np.array([0] * 30 + [1] * 10), 4)):
+        for seed in range(20):
+            s = PairBatchSampler(y, pairs=pairs, seed=seed)
+            batches = list(s)
+            assert len(batches) == len(s) == 40 // pairs
+            assert all(len(set(y[b])) == 2 for b in batches), seed
+            anchors = [b[i] for b in batches for i in range(0, len(b), 2)]
+            assert sorted(anchors) == list(range(40))  # still every sample an anchor once
+    # too unbalanced for every batch to have two classes: as many as possible do, nothing is lost
+    y = np.array([0] * 36 + [1] * 2)
+    batches = list(PairBatchSampler(y, pairs=2, seed=0))
+    assert sum(len(set(y[b])) == 2 for b in batches) == 2
+    assert sorted(b[i] for b in batches for i in range(0, len(b), 2)) == list(range(38))
+    with pytest.raises(ValueError, match="pairs must be >= 2"):
+        PairBatchSampler(y, pairs=1)
+    with pytest.raises(ValueError, match="seed"):
+        PairBatchSampler(y, seed=-1)

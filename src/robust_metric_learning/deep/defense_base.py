@@ -43,7 +43,9 @@ def select_triplets(triplets: tuple[torch.Tensor, ...], max_triplets: int | None
     T = len(triplets[0])
     if max_triplets is None or T <= max_triplets:
         return tuple(triplets)
-    pick = torch.randperm(T, generator=generator)[:max_triplets].sort().values.to(triplets[0].device)
+    gen_device = generator.device if generator is not None else torch.device("cpu")  # draw where it lives
+    pick = torch.randperm(T, generator=generator, device=gen_device)[:max_triplets].sort().values
+    pick = pick.to(triplets[0].device)
     return tuple(t[pick] for t in triplets)
 
 

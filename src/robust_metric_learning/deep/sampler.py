@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from .._validation import check_positive_int
+from .._validation import check_nonnegative_int, check_positive_int
 
 __all__ = ["BalancedBatchSampler", "PairBatchSampler"]
 
@@ -103,8 +103,10 @@ class PairBatchSampler(Sampler[list[int]]):
     ----------
     labels : array-like of shape (n,)
     pairs : int, default=128
-        Pairs per batch (the last batch of an epoch may hold fewer; a single pair left over
-        joins the batch before it, since one pair is one class and no metric loss).
+        Pairs per batch (>= 2; the last batch of an epoch may hold fewer; a single pair left
+        over joins the batch before it, since one pair is one class and no metric loss). A
+        batch whose anchors all fall in one class swaps its last anchor with the nearest later
+        (for the last batch, earlier) one of another class, so every batch has two classes.
     seed : int, default=0
 
     Examples
@@ -122,9 +124,11 @@ class PairBatchSampler(Sampler[list[int]]):
         if len(classes) < 2:
             raise ValueError(f"labels must contain at least 2 classes, got {len(classes)}")
         self.pairs = check_positive_int(pairs, name="pairs")
+        if self.pairs < 2:
+            raise ValueError(f"pairs must be >= 2 (a batch of one pair has one class), got {pairs}")
         self.codes = codes
         self.members = [np.flatnonzero(codes == k) for k in range(len(classes))]
-        self.seed = int(seed)
+        self.seed = check_nonnegative_int(seed, name="seed")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -141,13 +145,39 @@ class PairBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return len(self._starts())
 
+    def _swap_in_another_class(self, anchors: np.ndarray, s: int, e: int, starts: list[int], ends: list[int]) -> None:
+        """Batch ``[s, e)`` has one class: swap its last anchor with the nearest later one of
+        another class (later batches are checked after), else with an earlier one whose batch
+        keeps two classes; a label set too unbalanced for either is left as it is."""
+        c = self.codes[anchors]
+        other = np.flatnonzero(c != c[s])
+        later = other[other >= e]
+        if len(later):
+            j = int(later[0])
+        else:
+            j = None
+            for k in other[::-1]:
+                b = int(np.searchsorted(starts, k, side="right")) - 1
+                rest = np.delete(c[starts[b]:ends[b]], k - starts[b])
+                if (rest != c[s]).any():
+                    j = int(k)
+                    break
+            if j is None:
+                return
+        anchors[[e - 1, j]] = anchors[[j, e - 1]]
+
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         anchors = rng.permutation(len(self.codes))
         draw = rng.random(len(anchors))
+        starts = self._starts()
+        ends = [*starts[1:], len(anchors)]
+        for s, e in zip(starts, ends):
+            own = self.codes[anchors[s:e]]
+            if (own == own[0]).all():
+                self._swap_in_another_class(anchors, s, e, starts, ends)
         sizes = np.array([len(m) for m in self.members])
         c = self.codes[anchors]
         positives = np.array([self.members[k][i] for k, i in zip(c, (draw * sizes[c]).astype(np.int64))])
-        starts = self._starts()
-        for s, e in zip(starts, [*starts[1:], len(anchors)]):
+        for s, e in zip(starts, ends):
             yield np.stack([anchors[s:e], positives[s:e]], 1).reshape(-1).tolist()

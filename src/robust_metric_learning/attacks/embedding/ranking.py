@@ -88,14 +88,39 @@ class _GalleryObjective(Objective):
         return torch.zeros(len(index), dtype=torch.bool, device=emb_adv.device)
 
 
-class CandidateRank(_GalleryObjective):
+class _RankObjective(_GalleryObjective):
+    """A hinge on distance pairs ``(a, b)`` (:meth:`_terms`): score ``-mean relu(s (a - b))``,
+    metric the fraction with ``a > b`` (a rank percentile); ``s`` the direction."""
+
+    def __init__(self, gallery: Any, targets: Any, *, direction: int = 1):
+        if direction not in (1, -1):
+            raise ValueError(f"direction must be 1 or -1, got {direction!r}")
+        super().__init__(gallery, targets, ndim=2)
+        self.direction = direction
+
+    def _terms(self, emb_adv: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __call__(self, emb_adv, index):
+        a, b = self._terms(emb_adv, index)
+        return -torch.relu(self.direction * (a - b)).mean((1, 2))
+
+    def rank(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The rank percentile of each input (CA) or of its targets (QA), in [0, 1]."""
+        with torch.no_grad():
+            a, b = self._terms(emb_adv.double(), index)
+            return (a > b).double().mean((1, 2))
+
+
+class CandidateRank(_RankObjective):
     """CA+ / CA-: the perturbed input is a candidate, moved up (``direction=+1``) or down
     (``-1``) in the rankings of its target queries (clean gallery rows).
 
     Score of candidate c' with queries q_1..q_W: ``-mean_{x, w} relu(s (d(c', q_w) - d(X_x,
-    q_w)))`` over every gallery row x, s the direction. :meth:`rank` is the metric: the fraction
-    of (gallery row, query) pairs with ``d(X_x, q_w) < d(c', q_w)``, the candidate's rank
-    percentile (the attacker of CA+ drives it to 0, of CA- to 1).
+    q_w)))`` over every gallery row x (the candidate's own clean row included, as published), s
+    the direction. :meth:`rank` is the metric: the fraction of (gallery row, query) pairs with
+    ``d(X_x, q_w) < d(c', q_w)``, the candidate's rank percentile (the attacker of CA+ drives it
+    to 0, of CA- to 1).
 
     Parameters
     ----------
@@ -105,12 +130,6 @@ class CandidateRank(_GalleryObjective):
     direction : {+1, -1}
     """
 
-    def __init__(self, gallery: Any, targets: Any, *, direction: int = 1):
-        if direction not in (1, -1):
-            raise ValueError(f"direction must be 1 or -1, got {direction!r}")
-        super().__init__(gallery, targets, ndim=2)
-        self.direction = direction
-
     def _terms(self, emb_adv, index):
         g = self._ctx("gallery", emb_adv)
         q = g[self._ctx("targets", emb_adv)[index]]  # (B, W, dim)
@@ -118,47 +137,22 @@ class CandidateRank(_GalleryObjective):
         b = torch.stack([_dist(q[:, w], g) for w in range(q.shape[1])], 1)  # (B, W, G)
         return a[:, :, None], b
 
-    def __call__(self, emb_adv, index):
-        a, b = self._terms(emb_adv, index)
-        return -torch.relu(self.direction * (a - b)).mean((1, 2))
 
-    def rank(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Rank percentile of each candidate among the gallery for its queries, in [0, 1]."""
-        with torch.no_grad():
-            a, b = self._terms(emb_adv.double(), index)
-            return (a > b).double().mean((1, 2))
-
-
-class QueryRank(_GalleryObjective):
+class QueryRank(_RankObjective):
     """QA+ / QA-: the perturbed input is a query; its target candidates (gallery rows) are
     moved up (``direction=+1``) or down (``-1``) in its ranking.
 
-    Score of q' with candidates c_1..c_M: ``-mean_{x, m} relu(s (d(q', c_m) - d(q', X_x)))``.
+    Score of q' with candidates c_1..c_M: ``-mean_{x, m} relu(s (d(q', c_m) - d(q', X_x)))``
+    over every gallery row x (the query's own clean row included, as published).
     :meth:`rank`: the mean over m of the fraction of gallery rows nearer to q' than c_m (the
     candidates' rank percentile; the attacker of QA+ drives it to 0, of QA- to 1).
     """
-
-    def __init__(self, gallery: Any, targets: Any, *, direction: int = 1):
-        if direction not in (1, -1):
-            raise ValueError(f"direction must be 1 or -1, got {direction!r}")
-        super().__init__(gallery, targets, ndim=2)
-        self.direction = direction
 
     def _terms(self, emb_adv, index):
         g = self._ctx("gallery", emb_adv)
         d = _dist(emb_adv, g)  # (B, G)
         a = torch.gather(d, 1, self._ctx("targets", emb_adv)[index])  # (B, M)
         return a[:, :, None], d[:, None, :]
-
-    def __call__(self, emb_adv, index):
-        a, b = self._terms(emb_adv, index)
-        return -torch.relu(self.direction * (a - b)).mean((1, 2))
-
-    def rank(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Mean rank percentile of each query's candidates in its ranking, in [0, 1]."""
-        with torch.no_grad():
-            a, b = self._terms(emb_adv.double(), index)
-            return (b < a).double().mean((1, 2))
 
 
 class TargetedMismatch(_GalleryObjective):
