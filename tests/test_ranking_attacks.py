@@ -160,25 +160,85 @@ def _plain_sign_pgd(net, x0, loss_of, eps, alpha, steps):
     return best
 
 
-def test_query_attack_matches_a_plain_sign_gradient_loop():
+def _plain_suite_reference(kind, net, X, y, gal, i, gen_state, eps, alpha, steps):
+    """Plain loops: the attack on input i (its loss to minimise, the sign-gradient loop) and the
+    column(s) it measures, written from the suite's definitions."""
+    n = len(y)
+    rows = [x for x in range(n) if x != i]
+    dist = lambda e, x: (gal[x] - e).norm()  # noqa: E731
+    clean_d = {x: float((gal[x] - gal[i]).norm()) for x in rows}
+    top1 = min(rows, key=lambda x: (clean_d[x], x))
+    target = None
+    if kind in ("CA+", "CA-", "QA+", "QA-", "TMA"):
+        target = int(gen_state[i])
+    elif kind == "GTT":
+        target = top1
+    elif kind == "GTM":
+        target = min((x for x in rows if y[x] != y[top1]), key=lambda x: (clean_d[x], x))
+    sign = 1 if kind.endswith("+") else -1
+
+    def loss_of(e):
+        if kind in ("CA+", "CA-"):
+            q = gal[target]
+            return torch.stack([torch.relu(sign * ((e - q).norm() - (gal[x] - q).norm())) for x in range(n)]).mean()
+        if kind in ("QA+", "QA-"):
+            c = gal[target]
+            return torch.stack([torch.relu(sign * ((e - c).norm() - dist(e, x))) for x in range(n)]).mean()
+        if kind == "TMA":
+            return -torch.nn.functional.cosine_similarity(e, gal[target], dim=0)
+        if kind == "ES":
+            return -(e - (gal[i] + gen_state[i])).norm()
+        if kind == "LTM":
+            far_other = torch.stack([dist(e, x) for x in rows if y[x] != y[i]]).max()
+            near_same = torch.stack([dist(e, x) for x in rows if y[x] == y[i]]).min()
+            return torch.relu(far_other - near_same)
+        if kind == "GTM":
+            return dist(e, target)
+        return torch.stack([torch.relu(dist(e, x) - dist(e, target)) for x in rows]).mean()  # GTT
+
+    x_adv = _plain_sign_pgd(net, X[i], loss_of, eps, alpha, steps)
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(net(x_adv[None]), dim=1)[0]
+        d = {x: float(dist(e, x)) for x in rows}
+        ranked = sorted(rows, key=lambda x: (d[x], x))
+        if kind in ("CA+", "CA-"):
+            q = gal[target]
+            return {kind: 100 * sum(float((e - q).norm()) > float((gal[x] - q).norm()) for x in range(n)) / n}
+        if kind in ("QA+", "QA-"):
+            a = float((e - gal[target]).norm())
+            return {kind: 100 * sum(float(dist(e, x)) < a for x in range(n)) / n}
+        if kind == "TMA":
+            return {kind: float(torch.nn.functional.cosine_similarity(e, gal[target], dim=0))}
+        r1 = 100.0 * (y[ranked[0]] == y[i])
+        if kind == "ES":
+            return {"ES:D": float((e - gal[i]).norm()), "ES:R": r1}
+        if kind == "GTT":
+            return {kind: 100.0 * (target in ranked[:4])}
+        return {kind: r1}
+
+
+@pytest.mark.parametrize("kind", ["CA+", "CA-", "QA+", "QA-", "TMA", "ES", "LTM", "GTM", "GTT"])
+def test_every_attack_matches_a_plain_sign_gradient_loop(kind):
     net, X, y = _tiny()
-    eps, alpha, steps = 0.2, 0.05, 6
+    eps, alpha, steps, seed = 0.2, 0.05, 6, 5
     attack = PGD(norm="linf", steps=steps, step_size=alpha, random_start=False, batch_size=4, progress=False)
-    res = ranking_robustness(net, X, y, eps=eps, attack=attack, attacks=["QA+"], random_state=5)
+    res = ranking_robustness(net, X, y, eps=eps, attack=attack, attacks=[kind], random_state=seed)
     with torch.no_grad():
         gal = torch.nn.functional.normalize(net(X), dim=1)
-    targets = select_targets("QA+", gal, gal, y, self_index=np.arange(14), generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(seed)  # the draws ranking_robustness makes for this attack
+    if kind in ("CA+", "QA+", "TMA"):
+        gen_state = torch.randint(14, (14,) if kind == "TMA" else (14, 1), generator=gen).reshape(14)
+    elif kind in ("CA-", "QA-"):
+        near = select_targets(kind, gal, gal, y, self_index=np.arange(14), generator=gen)
+        gen_state = near.reshape(14)
+    elif kind == "ES":
+        gen_state = 1e-4 * (2 * torch.randint(2, gal.shape, generator=gen) - 1).to(gal.dtype)
+    else:
+        gen_state = None
     for i in range(14):
-        c = gal[int(targets[i, 0])]
-
-        def loss_of(e, c=c):
-            return torch.stack([torch.relu((e - c).norm() - (gal[x] - e).norm()) for x in range(14)]).mean()
-
-        x_adv = _plain_sign_pgd(net, X[i], loss_of, eps, alpha, steps)
-        with torch.no_grad():
-            e = torch.nn.functional.normalize(net(x_adv[None]), dim=1)[0]
-        expected = 100 * sum(float((gal[x] - e).norm()) < float((c - e).norm()) for x in range(14)) / 14
-        assert res["per_input"]["QA+"][i] == pytest.approx(expected, abs=1e-9)
+        expected = _plain_suite_reference(kind, net, X, y, gal, i, gen_state, eps, alpha, steps)
+        for col, value in expected.items():  # counts exact; TMA, ES:D to the gallery's float32 rounding
+            assert res["per_input"][col][i] == pytest.approx(value, abs=1e-6), (col, i)
 
 
 def test_the_suite_on_a_tiny_model_moves_every_column_the_attackers_way():
