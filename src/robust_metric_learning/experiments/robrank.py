@@ -7,7 +7,10 @@ one random other-class negative per pair (:class:`~robust_metric_learning.deep.P
 :class:`~robust_metric_learning.deep.PairedRandomTripletMiner`), Adam (lr 1e-3, weight decay
 1e-7); the test part is both the queries and the gallery. Defences (``DEFENSES``; ``hm`` on
 request) attack in training with l_inf eps 77/255 by ``train_steps`` sign-gradient steps that
-travel 96/255 in all (32 steps of 3/255 in the full protocol).
+travel 96/255 in all (32 steps of 3/255 in the full protocol), from the clean input as published,
+except EST's, which starts at a random point of the box (the embedding shift has no gradient at
+the clean input; the published code nudges its reference by 1e-7 instead). ACT and HM attack a
+copy per triplet, as published (``copies="per_triplet"``).
 
 Evaluation: clean R@1 (leave-one-out); the ranking-attack suite
 (:func:`~robust_metric_learning.deep.ranking_robustness`: CA+, CA-, QA+, QA-, TMA, ES:D, ES:R,
