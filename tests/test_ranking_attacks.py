@@ -294,6 +294,17 @@ def test_ranking_robustness_rejects_bad_input():
     with pytest.raises(ValueError, match="y"):
         ranking_robustness(net, X, y[:5])
 
+    class Flat(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x):
+            return self.inner(x).sum(1)
+
+    with pytest.raises(ValueError, match=r"model must return a 2-D tensor of embeddings"):
+        ranking_robustness(Flat(), X, y)
+
 
 def test_select_targets_rejects_bad_arguments_instead_of_silent_targets(space):
     g, labels, _ = space

@@ -29,6 +29,7 @@ import torch
 from .._validation import (
     check_eps,
     check_labels,
+    check_model_output,
     check_nonnegative_int,
     check_positive_int,
     check_query_rows,
@@ -109,7 +110,9 @@ class _Normalized(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        return torch.nn.functional.normalize(self.model(x), dim=1)
+        emb = self.model(x)
+        check_model_output(emb, n_rows=x.shape[0])
+        return torch.nn.functional.normalize(emb, dim=1)
 
 
 def _objective(kind: str, gallery, labels, rows, targets, *, self_index):
