@@ -7,8 +7,8 @@ targets are drawn by :func:`~robust_metric_learning.attacks.embedding.ranking.se
 :func:`empirical_robustness_score` folds the ten into one number in [0, 100] (higher: more
 robust) as the suite does.
 
-Differences from the published code, all making the attack at least as strong: the attack keeps
-each input's best iterate (by its objective) instead of the last; LTM leaves the query's own
+Differences from the published code: the attack keeps each input's best iterate (by its
+objective) instead of the last (never weaker); LTM leaves the query's own
 gallery copy out of its same-class set (the published code means to, but keeps it); GTM's target
 is the nearest gallery item of another label than the top-1 neighbour's (the published code
 indexes a filtered list with the gallery's numbering, which makes it an arbitrary item); ES:D is
