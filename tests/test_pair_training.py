@@ -112,3 +112,31 @@ def test_pair_sampler_gives_every_batch_two_classes_where_the_labels_allow():
         PairBatchSampler(y, pairs=1)
     with pytest.raises(ValueError, match="seed"):
         PairBatchSampler(y, seed=-1)
+
+
+def test_soft_hard_miner_draws_from_the_published_pools():
+    from robust_metric_learning.deep import PairedSoftHardTripletMiner
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 0, 0, 1, 1, 2, 2])
+    d = torch.cdist(emb, emb)
+    pools_n, pools_p = {}, {}
+    for a in range(0, 12, 2):
+        same = [j for j in range(12) if y[j] == y[a]]
+        other = [j for j in range(12) if y[j] != y[a]]
+        far_same = max(float(d[a, j]) for j in same)
+        near_other = min(float(d[a, j]) for j in other)
+        pools_n[a] = {j for j in other if float(d[a, j]) < far_same} or set(other)
+        pools_p[a] = {j for j in same if float(d[a, j]) > near_other} or set(same)
+    seen_n = {a: set() for a in pools_n}
+    seen_p = {a: set() for a in pools_p}
+    torch.manual_seed(0)
+    for _ in range(200):
+        a, p, n = PairedSoftHardTripletMiner()(emb, y)
+        assert a.tolist() == list(range(0, 12, 2))
+        for ai, pi, ni in zip(a.tolist(), p.tolist(), n.tolist()):
+            assert ni in pools_n[ai] and pi in pools_p[ai]
+            seen_n[ai].add(ni)
+            seen_p[ai].add(pi)
+    assert seen_n == pools_n and seen_p == pools_p  # every member of each pool is drawn

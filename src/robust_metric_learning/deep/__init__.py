@@ -9,7 +9,7 @@ from .metrics import (
     embedding_radius_bound,
     retrieval_metrics,
 )
-from .miners import PairedRandomTripletMiner
+from .miners import PairedRandomTripletMiner, PairedSoftHardTripletMiner
 from .models import MLP, RC2F2, EmbeddingNet, L2Normalize, SmallCNN
 from .robust import (
     DEFENSES,
@@ -27,7 +27,8 @@ from .training import TrainHistory, embed, hyperparameters, train_embedding
 
 __all__ = [
     "MLP", "EmbeddingNet", "L2Normalize", "SmallCNN", "RC2F2", "BalancedBatchSampler", "PairBatchSampler",
-    "PairedRandomTripletMiner", "ranking_robustness", "empirical_robustness_score", "RANKING_ATTACKS", "ERS_COLUMNS",
+    "PairedRandomTripletMiner", "PairedSoftHardTripletMiner",
+    "ranking_robustness", "empirical_robustness_score", "RANKING_ATTACKS", "ERS_COLUMNS",
     "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "AntiCollapseTriplets",
     "HardnessManipulation", "DEFENSES", "get_defense",
     "TrainHistory", "train_embedding", "embed", "hyperparameters", "load_checkpoint", "CheckpointError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PairedRandomTripletMiner"]
+__all__ = ["PairedRandomTripletMiner", "PairedSoftHardTripletMiner"]
 
 
 class PairedRandomTripletMiner:
@@ -41,3 +41,41 @@ class PairedRandomTripletMiner:
 
     def __repr__(self) -> str:
         return "PairedRandomTripletMiner()"
+
+
+class PairedSoftHardTripletMiner(PairedRandomTripletMiner):
+    """One "soft-hard" triplet per anchor of a pair batch ``[a_0, p_0, a_1, p_1, ...]`` (the
+    source miner of the published hardness-manipulation defence): for anchor ``2i``, a negative
+    drawn uniformly from the other-label rows nearer to it than its farthest same-label row (any
+    other-label row if none is), and a positive drawn uniformly from the same-label rows farther
+    from it than its nearest other-label row (any same-label row, itself included, if none is).
+    Euclidean distances between the given embeddings; torch's global generator. Anchors with no
+    other-label row in the batch are left out.
+
+    Examples
+    --------
+    >>> emb = torch.tensor([[0.0], [0.1], [3.0], [3.1], [0.05], [2.9]])
+    >>> a, p, n = PairedSoftHardTripletMiner()(emb, torch.tensor([0, 0, 1, 1, 1, 1]))
+    >>> a.tolist(), n[0].item()   # row 4 (label 1) is nearer to row 0 than row 1 is
+    ([0, 2, 4], 4)
+    """
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a, _, _ = super().__call__(embeddings, labels)  # the checks, and the anchors kept
+        y = torch.as_tensor(labels).to(embeddings.device)
+        a = a.to(embeddings.device)
+        with torch.no_grad():
+            d = torch.cdist(embeddings[a].double(), embeddings.double())  # (A, n)
+        same = y[a][:, None] == y[None, :]
+        far_same = torch.where(same, d, -torch.inf).amax(1, keepdim=True)
+        near_other = torch.where(same, torch.inf, d).amin(1, keepdim=True)
+        neg_pool = ~same & (d < far_same)
+        neg_pool = torch.where(neg_pool.any(1, keepdim=True), neg_pool, ~same)
+        pos_pool = same & (d > near_other)
+        pos_pool = torch.where(pos_pool.any(1, keepdim=True), pos_pool, same)
+        n = torch.where(neg_pool, torch.rand(d.shape, device=d.device), -1.0).argmax(1)
+        p = torch.where(pos_pool, torch.rand(d.shape, device=d.device), -1.0).argmax(1)
+        return a, p, n
+
+    def __repr__(self) -> str:
+        return "PairedSoftHardTripletMiner()"

@@ -10,7 +10,9 @@ request) attack in training with l_inf eps 77/255 by ``train_steps`` sign-gradie
 travel 96/255 in all (32 steps of 3/255 in the full protocol), from the clean input as published,
 except EST's, which starts at a random point of the box (the embedding shift has no gradient at
 the clean input; the published code nudges its reference by 1e-7 instead). ACT and HM attack a
-copy per triplet, as published (``copies="per_triplet"``).
+copy per triplet, as published (``copies="per_triplet"``); HM's source triplets are soft-hard
+(:class:`~robust_metric_learning.deep.PairedSoftHardTripletMiner`), its target gradual, with the
+intra-class-structure term, the published variant.
 
 Evaluation: clean R@1 (leave-one-out); the ranking-attack suite
 (:func:`~robust_metric_learning.deep.ranking_robustness`: CA+, CA-, QA+, QA-, TMA, ES:D, ES:R,
@@ -65,17 +67,19 @@ def protocol() -> dict[str, Any]:
 
     loss, miner = make_loss()
     return {"eval": EVAL, "train": TRAIN, "travel": TRAVEL, "n_ensemble": N_ENSEMBLE,
-            "loss": hyperparameters(loss), "miner": repr(miner), "model": "RC2F2(512)",
+            "loss": hyperparameters(loss), "miner": repr(miner), "hm_miner": repr(make_loss("hm")[1]),
+            "model": "RC2F2(512)",
             "eval_attacks": ["ranking PGD (no random start)", "APGD", "RetrievalEnsemble for adv R@1"]}
 
 
-def make_loss():
+def make_loss(defense: str = "natural"):
+    """The loss and miner: random negatives, and for HM its published soft-hard source triplets."""
     from pytorch_metric_learning import losses, reducers
 
-    from ..deep import PairedRandomTripletMiner
+    from ..deep import PairedRandomTripletMiner, PairedSoftHardTripletMiner
 
-    return (losses.TripletMarginLoss(margin=TRAIN["margin"], reducer=reducers.MeanReducer()),
-            PairedRandomTripletMiner())
+    miner = PairedSoftHardTripletMiner() if defense == "hm" else PairedRandomTripletMiner()
+    return losses.TripletMarginLoss(margin=TRAIN["margin"], reducer=reducers.MeanReducer()), miner
 
 
 def make_defense(name: str, steps: int):
@@ -110,7 +114,7 @@ def run_task(dataset: str, defense: str, profile: str, seed: int, *, n_eval: int
     X_tr, y_tr, X_te, y_te = X_tr[tr].astype(np.float32), y_tr[tr], X_te[te].astype(np.float32), y_te[te]
     torch.manual_seed(seed)
     model = RC2F2()
-    loss, miner = make_loss()
+    loss, miner = make_loss(defense)
     t0 = time.perf_counter()
     hist = train_embedding(model, X_tr, y_tr, loss=loss, miner=miner, defense=make_defense(defense, p["train_steps"]),
                            epochs=p["epochs"], pairs=TRAIN["pairs"], lr=TRAIN["lr"],
