@@ -113,7 +113,8 @@ def run_task(dataset: str, defense: str, profile: str, seed: int, *, n_eval: int
                                                                           replace=False))
     X_tr, y_tr, X_te, y_te = X_tr[tr].astype(np.float32), y_tr[tr], X_te[te].astype(np.float32), y_te[te]
     torch.manual_seed(seed)
-    model = RC2F2()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the full profile is meant for a GPU
+    model = RC2F2().to(device)
     loss, miner = make_loss(defense)
     t0 = time.perf_counter()
     hist = train_embedding(model, X_tr, y_tr, loss=loss, miner=miner, defense=make_defense(defense, p["train_steps"]),
@@ -129,7 +130,7 @@ def run_task(dataset: str, defense: str, profile: str, seed: int, *, n_eval: int
     queries = np.arange(min(N_ENSEMBLE, len(y_te)))
     adv = adversarial_retrieval(model, X_te, y_te, eps=[EVAL["eps"]], queries=queries,
                                 attack=RetrievalEnsemble(norm="linf", random_state=seed))
-    return {"dataset": dataset, "defense": defense, "profile": profile, "seed": seed, **p,
+    return {"dataset": dataset, "defense": defense, "profile": profile, "seed": seed, **p, "device": device,
             "n_eval": int(len(y_te)), "train_loss": hist.loss, "epoch_s": hist.seconds, "train_s": train_s,
             "recall_at_1": suite["recall_at_1"], "clean": suite["clean"], "adversarial": suite["adversarial"],
             "ERS": suite["ERS"], "suite_s": suite_s, "ensemble_queries": int(len(queries)),
