@@ -299,7 +299,7 @@ def test_plot_writes_png(tmp_path):
         (dict(metric=np.array([[np.nan, 0.0], [0.0, 1.0]])), "metric contains NaN"),
         (dict(y_train=np.zeros(4)), "one class only"),
         (dict(y=np.array(["a"])), "y has labels of dtype <U1, y_train has int64"),
-        (dict(memory_budget=0), "memory_budget must be a positive number of bytes"),
+        (dict(memory_budget=0), "The .memory_budget. parameter of the certify functions must be an int in"),
     ],
 )
 def test_bad_input_clear_errors(kwargs, match):

@@ -179,8 +179,8 @@ def _run_chunk(geo: KNNGeometry, c: int, Xq: np.ndarray, task: dict) -> tuple[np
 
 
 def _training(X_train, y_train, metric, memory_budget) -> KNNGeometry:
-    if not isinstance(memory_budget, (int, np.integer)) or isinstance(memory_budget, bool) or memory_budget < 1:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    check_params("the certify functions", {"memory_budget": memory_budget},
+                 {"memory_budget": [Interval(Integral, 1, None)]})  # bytes
     geo, _ = fit_geometry(X_train, y_train, metric, n_neighbors=1, memory_budget=int(memory_budget),
                           name="X_train", y_name="y_train", what="certification", fit_learner=False)
     return geo

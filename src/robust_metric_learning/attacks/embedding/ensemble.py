@@ -23,6 +23,7 @@ from ..._validation import (
     Interval,
     SequenceOf,
     TupleOf,
+    check_params,
     validate_params,
 )
 from .apgd import APGD
@@ -293,8 +294,7 @@ class RetrievalEnsemble(EnsembleAttack):
         """A copy with ``steps``, ``restarts``, ``pgd_steps`` and every focus stage's restarts
         multiplied by ``factor`` (2: the doubling check of convergence)."""
         validate_params(self)
-        if isinstance(factor, bool) or not isinstance(factor, Integral) or factor < 1:
-            raise ValueError(f"factor must be an integer >= 1, got {factor!r}")
+        check_params(f"{type(self).__name__}.scaled", {"factor": factor}, {"factor": [Interval(Integral, 1, None)]})
         f = int(factor)
         params = {name: getattr(self, name) for name in self._parameter_constraints}
         params.update(steps=f * self.steps, restarts=f * self.restarts, pgd_steps=f * self.pgd_steps,
