@@ -1,0 +1,133 @@
+"""Randomized smoothing of embeddings: the Monte Carlo bound, the Lipschitz constant and the
+retrieval certificate against smoothed functions known in closed form."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from robust_metric_learning.deep.smoothing import (
+    SmoothedEmbedding,
+    monte_carlo_error,
+    smoothed_certified_retrieval,
+    smoothed_lipschitz,
+)
+
+
+class TwoPoint(torch.nn.Module):
+    """f(x) = (+-1, 0) on either side of the hyperplane w.x = b: g = (2 Phi((w.x - b) / (sigma |w|)) - 1, 0)."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float64), requires_grad=False)
+        self.b = b
+
+    def forward(self, x):
+        s = torch.where(x.reshape(len(x), -1) @ self.w > self.b, 1.0, -1.0).to(x.dtype)
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+    def smoothed(self, x, sigma):
+        t = (x @ self.w.detach() - self.b) / (sigma * self.w.detach().norm())
+        return torch.stack([torch.erf(t / math.sqrt(2)), torch.zeros_like(t)], 1)
+
+
+class Rotation(torch.nn.Module):
+    """f(x) = (cos w.x, sin w.x): g = exp(-sigma^2 |w|^2 / 2) f(x)."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.as_tensor(w, dtype=torch.float64), requires_grad=False)
+
+    def forward(self, x):
+        t = x.reshape(len(x), -1) @ self.w
+        return torch.stack([torch.cos(t), torch.sin(t)], 1)
+
+    def smoothed(self, x, sigma):
+        return torch.exp(-0.5 * sigma ** 2 * self.w.detach().norm() ** 2) * self.forward(x)
+
+
+def test_estimates_are_within_the_monte_carlo_bound_of_the_closed_forms():
+    X = torch.rand(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for model in (TwoPoint([1.0, -2.0, 0.5], 0.1), Rotation([3.0, 1.0, -2.0])):
+        sm = SmoothedEmbedding(model, 0.3, n_samples=4000, batch_size=700, random_state=1)
+        est = sm.estimate(X)
+        e = monte_carlo_error(4000, 1e-3 / 6)
+        err = (est - model.smoothed(X, 0.3)).norm(dim=1)
+        assert float(err.max()) <= e
+        assert float(err.max()) > 1e-4  # a Monte Carlo estimate, not the closed form
+        # the same noise whatever the batching
+        assert torch.allclose(est, SmoothedEmbedding(model, 0.3, n_samples=4000, batch_size=4000,
+                                                     random_state=1).estimate(X), atol=1e-12)
+
+
+def test_the_bound_holds_in_at_least_one_minus_alpha_of_repeats():
+    model, x = Rotation([2.0, -1.0]), torch.tensor([[0.3, 0.6]], dtype=torch.float64)
+    truth = model.smoothed(x, 0.5)[0]
+    e = monte_carlo_error(50, 0.2)
+    misses = sum(float((SmoothedEmbedding(model, 0.5, n_samples=50, random_state=s).estimate(x)[0] - truth).norm()) > e
+                 for s in range(300))
+    assert misses <= 0.2 * 300
+
+
+def test_the_lipschitz_constant_is_attained_by_the_two_point_model_and_never_exceeded():
+    sigma = 0.25
+    model = TwoPoint([1.0, 0.0], 0.5)
+    t = torch.linspace(0.0, 1.0, 2001, dtype=torch.float64)
+    g = model.smoothed(torch.stack([t, torch.zeros_like(t)], 1), sigma)[:, 0]
+    slopes = (g[1:] - g[:-1]).abs() / (t[1] - t[0])
+    L = smoothed_lipschitz(sigma)
+    assert float(slopes.max()) <= L * (1 + 1e-9)
+    assert float(slopes.max()) == pytest.approx(L, rel=1e-4)
+
+
+def test_certified_queries_keep_their_smoothed_neighbour_under_perturbations_within_the_radius():
+    torch.manual_seed(0)
+    w = torch.tensor([4.0, 0.5], dtype=torch.float64)
+    model = Rotation(w)
+    X = torch.rand(24, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = (X @ w > 2.3).long().numpy()  # labels follow the angle, so most queries are right
+    res = smoothed_certified_retrieval(model, X, y, sigma=0.2, radii=[0.0, 0.05, 0.1], n_samples=3000,
+                                       alpha=1e-3, normalize=False)
+    r = torch.as_tensor(res["radius"])
+    assert (r > 0).sum() >= 5 and res["certified_recall_at_1"][0] <= res["recall_at_1"]
+    assert res["certified_recall_at_1"] == sorted(res["certified_recall_at_1"], reverse=True)
+    G = model.smoothed(X, 0.2)
+    for i in torch.nonzero(r > 0).flatten().tolist():
+        for k in range(20):  # perturbations of norm 0.99 r in random directions, the exact smoothed 1-NN
+            v = torch.randn(2, dtype=torch.float64)
+            xq = X[i] + 0.99 * r[i] * v / v.norm()
+            gq = model.smoothed(xq[None], 0.2)[0]
+            d = (G - gq).norm(dim=1)
+            d[i] = torch.inf
+            assert y[int(d.argmin())] == y[i]
+
+
+def test_bad_input():
+    model = Rotation([1.0, 1.0])
+    X, y = torch.rand(4, 2, dtype=torch.float64), np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="sigma"):
+        SmoothedEmbedding(model, 0.0)
+    with pytest.raises(ValueError, match="sigma"):
+        SmoothedEmbedding(model, -1.0)
+    for a in (0.0, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="alpha"):
+            smoothed_certified_retrieval(model, X, y, sigma=0.5, alpha=a)
+    with pytest.raises(ValueError, match=r"n_samples=10 is too few for alpha=0.001 over 4 estimates"):
+        smoothed_certified_retrieval(model, X, y, sigma=0.5, n_samples=10, normalize=False)
+
+    class Big(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 3).double()
+
+        def forward(self, x):
+            return 10 * self.lin(x) + 5
+
+    with pytest.raises(ValueError, match="norm at most 1"):
+        SmoothedEmbedding(Big(), 0.5, n_samples=10).estimate(X)
+    assert SmoothedEmbedding(Big(), 0.5, n_samples=10, normalize=True).estimate(X).norm(dim=1).max() <= 1 + 1e-12
+    with pytest.raises(ValueError, match="radii"):
+        smoothed_certified_retrieval(model, X, y, sigma=0.5, radii=[-0.1])
