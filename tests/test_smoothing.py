@@ -131,3 +131,48 @@ def test_bad_input():
     assert SmoothedEmbedding(Big(), 0.5, n_samples=10, normalize=True).estimate(X).norm(dim=1).max() <= 1 + 1e-12
     with pytest.raises(ValueError, match="radii"):
         smoothed_certified_retrieval(model, X, y, sigma=0.5, radii=[-0.1])
+
+
+def test_gaussian_augmentation_trains_on_noisy_inputs():
+    from pytorch_metric_learning import losses
+
+    from robust_metric_learning.deep import GaussianAugmentation, get_defense, train_embedding
+
+    d = get_defense("noise", sigma=0.3, consistency=0.5)
+    assert isinstance(d, GaussianAugmentation) and (d.sigma, d.consistency) == (0.3, 0.5)
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return torch.nn.functional.normalize(self.lin(x), dim=1)
+
+    x = torch.rand(8, 4)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    model = Spy()
+    loss, made = d.step_loss(model, x, y, losses.TripletMarginLoss(margin=0.2), None, torch.Generator().manual_seed(0))
+    assert made == 0 and loss.requires_grad and len(seen) == 2  # the noisy batch and the consistency copy
+    for s in seen:
+        noise = s - x
+        assert 0.15 < float(noise.std()) < 0.45 and float(noise.abs().max()) > 0.3  # sigma 0.3, unclipped
+    assert not torch.equal(seen[0], seen[1])
+    # the consistency term is the mean squared distance of the two copies' embeddings
+    with torch.no_grad():
+        e1, e2 = (torch.nn.functional.normalize(model.lin(c), dim=1) for c in seen)
+        term = float(((e1 - e2) ** 2).sum(1).mean())
+    seen.clear()
+    l0, _ = GaussianAugmentation(sigma=0.3).step_loss(model, x, y, losses.TripletMarginLoss(margin=0.2), None,
+                                                      torch.Generator().manual_seed(0))
+    assert term > 0 and float(loss.detach()) == pytest.approx(float(l0.detach()) + 0.5 * term, rel=1e-6)
+    rng = np.random.default_rng(0)
+    X, labels = rng.random((40, 4)).astype(np.float32), np.repeat(np.arange(4), 10)
+    h = train_embedding(torch.nn.Sequential(torch.nn.Linear(4, 3)), X, labels, defense=d, epochs=1, m=2,
+                        progress=False)
+    assert len(h.loss) == 1 and np.isfinite(h.loss[0])
+    for bad in (dict(sigma=0.0), dict(sigma=-1.0), dict(consistency=-0.1), dict(sigma=float("nan"))):
+        with pytest.raises(ValueError, match="parameter of GaussianAugmentation must be"):
+            GaussianAugmentation(**bad)

@@ -12,6 +12,7 @@ from .metrics import (
 from .miners import PairedRandomTripletMiner, PairedSoftHardTripletMiner
 from .models import MLP, RC2F2, EmbeddingNet, L2Normalize, SmallCNN
 from .robust import (
+    GaussianAugmentation,
     DEFENSES,
     AntiCollapseTriplets,
     EmbeddingShiftTriplets,
@@ -32,7 +33,7 @@ __all__ = [
     "ranking_robustness", "empirical_robustness_score", "RANKING_ATTACKS", "ERS_COLUMNS",
     "SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval",
     "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "AntiCollapseTriplets",
-    "HardnessManipulation", "DEFENSES", "get_defense",
+    "HardnessManipulation", "GaussianAugmentation", "DEFENSES", "get_defense",
     "TrainHistory", "train_embedding", "embed", "hyperparameters", "load_checkpoint", "CheckpointError",
     "lipschitz_bound", "layer_bounds", "certified_input_radius",
     "retrieval_metrics", "adversarial_retrieval", "certified_retrieval", "embedding_radius_bound",

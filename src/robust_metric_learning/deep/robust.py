@@ -16,6 +16,7 @@ pytorch-metric-learning loss and miner (``miner=None``: every triplet of the bat
   clean-mined tuples (each sample against its own loss terms); the loss on the perturbed batch.
 * :class:`EmbeddingShiftTriplets` (EST): every input perturbed to maximise its own embedding
   shift ``||f(x') - f(x)||``; the loss on the perturbed batch with the clean-mined tuples.
+* :class:`GaussianAugmentation`: the loss on noisy inputs (training for randomized smoothing).
 * :class:`~.anticollapse.AntiCollapseTriplets` (ACT, RobRank's TPAMI 2024 defence) and
   :class:`~.hardness.HardnessManipulation` (HM, CVPR 2022), in their own modules.
 """
@@ -36,7 +37,8 @@ from .defense_base import check_batch as _check_batch
 from .hardness import HardnessManipulation
 
 __all__ = ["Defense", "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets",
-           "AntiCollapseTriplets", "HardnessManipulation", "get_defense", "DEFENSES", "mine_triplets"]
+           "AntiCollapseTriplets", "HardnessManipulation", "GaussianAugmentation", "get_defense", "DEFENSES",
+           "mine_triplets"]
 
 
 class Natural(Defense):
@@ -169,15 +171,56 @@ class EmbeddingShiftTriplets(Defense):
         return loss_fn(model(x_adv), y, triplets), len(x_adv)
 
 
+class GaussianAugmentation(Defense):
+    """Training for randomized smoothing: the loss on the batch with Gaussian noise of standard
+    deviation ``sigma`` added to the inputs (not clipped, as the smoothed model sees them), plus
+    ``consistency`` times the mean squared distance between the embeddings of two noisy copies
+    (a second forward pass when > 0). Reports no adversarial inputs.
+
+    Parameters
+    ----------
+    sigma : float, default=0.25
+        The noise level (> 0) of the smoothing the model is meant for.
+    consistency : float, default=0.0
+        Weight (>= 0) of the consistency term.
+    """
+
+    name = "noise"
+    _parameter_constraints = {**Defense._parameter_constraints, "sigma": [Interval(Real, 0, None, closed="neither")],
+                              "consistency": [Interval(Real, 0, None)]}
+
+    def __init__(self, *, sigma: float = 0.25, consistency: float = 0.0):
+        self._validate(sigma=sigma, consistency=consistency)
+        super().__init__(eps=0.0, steps=1)
+        self.sigma, self.consistency = float(sigma), float(consistency)
+
+    def _noisy(self, x: torch.Tensor, generator) -> torch.Tensor:
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        noise = torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype)
+        return x + self.sigma * noise.to(x.device)
+
+    def step_loss(self, model, x, y, loss_fn, miner, generator):
+        _check_batch(y)
+        emb = model(self._noisy(x, generator))
+        loss = loss_fn(emb, y, None if miner is None else miner(emb, y))
+        if self.consistency > 0:
+            other = model(self._noisy(x, generator))
+            loss = loss + self.consistency * ((emb - other) ** 2).sum(1).mean()
+        return loss, 0
+
+    def __repr__(self) -> str:
+        return f"GaussianAugmentation(sigma={self.sigma}, consistency={self.consistency})"
+
+
 DEFENSES: dict[str, type[Defense]] = {
     "natural": Natural, "ours": RobustTriplets, "naive": NaiveAdversarial, "est": EmbeddingShiftTriplets,
-    "act": AntiCollapseTriplets, "hm": HardnessManipulation,
+    "act": AntiCollapseTriplets, "hm": HardnessManipulation, "noise": GaussianAugmentation,
 }
 
 
 def get_defense(name: str | Defense, **params: Any) -> Defense:
-    """A defence by name (``natural``, ``ours``, ``naive``, ``est``, ``act``, ``hm``) with its
-    parameters."""
+    """A defence by name (``natural``, ``ours``, ``naive``, ``est``, ``act``, ``hm``, ``noise``)
+    with its parameters."""
     if isinstance(name, Defense):
         return name
     if name not in DEFENSES:
