@@ -176,3 +176,25 @@ def test_gaussian_augmentation_trains_on_noisy_inputs():
     for bad in (dict(sigma=0.0), dict(sigma=-1.0), dict(consistency=-0.1), dict(sigma=float("nan"))):
         with pytest.raises(ValueError, match="parameter of GaussianAugmentation must be"):
             GaussianAugmentation(**bad)
+
+
+def test_top1_certificate_is_below_and_near_the_exact_radius_of_a_half_space_decision():
+    from robust_metric_learning.deep.smoothing import smoothed_top1_certificate
+
+    w, b, sigma = torch.tensor([1.0, 1.0], dtype=torch.float64), 0.9, 0.3
+    model = TwoPoint(w, b)
+    X = torch.rand(30, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    side = (X @ w > b)
+    y = np.where(side.numpy(), 0, 1)
+    res = smoothed_top1_certificate(model, X, y, sigma=sigma, radii=[0.0, 0.1], n_samples=20000, alpha=1e-3)
+    exact = ((X @ w - b).abs() / w.norm()).numpy()  # distance to the decision boundary
+    r = res["radius"]
+    assert np.all(r <= exact + 1e-9)  # never more than the truth (with prob 1 - alpha per query)
+    far = exact > 0.15
+    assert far.sum() >= 10 and np.all(r[far] >= 0.75 * exact[far])
+    assert res["recall_at_1"] == pytest.approx(float((res["decision"] == np.where(side.numpy(), 0, 1)).mean()))
+    assert res["certified_recall_at_1"][0] == pytest.approx(float((r > 0).mean()))
+    with pytest.raises(ValueError, match="n_samples=5 is too few for alpha=0.001"):
+        smoothed_top1_certificate(model, X, y, sigma=sigma, n_samples=5)
+    with pytest.raises(ValueError, match="sigma"):
+        smoothed_top1_certificate(model, X, y, sigma=0.0)

@@ -24,14 +24,14 @@ from .robust import (
 )
 from .ranking import ERS_COLUMNS, RANKING_ATTACKS, empirical_robustness_score, ranking_robustness
 from .sampler import BalancedBatchSampler, PairBatchSampler
-from .smoothing import SmoothedEmbedding, monte_carlo_error, smoothed_certified_retrieval
+from .smoothing import SmoothedEmbedding, monte_carlo_error, smoothed_certified_retrieval, smoothed_top1_certificate
 from .training import TrainHistory, embed, hyperparameters, train_embedding
 
 __all__ = [
     "MLP", "EmbeddingNet", "L2Normalize", "SmallCNN", "RC2F2", "BalancedBatchSampler", "PairBatchSampler",
     "PairedRandomTripletMiner", "PairedSoftHardTripletMiner",
     "ranking_robustness", "empirical_robustness_score", "RANKING_ATTACKS", "ERS_COLUMNS",
-    "SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval",
+    "SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval", "smoothed_top1_certificate",
     "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "AntiCollapseTriplets",
     "HardnessManipulation", "GaussianAugmentation", "DEFENSES", "get_defense",
     "TrainHistory", "train_embedding", "embed", "hyperparameters", "load_checkpoint", "CheckpointError",

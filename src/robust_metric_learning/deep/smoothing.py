@@ -39,7 +39,8 @@ import torch
 from .._validation import check_eps, check_labels, check_nonnegative_int, check_positive_int, check_real
 from .training import _check_module, _inputs
 
-__all__ = ["SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval", "smoothed_lipschitz"]
+__all__ = ["SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval", "smoothed_lipschitz",
+           "smoothed_top1_certificate"]
 
 
 def monte_carlo_error(n_samples: int, alpha: float) -> float:
@@ -199,3 +200,119 @@ def smoothed_certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, sigm
             "certified_recall_at_1": [float((radius > r).double().mean()) for r in radii_list],
             "recall_at_1": float((near_same < near_other).double().mean()), "error": e, "lipschitz": L,
             "sigma": smoother.sigma, "n_samples": smoother.n_samples, "alpha": a}
+
+
+def _top1_labels(model, x: torch.Tensor, gallery: torch.Tensor, g_codes: torch.Tensor, own: int, sigma: float,
+                 n: int, rng: np.random.Generator, batch_size: int, normalize: bool) -> torch.Tensor:
+    """Counts, per label code, of the top-1 gallery item's label over ``n`` noisy copies of ``x``."""
+    counts = torch.zeros(int(g_codes.max()) + 1, dtype=torch.long)
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else torch.device("cpu")
+    left = n
+    while left:
+        b = min(left, batch_size)
+        noise = torch.from_numpy(rng.standard_normal((b, *x.shape))).to(x.dtype)
+        emb = model((x + sigma * noise).to(device)).double().cpu()
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, dim=1)
+        d = torch.cdist(emb, gallery)
+        if own >= 0:
+            d[:, own] = torch.inf
+        counts += torch.bincount(g_codes[d.argmin(1)], minlength=len(counts))
+        left -= b
+    return counts
+
+
+def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: float,
+                              radii: float | Sequence[float] = (0.1, 0.25, 0.5, 1.0), n_samples: int = 10000,
+                              n_select: int = 100, alpha: float = 0.001, queries: Any = None,
+                              normalize: bool = False, random_state: int = 0,
+                              batch_size: int = 1000) -> dict[str, Any]:
+    """Certified Recall@1 of the smoothed top-1 label: Cohen et al.'s certificate (ICML 2019) for
+    the classifier "label of the query's nearest gallery item", smoothed over the query.
+
+    The gallery (every row of ``X`` but the query's own) is embedded once by the model, clean;
+    only the query is noised. The smoothed decision is the label that the nearest gallery item
+    of ``f(x + sigma Z)`` most often has. Per query: ``n_select`` noisy copies pick the top label
+    ``c``; ``n_samples`` fresh copies count it, and ``p`` is the one-sided Clopper-Pearson lower
+    bound on its probability at level ``alpha``. If ``p > 1/2``, no l2 perturbation of norm below
+    ``sigma * Phi^-1(p)`` changes the smoothed decision (Cohen et al., Theorem 1), with
+    probability at least ``1 - alpha`` over the sampling (per query); otherwise the query
+    abstains (radius 0). Certified at radius r: the smoothed decision is the query's label and
+    its radius exceeds r.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    X : array or tensor of shape (n, ...), values in [0, 1]
+    y : array of shape (n,)
+    sigma : float
+    radii : float or sequence of float, default=(0.1, 0.25, 0.5, 1.0)
+    n_samples, n_select : int
+        Noisy copies per query for the bound and for choosing the label.
+    alpha : float, default=0.001
+    queries : array of int, default=None (every row)
+    normalize : bool, default=False
+        L2-normalise the model's output (the nearest item is the same either way for a model
+        whose output is unit-norm).
+    random_state, batch_size
+        As for :class:`SmoothedEmbedding`.
+
+    Returns
+    -------
+    dict
+        ``radius`` (per query; 0 where it abstains or the decision is wrong), ``decision``
+        (label code of the smoothed decision, -1 where it abstains), ``certified_recall_at_1``
+        (per radius), ``recall_at_1`` (the smoothed decision's, abstentions wrong), ``radii``,
+        ``sigma``, ``n_samples``, ``alpha``.
+    """
+    from scipy.stats import beta, norm
+
+    from .._validation import check_query_rows
+    from .training import embed
+
+    radii_list = [float(r) for r in check_eps(radii, name="radii")]
+    sigma = check_real(sigma, name="sigma", low=0.0, low_open=True)
+    n = check_positive_int(n_samples, name="n_samples")
+    n0 = check_positive_int(n_select, name="n_select")
+    a = check_real(alpha, name="alpha", low=0.0, low_open=True)
+    if not a < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if a ** (1.0 / n) <= 0.5:  # the bound after n hits of n
+        raise ValueError(f"n_samples={n} is too few for alpha={a:g}: even {n} hits of {n} give a lower bound "
+                         f"of at most 1/2, so no query can be certified")
+    batch_size = check_positive_int(batch_size, name="batch_size")
+    seed = check_nonnegative_int(random_state, name="random_state")
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    _check_module(model)
+    X = _inputs(model, X)
+    labels = check_labels(y, n_samples=len(X), name="y")
+    if len(X) < 2:
+        raise ValueError(f"X must have at least 2 rows (each query needs a gallery), got {len(X)}")
+    rows = check_query_rows(queries, len(X))
+    codes = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            gallery = embed(model, X, batch_size=batch_size).double()
+            if normalize:
+                gallery = torch.nn.functional.normalize(gallery, dim=1)
+            radius, decision = np.zeros(len(rows)), np.full(len(rows), -1)
+            for k, i in enumerate(rows.tolist()):
+                rng = np.random.default_rng([seed, i])
+                sel = _top1_labels(model, X[i], gallery, codes, i, sigma, n0, rng, batch_size, normalize)
+                c = int(sel.argmax())
+                hits = int(_top1_labels(model, X[i], gallery, codes, i, sigma, n, rng, batch_size, normalize)[c])
+                p_low = float(beta.ppf(a, hits, n - hits + 1)) if hits > 0 else 0.0
+                if p_low > 0.5:
+                    decision[k] = c
+                    if c == int(codes[i]):
+                        radius[k] = sigma * float(norm.ppf(p_low))
+    finally:
+        model.train(was)
+    right = decision == codes[rows].numpy()
+    return {"radius": radius, "decision": decision, "radii": radii_list,
+            "certified_recall_at_1": [float(((radius > r) & right).mean()) for r in radii_list],
+            "recall_at_1": float(right.mean()), "sigma": sigma, "n_samples": n, "alpha": a}
