@@ -42,8 +42,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_eps, check_labels, check_nonnegative_int, check_positive_int, check_real
-from .training import _check_module, _inputs
+from .._validation import (
+    check_eps,
+    check_labels,
+    check_model_output,
+    check_nonnegative_int,
+    check_positive_int,
+    check_real,
+)
+from .training import _check_module, _device_of, _inputs
 
 __all__ = ["SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval", "smoothed_lipschitz",
            "smoothed_top1_certificate"]
@@ -109,9 +116,7 @@ class SmoothedEmbedding:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"model must return a 2-D tensor of embeddings with one row per input, got {got}")
+        check_model_output(out, n_rows=x.shape[0])
         if self.normalize:
             return torch.nn.functional.normalize(out, dim=1)
         norms = out.detach().norm(dim=1)
@@ -123,8 +128,7 @@ class SmoothedEmbedding:
     def estimate(self, X: Any) -> torch.Tensor:
         """The estimates of ``g`` at the rows of ``X`` (values in [0, 1]), float64, on the CPU."""
         X = _inputs(self.model, X)
-        p = next(self.model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
+        device = _device_of(self.model)
         was = self.model.training
         self.model.eval()
         out = []
@@ -212,8 +216,7 @@ def _top1_labels(model, x: torch.Tensor, gallery: torch.Tensor, g_codes: torch.T
                  n: int, rng: np.random.Generator, batch_size: int, normalize: bool) -> torch.Tensor:
     """Counts, per label code, of the top-1 gallery item's label over ``n`` noisy copies of ``x``."""
     counts = torch.zeros(int(g_codes.max()) + 1, dtype=torch.long)
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
+    device = _device_of(model)
     left = n
     while left:
         b = min(left, batch_size)
