@@ -360,22 +360,40 @@ def check_query_rows(queries: Any, n: int, *, name: str = "queries") -> torch.Te
 # ------------------------------------------------------------ scalars and metric files (added for issue 16)
 
 
-def check_real(value: Any, *, name: str, low: float | None = None, low_open: bool = False) -> float:
-    """Return ``value`` as a finite float (``> low`` if ``low_open``, else ``>= low``) or raise.
+def check_real(value: Any, *, name: str, low: float | None = None, low_open: bool = False,
+               high: float | None = None, high_open: bool = False) -> float:
+    """Return ``value`` as a finite float within the given bounds or raise.
 
+    ``low`` / ``high`` bound it from below / above, inclusive unless ``low_open`` / ``high_open``.
     Booleans, strings and arrays are refused (``lr=True`` is a mistake, not 1.0).
     """
     from numbers import Real
 
-    bound = "" if low is None else f" {'>' if low_open else '>='} {low:g}"
+    if low is not None and high is not None:
+        bound = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        bound = f" {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        bound = f" {'<' if high_open else '<='} {high:g}"
+    else:
+        bound = ""
     if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
         value = value.item()  # a 0-d array or tensor holding one number (a bool is refused below)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a finite number{bound}, got {type(value).__name__} {value!r}")
     v = float(value)
-    if not np.isfinite(v) or (low is not None and (v <= low if low_open else v < low)):
+    below = low is not None and (v <= low if low_open else v < low)
+    above = high is not None and (v >= high if high_open else v > high)
+    if not np.isfinite(v) or below or above:
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return v
+
+
+def check_bool(value: Any, *, name: str) -> bool:
+    """Return ``value`` (a Python or numpy bool) as a bool or raise; 0, 1 and strings are refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_nonnegative_int(value: Any, *, name: str) -> int:

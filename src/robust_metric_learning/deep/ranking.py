@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .._validation import (
+    check_bool,
     check_eps,
     check_labels,
     check_model_output,
@@ -199,8 +200,7 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
         raise ValueError(f"attack must be None, an embedding attack object (e.g. PGD(), APGD()) or a non-empty "
                          f"list of them, got {attack!r}")
     n_targets = check_positive_int(n_targets, name="n_targets")
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    normalize = check_bool(normalize, name="normalize")
     random_state = check_nonnegative_int(random_state, name="random_state")
     net = _Normalized(model) if normalize else model
     gallery = embed(net, X, batch_size=batch_size).detach()

@@ -48,6 +48,7 @@ from .._validation import (
     check_model_output,
     check_nonnegative_int,
     check_positive_int,
+    check_bool,
     check_real,
 )
 from .training import _check_module, _device_of, _inputs
@@ -66,9 +67,7 @@ def monte_carlo_error(n_samples: int, alpha: float) -> float:
     0.0472
     """
     n = check_positive_int(n_samples, name="n_samples")
-    a = check_real(alpha, name="alpha", low=0.0, low_open=True)
-    if not a < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    a = check_real(alpha, name="alpha", low=0.0, low_open=True, high=1.0, high_open=True)
     return (1.0 + math.sqrt(2.0 * math.log(1.0 / a))) / math.sqrt(n)
 
 
@@ -105,9 +104,7 @@ class SmoothedEmbedding:
         self.n_samples = check_positive_int(n_samples, name="n_samples")
         self.batch_size = check_positive_int(batch_size, name="batch_size")
         self.random_state = check_nonnegative_int(random_state, name="random_state")
-        if not isinstance(normalize, (bool, np.bool_)):
-            raise ValueError(f"normalize must be True or False, got {normalize!r}")
-        self.normalize = bool(normalize)
+        self.normalize = check_bool(normalize, name="normalize")
 
     @property
     def lipschitz(self) -> float:
@@ -181,9 +178,7 @@ def smoothed_certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, sigm
         ``sigma``, ``n_samples``, ``alpha``.
     """
     radii_list = [float(r) for r in check_eps(radii, name="radii")]
-    a = check_real(alpha, name="alpha", low=0.0, low_open=True)
-    if not a < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    a = check_real(alpha, name="alpha", low=0.0, low_open=True, high=1.0, high_open=True)
     smoother = SmoothedEmbedding(model, sigma, n_samples=n_samples, batch_size=batch_size,
                                  random_state=random_state, normalize=normalize)
     X = _inputs(model, X)
@@ -284,16 +279,13 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     sigma = check_real(sigma, name="sigma", low=0.0, low_open=True)
     n = check_positive_int(n_samples, name="n_samples")
     n0 = check_positive_int(n_select, name="n_select")
-    a = check_real(alpha, name="alpha", low=0.0, low_open=True)
-    if not a < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    a = check_real(alpha, name="alpha", low=0.0, low_open=True, high=1.0, high_open=True)
     if a ** (1.0 / n) <= 0.5:  # the bound after n hits of n
         raise ValueError(f"n_samples={n} is too few for alpha={a:g}: even {n} hits of {n} give a lower bound "
                          f"of at most 1/2, so no query can be certified")
     batch_size = check_positive_int(batch_size, name="batch_size")
     seed = check_nonnegative_int(random_state, name="random_state")
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise ValueError(f"normalize must be True or False, got {normalize!r}")
+    normalize = check_bool(normalize, name="normalize")
     _check_module(model)
     X = _inputs(model, X)
     labels = check_labels(y, n_samples=len(X), name="y")

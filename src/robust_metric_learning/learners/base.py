@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._validation import Interval, check_scale, validate_params
+from .._validation import Interval, check_bool, check_scale, validate_params
 
 __all__ = ["MetricLearner", "PREPROCESSOR", "RANDOM_STATE", "as_generator"]
 
@@ -123,8 +123,7 @@ class MetricLearner(TransformerMixin, BaseEstimator):
         axis, as SciPy's distances take them). It keeps a copy of ``M``: refitting the learner
         does not change it."""
         check_is_fitted(self)
-        if not isinstance(squared, bool):
-            raise ValueError(f"squared must be True or False, got {squared!r}")
+        squared = check_bool(squared, name="squared")
         L = np.atleast_2d(np.array(self.components_, dtype=np.float64))
         d = L.shape[1]
 

@@ -18,6 +18,7 @@ import torch
 from ..._validation import (
     Interval,
     Options,
+    check_bool,
     check_unit_interval,
 )
 from .base import (
@@ -159,8 +160,7 @@ def perturb(model: Any, x: torch.Tensor, objective: Any, *, norm: str | Norm = "
     for name, v in (("steps", steps), ("restarts", restarts)):
         if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    if not isinstance(random_start, bool):
-        raise ValueError(f"random_start must be True or False, got {random_start!r}")
+    random_start = check_bool(random_start, name="random_start")
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     if keep == "last" and restarts != 1:

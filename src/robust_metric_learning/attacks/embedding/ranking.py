@@ -285,9 +285,7 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
         raise ValueError(f"kind must be one of {list(RANKING_KINDS)}, got {kind!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    near_fraction = check_real(near_fraction, name="near_fraction", low=0.0, low_open=True)
-    if near_fraction > 1:
-        raise ValueError(f"near_fraction must be a finite number in (0, 1], got {near_fraction!r}")
+    near_fraction = check_real(near_fraction, name="near_fraction", low=0.0, low_open=True, high=1.0)
     block = check_positive_int(block, name="block")
     q, g = _embeddings(queries, name="queries").double(), _embeddings(gallery, name="gallery").double()
     n_q, n_g = q.shape[0], g.shape[0]
