@@ -1,4 +1,4 @@
-"""A fitted K-NN's training geometry and the one K-NN predict (DESIGN §2, §4).
+"""A fitted K-NN's training geometry and the one K-NN predict.
 
 :class:`KNNGeometry` holds what every test point shares: the centred training points, their
 images under the metric, the class codes and the tie magnitudes. It is built once (by

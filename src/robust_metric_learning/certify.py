@@ -1,4 +1,11 @@
-"""Robustness radii of Mahalanobis K-NN classifiers (DESIGN §2-§3).
+"""Robustness radii of Mahalanobis K-NN classifiers.
+
+A test point's **radius** is 0 where the classifier is already wrong on it; otherwise the exact
+minimal l2 perturbation that changes its prediction (1-NN), a lower bound on it (certified,
+K-NN), or the norm of a perturbation an attack found (empirical; +inf where the attack failed).
+The **robust error** at ``eps`` is the fraction of points whose radius is at most ``eps`` (the
+clean error at ``eps = 0``): certified >= true >= empirical. The margin formula behind every
+radius lives in :mod:`robust_metric_learning.margin`.
 
 - :func:`exact_radius_1nn`: the exact minimal l2 perturbation that changes a 1-NN prediction.
   For each other-class training point ``x_j`` it is the projection of ``x`` onto the
@@ -9,8 +16,6 @@
   ``s-th smallest over negatives of (s-th largest over positives of [margin]_+)``,
   ``s = (K+1)//2``, computed exactly with pruning and per-class shared pair norms.
 - :func:`robust_error_curve`, :func:`plot_robust_error`.
-
-A radius is 0 where the classifier is already wrong on the point.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Mahalanobis distances and the margin formula (DESIGN §2).
+"""Mahalanobis distances and the margin formula.
 
 ``d_M(a, b) = (a - b)^T M (a - b)`` with ``M = L^T L``. For a point ``z``, a same-class
 point ``x+`` and an other-class point ``x-``, the l2 distance from ``z`` to the half-space of

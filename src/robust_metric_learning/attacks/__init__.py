@@ -1,4 +1,4 @@
-"""Attacks on Mahalanobis K-NN classifiers: empirical robustness radii (DESIGN §3-§5).
+"""Attacks on Mahalanobis K-NN classifiers: empirical robustness radii.
 
 Every attack is an object called like foolbox's::
 

@@ -1,4 +1,4 @@
-"""Retrieval metrics of embedding models: clean, adversarial and certified (DESIGN §3).
+"""Retrieval metrics of embedding models: clean, adversarial and certified .
 
 Clean metrics are pytorch-metric-learning's (Recall@1 = ``precision_at_1``, MAP@R, R-precision)
 computed from neighbour lists we build ourselves, so that a query is never its own neighbour
@@ -224,7 +224,7 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
     """Lower bound on each item's leave-one-out 1-NN radius in embedding space (l2, float64).
 
     ``min over other-class j of max over the n_positives nearest same-class p of
-    margin(z; g_p, g_j)`` (DESIGN §2 with M = I, a subset of the positives), clipped at 0:
+    margin(z; g_p, g_j)`` (the Mahalanobis margin with M = I, a subset of the positives), clipped at 0:
     0 when the query is already wrong at R@1, or has no other item of its class; inf when
     there is no item of another class. Each row uses its own positives, so the result does
     not depend on ``batch_size``.

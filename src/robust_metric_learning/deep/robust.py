@@ -76,7 +76,7 @@ class RobustTriplets(Defense):
         The member perturbed: positive pushed away from its anchors, negative pulled towards
         them, or anchor moved to close the gap (``d(a', p) - d(a', n)`` maximised). Against
         attacks on retrieval queries only the anchor role helps much: ``rml reproduce dml``'s
-        role ablation (README) measures it.
+        role ablation (the documentation's results page) measures it.
     norm : {"linf", "l2"}, default="linf"
 
     Notes

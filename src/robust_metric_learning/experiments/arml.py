@@ -80,7 +80,7 @@ _PUBLISHED: dict = {"n_train": None, "n_eval": 1000, "learners": {}, "fit_n_trai
 # MNIST and Fashion-MNIST (60000 x 784). Measured on 2 cores with 10000 training points: the
 # exact 1-NN radius, the K = 11 bound and the structural attack cost 0.1-1 s per point and
 # learner each, one ARML epoch 1.1 s, one LMNN iteration 4.4 s. With the settings below both
-# datasets run in well under an hour on 2 cores (see the README for the measured time).
+# datasets run in well under an hour on 2 cores (the results page of the documentation gives the measured time).
 _IMAGES: dict = {
     # training points every learner is fitted on and every test point is evaluated against
     "n_train": 5000,

@@ -6,7 +6,7 @@ For each dataset (MNIST, Fashion-MNIST; the bundled 8x8 ``digits`` when asked fo
 neither file set is present), each loss and each defence: an embedding net is trained on
 ``N_TRAIN`` images of classes 0-4 of the training part and evaluated by retrieval on
 ``N_EVAL`` images of the unseen classes 5-9 of the test part, every image a query against all
-the others (leave-one-out; DESIGN §3). Both subsets are drawn with the task's seed.
+the others (leave-one-out). Both subsets are drawn with the task's seed.
 
 * Model: :class:`~robust_metric_learning.deep.SmallCNN` (``MODEL``) for 28x28 images,
   :class:`~robust_metric_learning.deep.MLP` for ``digits``; L2-normalised embeddings.

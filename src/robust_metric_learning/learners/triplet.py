@@ -1,4 +1,5 @@
-"""Triplet learners on the shared optimisation loop, and the perturbation loss (DESIGN §2)."""
+"""Triplet learners on the shared optimisation loop, and the perturbation loss (the margin is
+:func:`robust_metric_learning.margin.margin`)."""
 
 from __future__ import annotations
 
@@ -174,7 +175,7 @@ class TripletLearner(MetricLearner):
     # -- the shared fit ------------------------------------------------------------------
 
     def _margins(self, param: torch.Tensor, X: torch.Tensor, trip) -> torch.Tensor:
-        """The margin of each triplet under the current metric (DESIGN §2)."""
+        """The margin of each triplet under the current metric."""
         a, p, n = trip
         return margin(X[a], X[p], X[n], self._metric(param))
 

@@ -1,4 +1,4 @@
-"""Attacks on embedding models (DESIGN §3): norms (threat models), objectives (what an attack
+"""Attacks on embedding models: norms (threat models), objectives (what an attack
 maximises), the attack base, PGD / FGSM / random search, APGD, and the evaluation ensembles."""
 
 from .apgd import APGD, apgd_checkpoints

@@ -1,4 +1,4 @@
-"""APGD: Auto-PGD (Croce & Hein 2020, the core of AutoAttack) on embedding models (DESIGN §3).
+"""APGD: Auto-PGD (Croce & Hein 2020, the core of AutoAttack) on embedding models.
 
 A PGD whose step adapts: momentum, step halving at checkpoints when progress stalls (and a
 restart from the best point), random restarts, per-sample early stop once the objective says the

@@ -1,4 +1,4 @@
-"""The base of attacks on embedding models (DESIGN §3, §5): :class:`EmbeddingAttack`, its result
+"""The base of attacks on embedding models: :class:`EmbeddingAttack`, its result
 type, and the helpers every attack and the functional PGD core share.
 
 Attack objects are shaped like foolbox's::
@@ -157,10 +157,11 @@ _COMMON_CONSTRAINTS = {
 
 
 class EmbeddingAttack:
-    """Base of the attacks on embedding models (foolbox-shaped). Subclasses write ``_run``.
+    """Base of the attacks on embedding models (foolbox-shaped). Subclasses write ``_run``;
+    every attack takes the parameters below.
 
-    Parameters common to all attacks
-    --------------------------------
+    Parameters
+    ----------
     norm : {"linf", "l2"} or Norm, default="linf"
         Threat model; eps is measured in this norm.
     batch_size : int, default=256

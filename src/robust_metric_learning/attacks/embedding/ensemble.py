@@ -1,4 +1,4 @@
-"""Ensembles of embedding attacks: the worst case over member attacks (DESIGN §3).
+"""Ensembles of embedding attacks: the worst case over member attacks.
 
 - :class:`EnsembleAttack`: a query counts as broken if any member breaks it; later members attack
   only the survivors (a subclass may focus a member on some of them).

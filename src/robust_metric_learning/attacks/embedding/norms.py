@@ -1,4 +1,4 @@
-"""Threat-model norms for attacks on embedding models (DESIGN §3, §7 lesson 6).
+"""Threat-model norms for attacks on embedding models.
 
 A norm object holds every norm-specific step of a gradient attack as a hook, so the attacks
 themselves never branch on ``p``:

@@ -1,4 +1,4 @@
-"""What an attack on an embedding model maximises (DESIGN §3).
+"""What an attack on an embedding model maximises.
 
 An objective is a small object called on the embeddings of the perturbed inputs of one batch
 and their row numbers ``index`` in the full input set the attack was called on::

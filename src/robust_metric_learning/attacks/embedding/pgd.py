@@ -1,4 +1,4 @@
-"""PGD, FGSM and a random-search baseline on embedding models (DESIGN §3).
+"""PGD, FGSM and a random-search baseline on embedding models.
 
 - :func:`perturb`, the functional PGD core, for robust training: it works on one batch, leaves
   the model's train/eval mode alone and never touches parameter ``.grad`` (gradients are taken

@@ -1,4 +1,4 @@
-"""Retrieval objectives: attacked queries against a clean gallery (DESIGN §3).
+"""Retrieval objectives: attacked queries against a clean gallery.
 
 - :class:`RetrievalObjective`: the margin, distance to the nearest same-class gallery item minus
   distance to the nearest other-class one; success = the 1-NN has another label.

@@ -1,4 +1,4 @@
-"""Attacks on Mahalanobis K-NN classifiers (empirical robustness radii, DESIGN §2).
+"""Attacks on Mahalanobis K-NN classifiers (empirical robustness radii).
 
 Minimisation attacks (:class:`MinimizationAttack`: the smallest l2 perturbation that flips the
 prediction, radii as results): :class:`ExactAttack` (1-NN, optimal), :class:`StructuralAttack`

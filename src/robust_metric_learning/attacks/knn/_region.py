@@ -1,5 +1,5 @@
 """One point's view of the training geometry and the structural attack's least-distance QP
-over a template's region (DESIGN §2).
+over a template's region.
 
 A template asks that every member be closer to ``x + delta`` than every rival outside the
 excused ones: linear constraints on ``delta``, so the smallest perturbation is a least-distance
@@ -116,7 +116,7 @@ class _Point:
 
     def half_space(self, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
         """``[distance from x to {z : z at least as close to x_p as to x_q}]_+`` (l2), all pairs:
-        minus the margin (DESIGN §2), clipped at 0."""
+        minus the margin, clipped at 0."""
         return np.clip(-margin_from_distances(self.d[P][:, None], self.d[Q][None, :],
                                               _pair_norms(self.target.geo, P, Q)), 0.0, None)
 

@@ -1,10 +1,10 @@
-"""The shape every K-NN attack shares (foolbox-like, DESIGN §5).
+"""The shape every K-NN attack shares (foolbox-like).
 
 An attack is an object called on a fitted :class:`~robust_metric_learning.MahalanobisKNN`,
 inputs and labels: ``raw, clipped, success, radii = attack(knn, X, y, eps=[...])``.
 The base ``__call__`` validates, runs the subclass's ``_run_chunk`` on the correctly classified
 points (in joblib chunks), re-checks every returned point with the classifier's own
-``predict``, and sweeps ``eps`` by clipping. Radii follow DESIGN §3: 0 where the classifier
+``predict``, and sweeps ``eps`` by clipping. Radii are 0 where the classifier
 is already wrong, the l2 norm of the verified perturbation, +inf where the attack failed.
 """
 
@@ -108,10 +108,11 @@ def _chunk_worker(attack: "KNNAttack", target: _Target, X: np.ndarray, codes: np
 
 
 class KNNAttack:
-    """Base of the K-NN attacks. Subclasses write ``_run_chunk`` (and ``_check_params``).
+    """Base of the K-NN attacks. Subclasses write ``_run_chunk`` (and ``_check_params``);
+    every attack takes the parameters below.
 
-    Parameters common to all attacks
-    --------------------------------
+    Parameters
+    ----------
     n_jobs : int, default=None
         joblib workers over chunks of points (any backend, Dask included).
     chunk_size : int, default=32

@@ -11,7 +11,7 @@ The schedule and defaults are foolbox 3's ``BoundaryAttack`` (the baseline of th
 experiments, which called ``BoundaryAttack()`` with its defaults: 25000 steps, spherical and
 source steps 0.01, adaptation factor 1.5, convergence at a source step of 1e-7, statistics
 every 10 steps over the last 100 spherical and 30 full proposals). Differences: float64, no
-box (DESIGN §3's threat model; the ARML code clipped to [0, 1]), an independent Gaussian
+box (the Mahalanobis threat model is unbounded l2; the ARML code clipped to [0, 1]), an independent Gaussian
 direction per point (foolbox 3 shares one per batch), points already misclassified are
 skipped (foolbox fails on them), and the start is the nearest adversarial training point
 (foolbox blends in uniform noise), seeded per chunk.

@@ -1,4 +1,4 @@
-"""The exact attack on a 1-NN classifier under a Mahalanobis metric (DESIGN §2).
+"""The exact attack on a 1-NN classifier under a Mahalanobis metric.
 
 :class:`ExactAttack` takes the exact minimal perturbation of
 :func:`~robust_metric_learning.certify.exact_radius_1nn` and pushes it a tiny step past the

@@ -1,4 +1,4 @@
-"""The structural attack on a Mahalanobis K-NN classifier, any K (DESIGN §2).
+"""The structural attack on a Mahalanobis K-NN classifier, any K.
 
 With ``s = K//2 + 1``, :class:`StructuralAttack` pulls ``s`` training points of one other class
 ``t`` into the neighbourhood (or, with three or more classes, fewer points of ``t`` plus a
