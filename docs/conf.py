@@ -79,3 +79,19 @@ html_show_sourcelink = False
 (HERE / "generated").mkdir(exist_ok=True)
 write_api_index(str(HERE / "api.rst"))
 write_results_page(str(HERE / "generated" / "results.rst"), str(HERE.parent / "benchmarks" / "results"))
+
+
+def _skip_foreign_members(app, what, name, obj, skip, options):
+    """Document only what the package defines: not scikit-learn's generated ``set_*_request``
+    methods, nor members inherited from torch or scikit-learn."""
+    if what != "class":
+        return None
+    target = obj.fget if isinstance(obj, property) else getattr(obj, "__func__", obj)
+    module = getattr(target, "__module__", None) or ""
+    if module and not module.startswith("robust_metric_learning"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_foreign_members)

@@ -268,3 +268,13 @@ def test_reproduce_checks_out_before_running(tmp_path, capsys, monkeypatch):
     blocker.write_text("x")
     assert main(["reproduce", "arml", "--out", str(blocker / "sub")]) == 2
     assert f"--out {blocker / 'sub'} cannot be written" in capsys.readouterr().err
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    import robust_metric_learning
+    from robust_metric_learning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"rml (robust-metric-learning) {robust_metric_learning.__version__}"

@@ -14,9 +14,11 @@ import numpy as np
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
     from .datasets import DATASET_NAMES
 
     p = argparse.ArgumentParser(prog="rml", description="Robust metric learning: certify K-NN classifiers, reproduce experiments.")
+    p.add_argument("--version", action="version", version=f"rml (robust-metric-learning) {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("certify", help="robustness radii and robust error of Mahalanobis K-NN")

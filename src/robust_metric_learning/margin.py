@@ -98,7 +98,7 @@ def margin(z: torch.Tensor, x_pos: torch.Tensor, x_neg: torch.Tensor, M: torch.T
     --------
     >>> import torch
     >>> margin(torch.zeros(1, 2), torch.tensor([[1., 0.]]), torch.tensor([[-3., 0.]]), torch.eye(2))
-    tensor([2.])
+    tensor([1.])
     """
     # d_M(z, x-) - d_M(z, x+) = (x+ - x-)^T M (2 z - x+ - x-): one product with M, not three
     Mu = (x_pos - x_neg) @ M
