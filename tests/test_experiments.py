@@ -384,3 +384,24 @@ def test_dml_runs_the_act_and_hm_rows(tmp_path, tiny_dml):
             assert all(n > 0 for n in p["n_adversarial"]) and 0 < p["clean"]["precision_at_1"] <= 1
     assert "AntiCollapseTriplets" in repr(tiny_dml.make_defense("act"))
     assert tiny_dml.make_defense("hm").margin == tiny_dml.HM_MARGIN
+
+
+@pytest.mark.parametrize("experiment, extra", [("dml", {}), ("robrank", {"profile": "cpu"})])
+def test_several_seeds_give_separate_result_rows(experiment, extra, tmp_path):
+    import importlib
+
+    mod = importlib.import_module(f"robust_metric_learning.experiments.{experiment}")
+    kw = dict(datasets=["mnist"], methods=["natural"], n_eval=None, shuffle_seed=None, n_jobs=None,
+              data_home=None, verbose=False, **extra)
+    one, _ = mod.plan(experiment, tmp_path, seeds=[0], **kw)
+    two, _ = mod.plan(experiment, tmp_path, seeds=[0, 1], **kw)
+    assert len({t.path for t in two}) == len(two) == 2 * len(one)  # no seed overwrites another
+    assert all(t.path[-1] == "natural" for t in one)  # one seed: the plain method name
+
+
+def test_dml_report_pairs_natural_and_ours_within_each_seed():
+    from robust_metric_learning.experiments.dml import _by_seed
+
+    rows = {"natural seed 0": 1, "ours seed 0": 2, "natural seed 1": 3, "ours seed 1": 4}
+    assert _by_seed(rows) == {" (seed 0)": {"natural": 1, "ours": 2}, " (seed 1)": {"natural": 3, "ours": 4}}
+    assert _by_seed({"natural": 1, "ours": 2}) == {"": {"natural": 1, "ours": 2}}

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .checks import check_certified_unbroken
-from .plugin import Task
+from .plugin import Task, row_label
 
 __all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "ALL_DEFENSES", "LOSSES", "EVAL_EPS", "protocol",
            "load_task_data", "run_task", "report", "eval_attack", "decay_pgd", "make_loss", "make_defense",
@@ -341,14 +341,15 @@ def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]],
                              + f"{_fmt(p['certified_recall_at_1'][0])} | {p['train_s']:.0f} |")
             lines.append("")
             i = EVAL_EPS.index(TRAIN_EPS)
-            nat = per_def.get("natural")
-            ours = per_def.get("ours")
-            if nat and ours:
+            for tag, rows in _by_seed(per_def).items():
+                nat, ours = rows.get("natural"), rows.get("ours")
+                if not (nat and ours):
+                    continue
                 a_nat, a_ours = nat["adv_recall_at_1"][i], ours["adv_recall_at_1"][i]
                 gain = f"{a_ours / a_nat:.1f}x" if a_nat > 0 else f"unbounded (natural {a_nat:.3f})"
-                others = {d: p["adv_recall_at_1"][i] for d, p in per_def.items() if d not in ("ours", "natural")}
+                others = {d: p["adv_recall_at_1"][i] for d, p in rows.items() if d not in ("ours", "natural")}
                 drop = nat["clean"]["precision_at_1"] - ours["clean"]["precision_at_1"]
-                lines.append(f"- at eps = {TRAIN_EPS}: ours / natural adversarial R@1 = {gain}; "
+                lines.append(f"- at eps = {TRAIN_EPS}{tag}: ours / natural adversarial R@1 = {gain}; "
                              + ", ".join(f"ours {'>' if ours['adv_recall_at_1'][i] > v else '<='} {d} ({v:.3f})"
                                          for d, v in others.items())
                              + f"; clean R@1 {-100 * drop:+.1f} points against natural")
@@ -385,6 +386,15 @@ def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]],
     return summary
 
 
+def _by_seed(per_def: dict) -> dict[str, dict]:
+    """Rows grouped by seed (``" seed s"`` suffix, or ``""`` for a one-seed run), keyed by defence."""
+    groups: dict[str, dict] = {}
+    for label, p in per_def.items():
+        d, sep, s = label.partition(" seed ")
+        groups.setdefault(f" (seed {s})" if sep else "", {})[d] = p
+    return groups
+
+
 def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed, n_jobs, data_home,
          verbose) -> tuple[list[Task], dict]:
     """Robust deep metric learning's tasks, one per (dataset, loss, defence, seed); training
@@ -418,7 +428,7 @@ def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed
                                 "protocol": proto}
                     ckpt = Path(out) / "checkpoints" / ("-".join(key) + ".pt")
                     tasks.append(Task(
-                        key, settings, (ds, loss, d), f"{ds} / {loss} / {d} / seed {seed}",
+                        key, settings, (ds, loss, row_label(d, seed, seeds)), f"{ds} / {loss} / {d} / seed {seed}",
                         lambda ds=ds, loss=loss, d=d, seed=seed, data=data, ckpt=ckpt: run_task(
                             ds, loss, d, seed, data.get(), checkpoint=ckpt),
                         lambda p: (f"train {p['train_s']:.0f} s, eval {p['eval_s']:.0f} s, R@1 "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-__all__ = ["Task"]
+__all__ = ["Task", "row_label"]
 
 
 class Task(NamedTuple):
@@ -29,3 +29,9 @@ class Task(NamedTuple):
     compute: Callable[[], dict]  #: the payload, computed
     describe: Callable[[dict], str]  #: a one-line summary of a fresh payload
     extra: Any = None
+
+
+def row_label(method: str, seed: int, seeds) -> str:
+    """A result row's name in a report: the method, with its seed when the run has several seeds
+    (so that no seed's result replaces another's under the same ``path``)."""
+    return method if len(seeds) == 1 else f"{method} seed {seed}"

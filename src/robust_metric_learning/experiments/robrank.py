@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .plugin import Task
+from .plugin import Task, row_label
 
 __all__ = ["DATASETS", "DEFENSES", "METHODS", "PROFILES", "PUBLISHED", "plan", "report", "run_task", "protocol"]
 
@@ -156,14 +156,15 @@ def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed
     proto = protocol()
     tasks = []
     for ds in dsets:
-        for seed in [0] if seeds is None else seeds:
+        seed_list = [0] if seeds is None else list(seeds)
+        for seed in seed_list:
             for d in [m for m in METHODS if m in (methods or DEFENSES)]:
                 key = (name, ds, d, profile, f"seed{seed}") + (() if n_eval is None else (f"n{n_eval}",))
                 settings = {"experiment": name, "dataset": ds, "defense": d, "profile": PROFILES[profile],
                             "seed": seed, "n_eval": n_eval, "protocol": proto}
                 ckpt = Path(out) / "checkpoints" / ("-".join(key) + ".pt")
                 tasks.append(Task(
-                    key, settings, (ds, profile, d), f"{ds} / {d} / {profile} / seed {seed}",
+                    key, settings, (ds, profile, row_label(d, seed, seed_list)), f"{ds} / {d} / {profile} / seed {seed}",
                     lambda ds=ds, d=d, seed=seed, ckpt=ckpt: run_task(ds, d, profile, seed, n_eval=n_eval,
                                                                       data_home=data_home, checkpoint=ckpt),
                     lambda r: (f"train {r['train_s']:.0f} s, suite {r['suite_s']:.0f} s, R@1 {r['recall_at_1']:.3f}, "
@@ -186,13 +187,16 @@ def report(name: str, out, results: dict, context: dict | None = None) -> dict[s
         for profile, per_def in per_profile.items():
             lines += [f"## {ds}, profile {profile} {PROFILES[profile]}", "", head,
                       "|---|---|---|" + "---|" * len(ERS_COLUMNS) + "---|---|---|"]
-            for d, r in per_def.items():
-                if ds == "fashion-mnist" and d in PUBLISHED:
+            shown = set()
+            for label, r in per_def.items():
+                d = label.partition(" seed ")[0]
+                if ds == "fashion-mnist" and d in PUBLISHED and d not in shown:
+                    shown.add(d)
                     pub = PUBLISHED[d]
                     ers = empirical_robustness_score(dict(zip(ERS_COLUMNS, pub[1:])))
                     lines.append(f"| {d} | RobRank (published) | {pub[0]:.3f} | " + " | ".join(f"{v:g}" for v in pub[1:])
                                  + f" | {ers:.1f} | | |")
-                lines.append(f"| {d} | ours | {r['recall_at_1']:.3f} | "
+                lines.append(f"| {label} | ours | {r['recall_at_1']:.3f} | "
                              + " | ".join(f"{r['adversarial'][c]:.3g}" for c in ERS_COLUMNS)
                              + f" | {r['ERS']:.1f} | {r['ensemble_recall_at_1']:.3f} | {r['train_s']:.0f} |")
             lines.append("")
