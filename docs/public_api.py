@@ -80,7 +80,7 @@ def write_api_index(path: str) -> None:
         own = [r for r in rows if r.module == m and r.canonical == f"{m}.{r.name}"]
         also = [r for r in rows if r.module == m and r.canonical != f"{m}.{r.name}"]
         title = f":mod:`{m}`"
-        lines += [title, "-" * len(title), "", f".. automodule:: {m}", "   :no-members:", "   :no-index:", ""]
+        lines += [title, "-" * len(title), "", f".. automodule:: {m}", "   :no-members:", ""]
         if own:
             lines += [f".. currentmodule:: {m}", "", ".. autosummary::", "   :toctree: generated/",
                       "   :template: public.rst", ""]
