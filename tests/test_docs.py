@@ -34,3 +34,10 @@ def test_the_scan_sees_the_docstrings_it_checks():  # the scan above would pass 
     assert "robust_metric_learning.certify.certified_radius_knn" in names
     assert "robust_metric_learning.neighbors.MahalanobisKNN.fit" in names
     assert len(names) > 300
+
+
+def test_train_embedding_lists_every_registered_defence():
+    from robust_metric_learning.deep import DEFENSES, train_embedding
+
+    missing = [name for name in DEFENSES if f'``"{name}"``' not in train_embedding.__doc__]
+    assert not missing, f"train_embedding's docstring omits {missing}"

@@ -163,8 +163,9 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     loss : pytorch-metric-learning loss, default=TripletMarginLoss(margin=0.2)
     miner : pytorch-metric-learning miner, default=None (every triplet of the batch)
     defense : str or Defense, default="natural"
-        ``"natural"``, ``"ours"``, ``"naive"``, ``"est"``, ``"act"``, ``"hm"`` (default
-        parameters) or a :mod:`~robust_metric_learning.deep.robust` object. A defence that
+        A name of :data:`~robust_metric_learning.deep.DEFENSES` (``"natural"``, ``"ours"``,
+        ``"naive"``, ``"est"``, ``"act"``, ``"hm"``, ``"noise"``; default parameters) or a
+        defence object (:func:`~robust_metric_learning.deep.get_defense`). A defence that
         keeps state between batches (HM's gradual target) is reset when training starts
         afresh, and its state is saved in the checkpoint and restored on resume.
     epochs : int, default=10
