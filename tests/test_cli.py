@@ -278,3 +278,14 @@ def test_version_flag_prints_the_package_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"rml (robust-metric-learning) {robust_metric_learning.__version__}"
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({"when": object()}, "metadata must hold JSON values only"),
+    ({"score": float("nan")}, "metadata must hold JSON values only"),
+    (["not", "a", "dict"], "metadata must be a dict of JSON values or None, got list"),
+])
+def test_save_metric_refuses_metadata_json_cannot_hold(tmp_path, metadata, message):
+    with pytest.raises(ValueError, match=message):
+        save_metric(tmp_path / "m.npz", np.eye(3), metadata=metadata)
+    assert not (tmp_path / "m.npz").exists()  # nothing half-written

@@ -234,8 +234,15 @@ def save_metric(path: str | os.PathLike[str], components: Any, *, metadata: dict
         raise ValueError(f"components must be a non-empty 2-D array (r, d), got shape {L.shape}")
     if not np.isfinite(L).all():
         raise ValueError("components contains NaN or infinity; all values must be finite")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict of JSON values or None, got {type(metadata).__name__}")
+    try:
+        text = json.dumps(metadata or {}, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must hold JSON values only (str, finite numbers, bool, None, lists, "
+                         f"dicts with str keys): {exc}") from None
     buf = io.BytesIO()
-    np.savez(buf, components=L, metadata=np.array(json.dumps(metadata or {}, sort_keys=True)))
+    np.savez(buf, components=L, metadata=np.array(text))
     return atomic_write_bytes(path, buf.getvalue())
 
 
