@@ -71,7 +71,7 @@ html_theme_options = {
     "footer_end": [],
     "secondary_sidebar_items": ["page-toc"],
 }
-html_sidebars = {"index": [], "getting_started": []}
+html_sidebars = {"index": [], "getting_started": [], "generated/results": [], "design": [], "changelog": []}
 html_show_sourcelink = False
 
 
