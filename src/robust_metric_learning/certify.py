@@ -3,8 +3,9 @@
 A test point's **radius** is 0 where the classifier is already wrong on it; otherwise the exact
 minimal l2 perturbation that changes its prediction (1-NN), a lower bound on it (certified,
 K-NN), or the norm of a perturbation an attack found (empirical; +inf where the attack failed).
-The **robust error** at ``eps`` is the fraction of points whose radius is at most ``eps`` (the
-clean error at ``eps = 0``): certified >= true >= empirical. The margin formula behind every
+The **robust error** at ``eps`` is the fraction of points whose radius is at most ``eps``: at
+``eps = 0`` the clean error (a certified bound can add correct points whose bound is 0), and
+certified >= true >= empirical at every ``eps``. The margin formula behind every
 radius lives in :mod:`robust_metric_learning.margin`.
 
 - :func:`exact_radius_1nn`: the exact minimal l2 perturbation that changes a 1-NN prediction.
