@@ -198,3 +198,38 @@ def test_top1_certificate_is_below_and_near_the_exact_radius_of_a_half_space_dec
         smoothed_top1_certificate(model, X, y, sigma=sigma, n_samples=5)
     with pytest.raises(ValueError, match="sigma"):
         smoothed_top1_certificate(model, X, y, sigma=0.0)
+
+
+class Identity2(torch.nn.Module):
+    """f(x) = x on 2-D inputs: the smoothed top-1 decision of two clusters is the side of their bisector."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2, bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.eye(2, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.lin(x.reshape(len(x), -1).to(torch.float64))
+
+
+def test_the_attack_never_beats_the_certificate_and_beats_the_decision_beyond_it():
+    from robust_metric_learning.deep import attack_smoothed_top1, smoothed_top1_certificate
+
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.1, 0.5], [0.9, 0.5]], dtype=torch.float64)
+    X = (centers.repeat_interleave(8, 0) + 0.02 * torch.randn(16, 2, generator=gen, dtype=torch.float64))
+    y = np.repeat([0, 1], 8)
+    model, sigma = Identity2(), 0.2
+    cert = smoothed_top1_certificate(model, X, y, sigma=sigma, n_samples=4000, alpha=1e-3)
+    assert (cert["radius"] > 0.25).all()  # each point is ~0.4 from the bisector x = 0.5
+    res = attack_smoothed_top1(model, X, y, cert, sigma=sigma, scales=[1.0, 2.5], steps=25, n_grad_samples=32,
+                               n_check=1000)
+    assert res["n_attacked"] == 16
+    assert res["scale_1"]["broken"] == 0  # sound: the decision holds within every certified radius
+    assert res["scale_1"]["p_attacked"] < res["scale_1"]["p_clean"]  # the attack did push towards the boundary
+    assert res["scale_2.5"]["broken"] == 16  # 2.5 radii cross the bisector: the attack finds it
+    with pytest.raises(ValueError, match="certificate must be the dict smoothed_top1_certificate returns"):
+        attack_smoothed_top1(model, X, y, {"radius": cert["radius"]}, sigma=sigma)
+    with pytest.raises(ValueError, match="certificate does not fit X"):
+        attack_smoothed_top1(model, X[:4], y[:4], cert, sigma=sigma)

@@ -25,6 +25,7 @@ from .robust import (
 from .ranking import ERS_COLUMNS, RANKING_ATTACKS, empirical_robustness_score, ranking_robustness
 from .sampler import BalancedBatchSampler, PairBatchSampler
 from .smoothing import SmoothedEmbedding, monte_carlo_error, smoothed_certified_retrieval, smoothed_top1_certificate
+from .smoothing_attack import attack_smoothed_top1
 from .training import TrainHistory, embed, hyperparameters, train_embedding
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "PairedRandomTripletMiner", "PairedSoftHardTripletMiner",
     "ranking_robustness", "empirical_robustness_score", "RANKING_ATTACKS", "ERS_COLUMNS",
     "SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval", "smoothed_top1_certificate",
+    "attack_smoothed_top1",
     "Natural", "RobustTriplets", "NaiveAdversarial", "EmbeddingShiftTriplets", "AntiCollapseTriplets",
     "HardnessManipulation", "GaussianAugmentation", "DEFENSES", "get_defense",
     "TrainHistory", "train_embedding", "embed", "hyperparameters", "load_checkpoint", "CheckpointError",

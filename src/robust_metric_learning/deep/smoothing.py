@@ -265,7 +265,8 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     Returns
     -------
     dict
-        ``radius`` (per query; 0 where it abstains or the decision is wrong), ``decision``
+        ``queries`` (the rows certified), ``radius`` (per query; 0 where it abstains or the
+        decision is wrong), ``decision``
         (label code of the smoothed decision, -1 where it abstains), ``certified_recall_at_1``
         (per radius), ``recall_at_1`` (the smoothed decision's, abstentions wrong), ``radii``,
         ``sigma``, ``n_samples``, ``alpha``.
@@ -314,6 +315,6 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     finally:
         model.train(was)
     right = decision == codes[rows].numpy()
-    return {"radius": radius, "decision": decision, "radii": radii_list,
+    return {"queries": rows.numpy(), "radius": radius, "decision": decision, "radii": radii_list,
             "certified_recall_at_1": [float(((radius > r) & right).mean()) for r in radii_list],
             "recall_at_1": float(right.mean()), "sigma": sigma, "n_samples": n, "alpha": a}
