@@ -743,10 +743,18 @@ def smoothing(page: Page, res: Results) -> None:
                      rate(e["smoothed_recall_at_1"]),
                      ", ".join(f"{num(r)}: {rate(v)}" for r, v in zip(e["radii"], e["certified_recall_at_1"])),
                      ", ".join(f"{num(r)}: {rate(v)}" for r, v in zip(e["radii"], e["lipschitz_certified_recall_at_1"])),
-                     secs(e.get("train_s")), secs(e.get("certify_s_per_query"))])
+                     secs(e.get("train_s")), secs(e.get("certify_s_per_query")), _attack_cell(e.get("attack"))])
     page.table("Randomized smoothing: certified Recall@1",
                ["dataset", "σ", "queries", "samples", "α", "smoothed R@1", "certified R@1 (smoothing), radius: value",
-                "certified R@1 (Lipschitz), radius: value", "training s", "certification s / query"], rows)
+                "certified R@1 (Lipschitz), radius: value", "training s", "certification s / query",
+                "soundness attack: queries, broken at 1x / 2x radius"], rows)
+
+
+def _attack_cell(a) -> str:
+    """The soundness attack's counts, or a dash where the entry has none (older runs)."""
+    if not isinstance(a, dict):
+        return "—"
+    return f"{a['n_attacked']}: {a['scale_1']['broken']} / {a['scale_2']['broken']}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -405,3 +405,29 @@ def test_dml_report_pairs_natural_and_ours_within_each_seed():
     rows = {"natural seed 0": 1, "ours seed 0": 2, "natural seed 1": 3, "ours seed 1": 4}
     assert _by_seed(rows) == {" (seed 0)": {"natural": 1, "ours": 2}, " (seed 1)": {"natural": 3, "ours": 4}}
     assert _by_seed({"natural": 1, "ours": 2}) == {"": {"natural": 1, "ours": 2}}
+
+
+def test_smoothing_plugin_certifies_attacks_caches_and_reports(tmp_path, monkeypatch, tiny_dml):
+    from robust_metric_learning.experiments import smoothing
+
+    monkeypatch.setattr(smoothing, "N_SAMPLES", 400)
+    monkeypatch.setattr(smoothing, "N_SELECT", 20)
+    monkeypatch.setattr(smoothing, "ALPHA", 0.01)
+    monkeypatch.setattr(smoothing, "N_ATTACK", 4)
+    monkeypatch.setattr(smoothing, "ATTACK", {"scales": (1.0, 2.0), "steps": 5, "n_grad_samples": 8, "n_check": 200})
+    kw = dict(datasets=["digits"], methods=["sigma0.25"], n_eval=30, verbose=False)
+    summary = reproduce("smoothing", tmp_path, **kw)
+    p = summary["results"]["digits"]["sigma0.25"]
+    assert p["n_queries"] == 30 and p["sigma"] == 0.25 and p["radii"] == list(smoothing.RADII)
+    cert = p["certified_recall_at_1"]
+    assert all(0 <= v <= p["smoothed_recall_at_1"] + 1e-12 for v in cert) and cert == sorted(cert, reverse=True)
+    assert p["attack"]["scale_1"]["broken"] == 0 and p["attack"]["n_attacked"] == 4  # some queries certified
+    assert p["attack"]["scale_2"]["p_attacked"] < p["attack"]["scale_2"]["p_clean"]  # and pushed at 2x
+    report = (tmp_path / "report.md").read_text()
+    assert "| sigma0.25 |" in report and (tmp_path / "digits_certified_recall.png").exists()
+    monkeypatch.setattr(smoothing, "run_task", lambda *a, **k: pytest.fail("recomputed a cached task"))
+    assert reproduce("smoothing", tmp_path, **kw)["results"] == summary["results"]
+    with pytest.raises(ValueError, match="methods must be among"):
+        reproduce("smoothing", tmp_path, methods=["sigma1"])
+    with pytest.raises(ValueError, match="n_eval must be an integer >= 1"):
+        reproduce("smoothing", tmp_path, n_eval=0)

@@ -37,10 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("reproduce", help="rerun a published experiment (cached, resumable)")
-    r.add_argument("name", choices=["arml", "lmnn-pl", "dml", "robrank"],
+    r.add_argument("name", choices=["arml", "lmnn-pl", "dml", "robrank", "smoothing"],
                    help="arml: the ARML experiments; lmnn-pl: the perturbation-loss protocol (LMNN vs LMNN-PL); "
                         "dml: robust deep metric learning (natural, naive, EST, ours) on MNIST/Fashion-MNIST; "
-                        "robrank: RobRank's ranking-attack protocol (natural, EST, ACT; HM on request)")
+                        "robrank: RobRank's ranking-attack protocol (natural, EST, ACT; HM on request); "
+                        "smoothing: certified retrieval by randomized smoothing (noise-trained nets, sigma 0.12, "
+                        "0.25, 0.5)")
     r.add_argument("--datasets", nargs="+", default=None, choices=DATASET_NAMES,
                    help="default: arml, every Mahalanobis dataset whose files are present (digits always); "
                         "lmnn-pl, wine, breast_cancer, iris and splice if present; dml, mnist and fashion-mnist "
@@ -49,11 +51,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: all of the experiment's methods (dml: the defences natural naive est ours; "
                         "on request: ours-sn, a spectrally normalised model; ours-positive, ours-negative, ours "
                         "perturbing that role instead of the anchor; act, hm, the anti-collapse and hardness-manipulation "
-                        "defences; robrank: natural est act, hm on request)")
+                        "defences; robrank: natural est act, hm on request; smoothing: sigma0.12 sigma0.25 sigma0.5)")
     r.add_argument("--seeds", type=int, nargs="+", default=None,
-                   help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19)")
+                   help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19); dml, "
+                        "robrank, smoothing: training and data seeds (default: 0)")
     r.add_argument("--n-eval", type=int, default=None, help="arml and robrank: test points evaluated (default: each dataset's, 1000 unless "
-                        "experiments/arml.py states otherwise)")
+                        "experiments/arml.py states otherwise); smoothing: queries certified (default: all)")
     r.add_argument("--n-jobs", type=int, default=None, help="joblib workers")
     r.add_argument("--profile", default=None,
                    help="robrank only: full, cpu (default), cpu+images, cpu+epochs, cpu+steps (training budget)")

@@ -1,5 +1,6 @@
 """Run a published experiment task by task, caching each finished task (one generic loop over the
-experiment plugins of :mod:`.plugin`: :mod:`.arml`, :mod:`.lmnn_pl`, :mod:`.dml`, :mod:`.robrank`)."""
+experiment plugins of :mod:`.plugin`: :mod:`.arml`, :mod:`.lmnn_pl`, :mod:`.dml`, :mod:`.robrank`,
+:mod:`.smoothing`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .cache import ResultCache, fingerprint
 __all__ = ["reproduce", "EXPERIMENTS"]
 
 #: experiment name -> its plugin module
-EXPERIMENTS = {"arml": "arml", "lmnn-pl": "lmnn_pl", "dml": "dml", "robrank": "robrank"}
+EXPERIMENTS = {"arml": "arml", "lmnn-pl": "lmnn_pl", "dml": "dml", "robrank": "robrank", "smoothing": "smoothing"}
 
 
 def _cached(cache: ResultCache, key: tuple, settings: dict, compute: Callable[[], dict], verbose: bool, label: str,
@@ -49,6 +50,8 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
     only the tasks not yet finished; a corrupt or partial cache entry is detected (checksum) and
     recomputed. ``"robrank"``: one task per (dataset, defence, seed) of RobRank's ranking-attack
     protocol under ``profile`` (see :mod:`.robrank`; the only experiment that takes one).
+    ``"smoothing"``: one task per (dataset, sigma, seed): certified retrieval by randomized
+    smoothing (see :mod:`.smoothing`); ``n_eval`` limits the queries certified.
     """
     if name not in EXPERIMENTS:
         raise ValueError(f"experiment must be one of {list(EXPERIMENTS)}, got {name!r}")
