@@ -747,14 +747,15 @@ def smoothing(page: Page, res: Results) -> None:
     page.table("Randomized smoothing: certified Recall@1",
                ["dataset", "σ", "queries", "samples", "α", "smoothed R@1", "certified R@1 (smoothing), radius: value",
                 "certified R@1 (Lipschitz), radius: value", "training s", "certification s / query",
-                "soundness attack: queries, broken at 1x / 2x radius"], rows)
+                "soundness attack: queries, broken at each multiple of the radius"], rows)
 
 
 def _attack_cell(a) -> str:
-    """The soundness attack's counts, or a dash where the entry has none (older runs)."""
-    if not isinstance(a, dict):
-        return "—"
-    return f"{a['n_attacked']}: {a['scale_1']['broken']} / {a['scale_2']['broken']}"
+    """The soundness attack's counts (as ``rml reproduce smoothing`` reports them), or a dash where
+    the entry has none (older runs)."""
+    from robust_metric_learning.experiments.smoothing import attack_summary
+
+    return attack_summary(a) if isinstance(a, dict) else "—"
 
 
 # ---------------------------------------------------------------------------------------------

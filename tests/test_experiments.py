@@ -425,8 +425,16 @@ def test_smoothing_plugin_certifies_attacks_caches_and_reports(tmp_path, monkeyp
     assert p["attack"]["scale_2"]["p_attacked"] < p["attack"]["scale_2"]["p_clean"]  # and pushed at 2x
     report = (tmp_path / "report.md").read_text()
     assert "| sigma0.25 |" in report and (tmp_path / "digits_certified_recall.png").exists()
+    real = smoothing.run_task
     monkeypatch.setattr(smoothing, "run_task", lambda *a, **k: pytest.fail("recomputed a cached task"))
     assert reproduce("smoothing", tmp_path, **kw)["results"] == summary["results"]
+    assert "| sigma0.25 | 400, 0.01 |" in report and "(1x) /" in report
+    # the checkpoint does not depend on n_eval: another n_eval certifies again without training again
+    assert [c.name for c in (tmp_path / "checkpoints").iterdir()] == ["smoothing-digits-sigma0.25-seed0.pt"]
+    monkeypatch.setattr(smoothing, "run_task", real)
+    monkeypatch.setattr(smoothing, "N_ATTACK", 0)  # no attack: the report says so
+    other = reproduce("smoothing", tmp_path / "none", **{**kw, "n_eval": 20})["results"]["digits"]["sigma0.25"]
+    assert other["attack"] is None and "| - |" in (tmp_path / "none" / "report.md").read_text()
     with pytest.raises(ValueError, match="methods must be among"):
         reproduce("smoothing", tmp_path, methods=["sigma1"])
     with pytest.raises(ValueError, match="n_eval must be an integer >= 1"):

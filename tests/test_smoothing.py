@@ -223,13 +223,39 @@ def test_the_attack_never_beats_the_certificate_and_beats_the_decision_beyond_it
     model, sigma = Identity2(), 0.2
     cert = smoothed_top1_certificate(model, X, y, sigma=sigma, n_samples=4000, alpha=1e-3)
     assert (cert["radius"] > 0.25).all()  # each point is ~0.4 from the bisector x = 0.5
-    res = attack_smoothed_top1(model, X, y, cert, sigma=sigma, scales=[1.0, 2.5], steps=25, n_grad_samples=32,
-                               n_check=1000)
+    res = attack_smoothed_top1(model, X, y, cert, scales=[1.0, 1.5], steps=25, n_grad_samples=32, n_check=1000)
     assert res["n_attacked"] == 16
     assert res["scale_1"]["broken"] == 0  # sound: the decision holds within every certified radius
     assert res["scale_1"]["p_attacked"] < res["scale_1"]["p_clean"]  # the attack did push towards the boundary
-    assert res["scale_2.5"]["broken"] == 16  # 2.5 radii cross the bisector: the attack finds it
-    with pytest.raises(ValueError, match="certificate must be the dict smoothed_top1_certificate returns"):
-        attack_smoothed_top1(model, X, y, {"radius": cert["radius"]}, sigma=sigma)
-    with pytest.raises(ValueError, match="certificate does not fit X"):
-        attack_smoothed_top1(model, X[:4], y[:4], cert, sigma=sigma)
+    assert res["scale_1.5"]["broken"] == 16  # 1.5 radii cross the bisector: the attack finds every one
+    # a certificate that overstates its radii 1.5x is caught at scale 1
+    inflated = {**cert, "radius": 1.5 * cert["radius"]}
+    assert attack_smoothed_top1(model, X, y, inflated, scales=[1.0], steps=25, n_grad_samples=32,
+                                n_check=1000)["scale_1"]["broken"] == 16
+
+
+def test_the_attack_refuses_what_does_not_fit_its_certificate():
+    from robust_metric_learning.deep import attack_smoothed_top1, smoothed_top1_certificate
+
+    X = torch.tensor([[0.1, 0.5], [0.12, 0.5], [0.9, 0.5], [0.88, 0.5]], dtype=torch.float64)
+    y = np.array([0, 0, 1, 1])
+    model = Identity2()
+    cert = smoothed_top1_certificate(model, X, y, sigma=0.2, n_samples=2000, alpha=1e-3)
+    assert (cert["radius"] > 0).all()
+    kw = dict(scales=[1.0], steps=2, n_grad_samples=4, n_check=200)
+    cases = [
+        (dict(certificate={"radius": cert["radius"]}), "certificate must be the dict smoothed_top1_certificate"),
+        (dict(X=X[:2], y=y[:2]), "certificate does not fit X"),
+        (dict(y=1 - y), "certificate does not fit y: 4 queries with a positive radius have a decision"),
+        (dict(certificate={**cert, "radius": np.full(4, np.inf)}), "radii that are NaN or infinite"),
+        (dict(sigma=0.05), "sigma=0.05 differs from the certificate's 0.2"),
+        (dict(normalize=True), "normalize=True differs from the certificate's False"),
+        (dict(scales=[2.0, 2.0]), "scales must be distinct positive numbers"),
+        (dict(n_check=9), "n_check=9 is too few for alpha=0.001"),
+    ]
+    for change, message in cases:
+        args = {"X": X, "y": y, "certificate": cert, **kw, **change}
+        with pytest.raises(ValueError, match=message):
+            attack_smoothed_top1(model, args.pop("X"), args.pop("y"), args.pop("certificate"), **args)
+    big = attack_smoothed_top1(model, X, y, cert, random_state=2**60, **kw)  # any seed the certificate takes
+    assert big["n_attacked"] == 4

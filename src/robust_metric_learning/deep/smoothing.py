@@ -269,7 +269,7 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
         decision is wrong), ``decision``
         (label code of the smoothed decision, -1 where it abstains), ``certified_recall_at_1``
         (per radius), ``recall_at_1`` (the smoothed decision's, abstentions wrong), ``radii``,
-        ``sigma``, ``n_samples``, ``alpha``.
+        ``sigma``, ``normalize``, ``n_samples``, ``alpha``.
     """
     from scipy.stats import beta, norm
 
@@ -317,4 +317,4 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     right = decision == codes[rows].numpy()
     return {"queries": rows.numpy(), "radius": radius, "decision": decision, "radii": radii_list,
             "certified_recall_at_1": [float(((radius > r) & right).mean()) for r in radii_list],
-            "recall_at_1": float(right.mean()), "sigma": sigma, "n_samples": n, "alpha": a}
+            "recall_at_1": float(right.mean()), "sigma": sigma, "normalize": normalize, "n_samples": n, "alpha": a}

@@ -61,22 +61,24 @@ def _temperature(model, x, gallery, g_codes, own, label, sigma, m, gen, normaliz
     return max(float(gap.median()) / 4.0 if len(gap) else 1.0, 1e-6)
 
 
-def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: dict, *, sigma: float,
+def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: dict, *, sigma: float | None = None,
                          scales: float | Sequence[float] = (1.0, 2.0, 4.0), steps: int = 100,
                          n_grad_samples: int = 64, n_check: int = 2000, alpha: float = 0.001,
-                         max_queries: int | None = None, normalize: bool = False, random_state: int = 0,
+                         max_queries: int | None = None, normalize: bool | None = None, random_state: int = 0,
                          batch_size: int = 1000) -> dict[str, Any]:
     """Attack the certified queries of a smoothed top-1 certificate within ``scale`` x their radii.
 
     Parameters
     ----------
-    model, X, y, sigma, normalize, batch_size
+    model, X, y, batch_size
         As given to :func:`~robust_metric_learning.deep.smoothed_top1_certificate`.
     certificate : dict
-        Its result (``queries``, ``radius``, ``decision``); the queries with a positive radius
-        (certified and right) are attacked.
+        Its result (``queries``, ``radius``, ``decision``, ``sigma``, ``normalize``); the queries
+        with a positive radius (certified and right) are attacked.
+    sigma, normalize : default=None
+        The certificate's (given values must agree with it).
     scales : float or sequence of float, default=(1.0, 2.0, 4.0)
-        Budgets as multiples of each query's radius; 1 is the soundness check.
+        Distinct budgets as multiples of each query's radius; 1 is the soundness check.
     steps : int, default=100
         Gradient steps (step ``2.5 * budget / steps``, normalised l2 gradient).
     n_grad_samples : int, default=64
@@ -98,18 +100,28 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     """
     from scipy.stats import beta
 
-    sigma = check_real(sigma, name="sigma", low=0.0, low_open=True)
+    needed = {"queries", "radius", "decision", "sigma", "normalize"}
+    if not isinstance(certificate, dict) or not needed <= set(certificate):
+        raise ValueError("certificate must be the dict smoothed_top1_certificate returns (with "
+                         f"{sorted(needed)}), got {type(certificate).__name__}")
+    for name, given in (("sigma", sigma), ("normalize", normalize)):
+        if given is not None and given != certificate[name]:
+            raise ValueError(f"{name}={given!r} differs from the certificate's {certificate[name]!r}: the attack "
+                             "must target the smoothed decision that was certified")
+    sigma = check_real(certificate["sigma"], name="sigma", low=0.0, low_open=True)
+    normalize = check_bool(certificate["normalize"], name="normalize")
     scale_list = [float(s) for s in check_eps(scales, name="scales")]
+    if len({f"{s:g}" for s in scale_list}) != len(scale_list) or min(scale_list) <= 0:
+        raise ValueError(f"scales must be distinct positive numbers, got {scales!r}")
     steps = check_positive_int(steps, name="steps")
     m = check_positive_int(n_grad_samples, name="n_grad_samples")
     n_check = check_positive_int(n_check, name="n_check")
     a = check_real(alpha, name="alpha", low=0.0, low_open=True, high=1.0, high_open=True)
-    normalize = check_bool(normalize, name="normalize")
+    if 0.5 ** n_check > a:  # even 0 hits of n_check give an upper bound of at least 1/2
+        raise ValueError(f"n_check={n_check} is too few for alpha={a:g}: no estimate could show the decision "
+                         "changed (it needs 0.5 ** n_check <= alpha)")
     seed = check_nonnegative_int(random_state, name="random_state")
     batch_size = check_positive_int(batch_size, name="batch_size")
-    if not isinstance(certificate, dict) or not {"queries", "radius", "decision"} <= set(certificate):
-        raise ValueError("certificate must be the dict smoothed_top1_certificate returns (with 'queries', "
-                         f"'radius' and 'decision'), got {type(certificate).__name__}")
     _check_module(model)
     X = _inputs(model, X)
     labels = check_labels(y, n_samples=len(X), name="y")
@@ -120,10 +132,16 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
             rows.min() < 0 or rows.max() >= len(X))):
         raise ValueError(f"certificate does not fit X: {len(rows)} queries, {len(radius)} radii, "
                          f"{len(decision)} decisions, for {len(X)} rows")
+    codes = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1))
+    if np.isnan(radius).any() or np.isinf(radius).any():
+        raise ValueError("certificate has radii that are NaN or infinite")
     chosen = np.flatnonzero(radius > 0)
+    wrong = chosen[decision[chosen] != codes.numpy()[rows[chosen]]]
+    if len(wrong):
+        raise ValueError(f"certificate does not fit y: {len(wrong)} queries with a positive radius have a decision "
+                         f"other than their label code (first: query row {int(rows[wrong[0]])})")
     if max_queries is not None:
         chosen = chosen[:check_positive_int(max_queries, name="max_queries")]
-    codes = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1))
     out = {s: {"broken": 0, "flipped": 0, "p_clean": [], "p_attacked": []} for s in scale_list}
     was = model.training
     model.eval()
@@ -135,12 +153,14 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
         for k in chosen.tolist():
             i, c, r = int(rows[k]), int(decision[k]), float(radius[k])
             x = X[i]
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
-            rng = np.random.default_rng([seed, i, 1])
+            gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
             T = _temperature(model, x, gallery, codes, i, c, sigma, m, gen, normalize)
             with torch.no_grad():
-                p0 = float(_top1_labels(model, x, gallery, codes, i, sigma, n_check, rng, batch_size, normalize)[c])
-            for s in scale_list:
+                p0 = float(_top1_labels(model, x, gallery, codes, i, sigma, n_check, np.random.default_rng([seed, i, 0]),
+                                        batch_size, normalize)[c])
+            for j, s in enumerate(scale_list):  # each scale its own streams: results do not depend on the others
+                gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i, j + 1]).generate_state(1)[0]))
+                rng = np.random.default_rng([seed, i, j + 1])
                 budget = s * r
                 delta = torch.zeros_like(x)
                 for _ in range(steps):

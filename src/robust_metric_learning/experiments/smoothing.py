@@ -27,7 +27,7 @@ import numpy as np
 
 from .plugin import Task, row_label
 
-__all__ = ["METHODS", "SIGMAS", "RADII", "plan", "report", "run_task", "protocol"]
+__all__ = ["METHODS", "SIGMAS", "RADII", "attack_summary", "plan", "report", "run_task", "protocol"]
 
 SIGMAS = {"sigma0.12": 0.12, "sigma0.25": 0.25, "sigma0.5": 0.5}
 METHODS = tuple(SIGMAS)
@@ -40,11 +40,23 @@ ATTACK = {"scales": (1.0, 2.0), "steps": 100, "n_grad_samples": 64, "n_check": 2
 
 
 def protocol() -> dict[str, Any]:
-    """Every setting a cached result depends on, besides the task's own (its fingerprint covers this)."""
+    """Every setting a cached result depends on, besides the task's own (its fingerprint covers this):
+    the parts of the dml protocol this one uses, and its own."""
+    from ..deep import hyperparameters
     from . import dml
 
-    return {"dml": dml.protocol(), "radii": RADII, "n_samples": N_SAMPLES, "n_select": N_SELECT, "alpha": ALPHA,
-            "n_attack": N_ATTACK, "attack": ATTACK}
+    return {"train_classes": dml.TRAIN_CLASSES, "n_train": dml.N_TRAIN, "n_eval": dml.N_EVAL, "model": dml.MODEL,
+            "train": dml.TRAIN, "loss": [hyperparameters(x) for x in dml.make_loss("triplet")],
+            "sigmas": SIGMAS, "radii": RADII, "n_samples": N_SAMPLES, "n_select": N_SELECT, "alpha": ALPHA,
+            "n_attack": N_ATTACK, "attack": ATTACK,
+            "attack_rules": ["soft decision: softmax of -d^2/T, T = median distance gap / 4", "step 2.5 budget / steps",
+                             "break: Clopper-Pearson upper bound < 1/2 at alpha / n_attack"]}
+
+
+def _augmentation(sigma: float):
+    from ..deep import GaussianAugmentation
+
+    return GaussianAugmentation(sigma=sigma)
 
 
 def run_task(dataset: str, method: str, seed: int, data, *, n_eval: int | None = None, checkpoint=None,
@@ -52,7 +64,6 @@ def run_task(dataset: str, method: str, seed: int, data, *, n_eval: int | None =
     """Train one noise-augmented model, certify its smoothed retrieval, attack the certificate
     (``n_samples`` and ``n_attack`` default to ``N_SAMPLES`` and ``N_ATTACK``; 0 attacks none)."""
     from ..deep import (
-        GaussianAugmentation,
         attack_smoothed_top1,
         certified_retrieval,
         embed,
@@ -69,19 +80,21 @@ def run_task(dataset: str, method: str, seed: int, data, *, n_eval: int | None =
     loss_fn, miner = dml.make_loss("triplet")
     model = dml.make_model(dataset, seed)
     t0 = time.perf_counter()
-    hist = train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=GaussianAugmentation(sigma=sigma),
+    hist = train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=_augmentation(sigma),
                            seed=seed, checkpoint=checkpoint, resume="compatible", **dml.TRAIN)
     train_s = time.perf_counter() - t0
-    emb = embed(model, X_ev)
-    clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)))
     queries = np.arange(len(y_ev) if n_eval is None else min(n_eval, len(y_ev)))
+    emb = embed(model, X_ev)
+    clean = retrieval_metrics(emb[queries], y_ev[queries], emb, y_ev, self_index=queries)
     t0 = time.perf_counter()
     cert = smoothed_top1_certificate(model, X_ev, y_ev, sigma=sigma, radii=RADII, n_samples=n_samples,
                                      n_select=N_SELECT, alpha=ALPHA, queries=queries, random_state=seed)
     certify_s = time.perf_counter() - t0
     lip = certified_retrieval(model, X_ev, y_ev, eps=list(RADII), norm="l2")
     t0 = time.perf_counter()
-    attack = attack_smoothed_top1(model, X_ev, y_ev, cert, sigma=sigma, max_queries=n_attack, alpha=ALPHA,
+    # a break must be significant at ALPHA / n_attack: the check stops the run, so false alarms are
+    # bounded over all the queries attacked, not per query
+    attack = attack_smoothed_top1(model, X_ev, y_ev, cert, max_queries=n_attack, alpha=ALPHA / n_attack,
                                   random_state=seed, **ATTACK) if n_attack else None
     attack_s = time.perf_counter() - t0
     if attack and attack["scale_1"]["broken"]:
@@ -100,6 +113,14 @@ def run_task(dataset: str, method: str, seed: int, data, *, n_eval: int | None =
             "attack": attack, "attack_s": attack_s}
 
 
+def attack_summary(attack: dict | None) -> str:
+    """``"200: 0 (1x) / 37 (2x)"``: queries attacked and those broken at each scale; ``"-"`` for none."""
+    if not attack:
+        return "-"
+    return f"{attack['n_attacked']}: " + " / ".join(f"{attack[f'scale_{s:g}']['broken']} ({s:g}x)"
+                                                   for s in attack["scales"])
+
+
 def report(name: str, out, results: dict, context: dict | None = None) -> dict[str, Any]:
     """``report.md``, ``results.json`` and one plot per dataset: certified Recall@1 against the radius."""
     import io
@@ -112,23 +133,23 @@ def report(name: str, out, results: dict, context: dict | None = None) -> dict[s
     summary: dict[str, Any] = {"experiment": name, "protocol": protocol(), "results": results}
     lines = [f"# rml reproduce {name}", "",
              "Networks trained on noisy inputs (sigma below), the dml protocol's unseen-classes retrieval. "
-             f"Certified R@1 of the smoothed top-1 decision (Cohen et al.'s certificate, {N_SAMPLES} samples, "
-             f"alpha {ALPHA:g}) beside the Lipschitz certificate of the network at the same l2 radii; "
-             f"the attack on the smoothed decision within 1x / 2x each certified radius (first {N_ATTACK} "
-             "certified queries; a break must be significant at alpha).", ""]
+             "Certified R@1 of the smoothed top-1 decision (Cohen et al.'s certificate, with the samples and "
+             "alpha of each row) beside the Lipschitz certificate of the network at the same l2 radii; "
+             "the attack on the smoothed decision within multiples of each certified radius (the first "
+             "certified queries; a break must be significant at alpha / queries attacked).", ""]
     for ds, rows in results.items():
         first = next(iter(rows.values()))
         lines += [f"## {ds} ({first['n_train']} training images, {first['n_queries']} queries)", "",
-                  "| model | R@1 (network) | smoothed R@1 | " + " | ".join(f"cert R@1 l2 {r:g}" for r in RADII)
-                  + " | Lipschitz cert R@1 (same radii) | attacked: broken 1x / 2x | certify s per query |",
-                  "|---|---|---|" + "---|" * len(RADII) + "---|---|---|"]
+                  "| model | samples, alpha | R@1 (network) | smoothed R@1 | "
+                  + " | ".join(f"cert R@1 l2 {r:g}" for r in first["radii"])
+                  + " | Lipschitz cert R@1 (same radii) | attack: queries, broken at scale | certify s per query |",
+                  "|---|---|---|---|" + "---|" * len(first["radii"]) + "---|---|---|"]
         for label, p in rows.items():
-            a = p["attack"]
-            lines.append(f"| {label} | {p['recall_at_1']:.3f} | {p['smoothed_recall_at_1']:.3f} | "
+            lines.append(f"| {label} | {p['n_samples']}, {p['alpha']:g} | {p['recall_at_1']:.3f} | "
+                         f"{p['smoothed_recall_at_1']:.3f} | "
                          + " | ".join(f"{v:.3f}" for v in p["certified_recall_at_1"]) + " | "
                          + " / ".join(f"{v:.3f}" for v in p["lipschitz_certified_recall_at_1"])
-                         + f" | {a['n_attacked']}: {a['scale_1']['broken']} / {a['scale_2']['broken']} | "
-                         f"{p['certify_s_per_query']:.2f} |")
+                         + f" | {attack_summary(p['attack'])} | {p['certify_s_per_query']:.2f} |")
         lines.append("")
         fig = Figure(figsize=(5, 3.5))
         ax = fig.add_subplot()
@@ -152,6 +173,7 @@ def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed
          verbose) -> tuple[list[Task], dict]:
     """One task per (dataset, sigma, seed); ``n_eval`` limits the queries certified (default all)."""
     from ..datasets import dataset_status
+    from ..deep import hyperparameters
     from . import dml
 
     unknown = sorted(set(methods or ()) - set(METHODS))
@@ -172,9 +194,11 @@ def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed
             data = dml._LazyData(ds, seed, data_home)
             for m in [m for m in METHODS if m in (methods or METHODS)]:
                 key = (name, ds, m, f"seed{seed}") + (() if n_eval is None else (f"n{n_eval}",))
-                settings = {"experiment": name, "dataset": ds, "method": m, "seed": seed, "n_eval": n_eval,
+                settings = {"experiment": name, "dataset": ds, "method": m, "sigma": SIGMAS[m], "seed": seed,
+                            "n_eval": n_eval, "augmentation": hyperparameters(_augmentation(SIGMAS[m])),
                             "protocol": proto}
-                ckpt = Path(out) / "checkpoints" / ("-".join(key) + ".pt")
+                # training does not depend on n_eval: one checkpoint per (dataset, sigma, seed)
+                ckpt = Path(out) / "checkpoints" / ("-".join(key[:4]) + ".pt")
                 tasks.append(Task(
                     key, settings, (ds, row_label(m, seed, seed_list)), f"{ds} / {m} / seed {seed}",
                     lambda ds=ds, m=m, seed=seed, data=data, ckpt=ckpt: run_task(
@@ -182,5 +206,5 @@ def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed
                     lambda p: (f"train {p['train_s']:.0f} s, certify {p['certify_s']:.0f} s, smoothed R@1 "
                                f"{p['smoothed_recall_at_1']:.3f}, certified "
                                + "/".join(f"{v:.3f}" for v in p["certified_recall_at_1"])
-                               + f", broken at 1x {p['attack']['scale_1']['broken']}")))
+                               + f", attack {attack_summary(p['attack'])}")))
     return tasks, {}
