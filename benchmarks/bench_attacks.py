@@ -120,31 +120,15 @@ np.savez(sys.argv[2], radii=radii, wall=time.perf_counter() - w0, cpu=time.proce
 
 def previous_structural(commit: str, data, components):
     """``StructuralAttack`` as it was at ``commit``, run on the same points under the same metric
-    (``components``: this run's fitted ``L``, None for Euclidean) in its own process from a git
-    worktree of that commit (the whole package of then, so any restructuring since is
-    irrelevant): ``(radii, wall seconds, CPU seconds)``, or None if that fails (said why)."""
-    import shutil
-    import tempfile
+    (``components``: this run's fitted ``L``, None for Euclidean) by :func:`_previous.run_at_commit`:
+    ``(radii, wall seconds, CPU seconds)``, or None if that fails."""
+    from _previous import run_at_commit
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_attacks_prev_"))
-    tree = tmp / "tree"
-    try:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
-                       capture_output=True, text=True, timeout=120, check=True)
-        X_tr, y_tr, X_ev, y_ev = data
-        L = np.zeros((0, 0)) if components is None else np.asarray(components)
-        np.savez(tmp / "data.npz", X_tr=X_tr, y_tr=y_tr, X_ev=X_ev, y_ev=y_ev, L=L)
-        env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-        subprocess.run([sys.executable, "-c", _PREVIOUS_SCRIPT, str(tmp / "data.npz"), str(tmp / "out.npz"), str(K)],
-                       env=env, check=True, timeout=24 * 3600)
-        out = np.load(tmp / "out.npz")
-        return out["radii"], float(out["wall"]), float(out["cpu"])
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"[bench_attacks] the attack at {commit} could not be run: {exc}", file=sys.stderr)
-        return None
-    finally:
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+    X_tr, y_tr, X_ev, y_ev = data
+    L = np.zeros((0, 0)) if components is None else np.asarray(components)
+    out = run_at_commit(commit, _PREVIOUS_SCRIPT, {"X_tr": X_tr, "y_tr": y_tr, "X_ev": X_ev, "y_ev": y_ev, "L": L},
+                        [K], tag="bench_attacks")
+    return None if out is None else (out["radii"], float(out["wall"]), float(out["cpu"]))
 
 
 def run_one(dataset: str, metric_name: str, data, args) -> dict:

@@ -29,7 +29,11 @@ the script says so and exits with status 0 without measuring anything.
 
 Run::
 
-    python benchmarks/bench_certify.py [--n-eval 1000] [--n-baseline 50] [--skip-mnist]
+    python benchmarks/bench_certify.py [--n-eval 1000] [--n-baseline 50] [--skip-mnist] [--previous COMMIT]
+
+With ``--previous COMMIT`` the USPS rows are also timed as the package was at that commit
+(:mod:`_previous`: a git worktree, its own process), on the same points and metric; each row then
+records previous / current time (at least 1: no slower) and the largest difference of the radii.
 
 It prints a Markdown table and writes ``benchmarks/results/certify.json``, with a fingerprint
 of the library source measured (git HEAD, uncommitted changes, a hash of the package files; a
@@ -294,6 +298,7 @@ def bench_usps(args, home: Path, failures: list) -> list[dict] | None:
         diff_kn = check(f"K={K} bound", mname, r_kn[:nb], b_kn, BOUND_RTOL, failures)
         print(f"max rel diff ours vs point-by-point: {diff_kn:.3g}", flush=True)
 
+        previous = previous_certify(args.previous, X_tr, y_tr, X, y, M) if args.previous else None
         for method, t_full, r_full, t_sub, r_sub, t_base, diff, extra in (
             ("exact 1-NN", t_ex, r_ex, t_exb, r_exb, tb_ex, diff_ex,
              {"baseline": "margin screening + Clarabel QP per visited negative", **info,
@@ -313,11 +318,49 @@ def bench_usps(args, home: Path, failures: list) -> list[dict] | None:
                 "baseline_s_per_pt": base, "baseline_points": nb, "baseline_total_s": t_base,
                 "ratio_same_points": base / ours_sub, "ratio_vs_full_run": base / ours,
                 "max_rel_diff_vs_baseline": diff,
+                **({} if previous is None else {"previous": _previous_row(previous, method, args.previous, t_full,
+                                                                          r_full)}),
                 "clean_error": float((r_full == 0).mean()),
                 "median_radius_correct": float(np.median(r_full[r_full > 0])) if (r_full > 0).any() else None,
                 **extra,
             })
     return rows
+
+
+_PREVIOUS_SCRIPT = """
+import sys, time, numpy as np
+from robust_metric_learning import certified_radius_knn, exact_radius_1nn
+z = np.load(sys.argv[1])
+X_tr, y_tr, X, y, M, K = z["X_tr"], z["y_tr"], z["X"], z["y"], z["M"], int(sys.argv[3])
+exact_radius_1nn(X_tr, y_tr, X[:4], y[:4], metric=M, progress=False)  # warm-up, as for ours
+certified_radius_knn(X_tr, y_tr, X[:4], y[:4], n_neighbors=K, metric=M, progress=False)
+t = time.perf_counter(); r_ex = exact_radius_1nn(X_tr, y_tr, X, y, metric=M, progress=False)
+t_ex = time.perf_counter() - t
+t = time.perf_counter(); r_kn = certified_radius_knn(X_tr, y_tr, X, y, n_neighbors=K, metric=M, progress=False)
+t_kn = time.perf_counter() - t
+np.savez(sys.argv[2], r_ex=r_ex, t_ex=t_ex, r_kn=r_kn, t_kn=t_kn)
+"""
+
+
+def previous_certify(commit: str, X_tr, y_tr, X, y, M) -> dict | None:
+    """Our exact 1-NN radius and K-NN bound as they were at ``commit``, timed on the same points
+    under the same metric (given as the matrix M) in their own process."""
+    from _previous import run_at_commit
+
+    return run_at_commit(commit, _PREVIOUS_SCRIPT, {"X_tr": X_tr, "y_tr": y_tr, "X": X, "y": y, "M": M}, [K],
+                         tag="bench_certify")
+
+
+def _previous_row(previous: dict, method: str, commit: str, t_now: float, r_now: np.ndarray) -> dict:
+    """The row's comparison with ``commit``: its time per point, previous / current time (at least
+    1 means no slower) and the largest relative difference of the radii."""
+    t_prev, r_prev = (previous["t_ex"], previous["r_ex"]) if method == "exact 1-NN" else (previous["t_kn"],
+                                                                                          previous["r_kn"])
+    ratio = float(t_prev) / t_now
+    print(f"  {method} at {commit}: {1e3 * float(t_prev) / len(r_now):.2f} ms/pt, previous / current "
+          f"{ratio:.3f}", flush=True)
+    return {"commit": commit, "s_per_pt": float(t_prev) / len(r_now), "previous_over_current_time": ratio,
+            "max_rel_diff_radii": float(rel_diff(r_now, r_prev).max())}
 
 
 # ------------------------------------------------------------------------------- MNIST
@@ -411,6 +454,8 @@ def main(argv=None) -> int:
     ap.add_argument("--metric-seed", type=int, default=0, help="seed of the random full-rank M")
     ap.add_argument("--output", type=Path, default=RESULTS)
     ap.add_argument("--mnist-part", choices=("exact", "bound"), help=argparse.SUPPRESS)
+    ap.add_argument("--previous", default=None, metavar="COMMIT",
+                    help="also time the USPS rows as the package was at COMMIT, on the same points (own process)")
     args = ap.parse_args(argv)
     if args.n_eval < 1 or args.n_baseline < 1:
         ap.error("--n-eval and --n-baseline must be >= 1")
@@ -473,7 +518,7 @@ def main(argv=None) -> int:
     result = {"env": env, "args": {"n_eval": args.n_eval, "n_baseline": args.n_baseline,
                                    "skip_mnist": args.skip_mnist, "metric_seed": args.metric_seed,
                                    "test_points": "sklearn.utils.shuffle(X_test, y_test, random_state=42)[:n]",
-                                   "K": K},
+                                   "K": K, "previous": args.previous},
               "source": source, "rows": rows, "failures": failures, "total_run_s": total}
     from robust_metric_learning._io import atomic_write_text
 
