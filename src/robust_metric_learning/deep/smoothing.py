@@ -207,6 +207,16 @@ def smoothed_certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, sigm
             "sigma": smoother.sigma, "n_samples": smoother.n_samples, "alpha": a}
 
 
+def _clean_gallery(model, X: torch.Tensor, batch_size: int, normalize: bool) -> torch.Tensor:
+    """The gallery the smoothed top-1 decision compares against: the model's clean embeddings of
+    ``X`` (float64, unit-normalised with ``normalize``)."""
+    from .training import embed
+
+    with torch.no_grad():
+        gallery = embed(model, X, batch_size=batch_size).double()
+    return torch.nn.functional.normalize(gallery, dim=1) if normalize else gallery
+
+
 def _top1_labels(model, x: torch.Tensor, gallery: torch.Tensor, g_codes: torch.Tensor, own: int, sigma: float,
                  n: int, rng: np.random.Generator, batch_size: int, normalize: bool) -> torch.Tensor:
     """Counts, per label code, of the top-1 gallery item's label over ``n`` noisy copies of ``x``."""
@@ -274,7 +284,6 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     from scipy.stats import beta, norm
 
     from .._validation import check_query_rows
-    from .training import embed
 
     radii_list = [float(r) for r in check_eps(radii, name="radii")]
     sigma = check_real(sigma, name="sigma", low=0.0, low_open=True)
@@ -297,10 +306,8 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     was = model.training
     model.eval()
     try:
+        gallery = _clean_gallery(model, X, batch_size, normalize)
         with torch.no_grad():
-            gallery = embed(model, X, batch_size=batch_size).double()
-            if normalize:
-                gallery = torch.nn.functional.normalize(gallery, dim=1)
             radius, decision = np.zeros(len(rows)), np.full(len(rows), -1)
             for k, i in enumerate(rows.tolist()):
                 rng = np.random.default_rng([seed, i])

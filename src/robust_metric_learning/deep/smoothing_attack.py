@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from .._validation import check_bool, check_eps, check_labels, check_nonnegative_int, check_positive_int, check_real
-from .smoothing import _top1_labels
-from .training import _check_module, _device_of, _inputs, embed
+from .smoothing import _clean_gallery, _top1_labels
+from .training import _check_module, _device_of, _inputs
 
 __all__ = ["attack_smoothed_top1"]
 
@@ -146,10 +146,7 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     was = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            gallery = embed(model, X, batch_size=batch_size).double()
-            if normalize:
-                gallery = torch.nn.functional.normalize(gallery, dim=1)
+        gallery = _clean_gallery(model, X, batch_size, normalize)
         for k in chosen.tolist():
             i, c, r = int(rows[k]), int(decision[k]), float(radius[k])
             x = X[i]
