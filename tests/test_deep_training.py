@@ -454,3 +454,19 @@ def test_hostile_arguments_get_errors_naming_them(digits01, change, error, match
         y = y[:, None]
     with pytest.raises(error, match=match):
         train_embedding(model, X, y, **{**kw, **change})
+
+
+def test_eval_mode_gives_every_module_back_its_own_mode_even_on_error():
+    from robust_metric_learning._parallel import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Dropout())
+    model.train()
+    model[1].eval()  # a frozen batch norm inside a training model stays frozen
+    before = [m.training for m in model.modules()]
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with eval_mode(model):
+            raise RuntimeError("boom")
+    assert [m.training for m in model.modules()] == before

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
+from .._parallel import eval_mode
 from .._validation import Interval, Options, check_model_output, check_params
 from ..attacks.embedding.norms import NORMS, Norm, get_norm
 from ..attacks.embedding.objectives import _Distance
@@ -154,14 +155,10 @@ class Defense:
     def _perturb(self, model, x, objective, generator, *, random_start: bool = True, keep: str = "best",
                  stop_tol: float | None = None) -> torch.Tensor:
         """PGD (:func:`perturb`) with the model in eval mode; gradients w.r.t. the inputs only."""
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return perturb(model, x, objective, norm=self.norm, eps=self.eps, steps=self.steps,
                            step_size=self.step_size, random_start=random_start, restarts=1,
                            generator=generator, keep=keep, stop_tol=stop_tol).detach()
-        finally:
-            model.train(was_training)
 
     def step_loss(self, model, x, y, loss_fn, miner, generator) -> tuple[torch.Tensor, int]:
         raise NotImplementedError

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._parallel import eval_mode
 from .._validation import check_positive_int, check_real
 from .models import EmbeddingNet, L2Normalize
 
@@ -151,18 +152,15 @@ def layer_bounds(model: nn.Module, *, input_shape: tuple[int, ...] | None = None
                         device=param.device if param is not None else "cpu")
         if isinstance(model, EmbeddingNet) and hasattr(model, "input_shape"):
             x = x.reshape(1, -1)
-        was_training = body.training
-        body.eval()
-        try:
-            with torch.no_grad():
-                for i, layer in enumerate(layers):
-                    shapes[i] = tuple(x.shape[1:])
-                    x = layer(x)
-        except (RuntimeError, ValueError, IndexError) as exc:
-            raise ValueError(f"input_shape {tuple(input_shape)} does not fit the model: layer {i} ({layer}) "
-                             f"fails on inputs of shape {shapes[i]} ({type(exc).__name__}: {exc})") from None
-        finally:
-            body.train(was_training)
+        with eval_mode(body):
+            try:
+                with torch.no_grad():
+                    for i, layer in enumerate(layers):
+                        shapes[i] = tuple(x.shape[1:])
+                        x = layer(x)
+            except (RuntimeError, ValueError, IndexError) as exc:
+                raise ValueError(f"input_shape {tuple(input_shape)} does not fit the model: layer {i} ({layer}) "
+                                 f"fails on inputs of shape {shapes[i]} ({type(exc).__name__}: {exc})") from None
     return [(repr(layer), _layer_bound(layer, shapes[i])) for i, layer in enumerate(layers)]
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._parallel import eval_mode
 from .._validation import check_bool, check_eps, check_labels, check_nonnegative_int, check_positive_int, check_real
 from .smoothing import _clean_gallery, _top1_labels
 from .training import _check_module, _device_of, _inputs
@@ -143,9 +144,7 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     if max_queries is not None:
         chosen = chosen[:check_positive_int(max_queries, name="max_queries")]
     out = {s: {"broken": 0, "flipped": 0, "p_clean": [], "p_attacked": []} for s in scale_list}
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         gallery = _clean_gallery(model, X, batch_size, normalize)
         for k in chosen.tolist():
             i, c, r = int(rows[k]), int(decision[k]), float(radius[k])
@@ -176,8 +175,6 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
                 out[s]["flipped"] += int(int(counts.argmax()) != c)
                 out[s]["p_clean"].append(p0 / n_check)
                 out[s]["p_attacked"].append(hits / n_check)
-    finally:
-        model.train(was)
     return {"n_attacked": len(chosen), "scales": scale_list,
             **{f"scale_{s:g}": {"broken": v["broken"], "flipped": v["flipped"],
                                 "p_clean": float(np.mean(v["p_clean"])) if v["p_clean"] else float("nan"),

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._parallel import eval_mode
 from .._validation import (
     check_model_output,
     check_nonnegative_int,
@@ -106,10 +107,8 @@ def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = Fals
     batch_size = check_positive_int(batch_size, name="batch_size")
     X = _inputs(model, X)
     fn = _body(model)[0] if body else model
-    was_training = model.training
-    model.eval()
     device = _device_of(model)
-    try:
+    with eval_mode(model):
         outs = []
         for i in range(0, len(X), batch_size):
             xb = X[i:i + batch_size].to(device)
@@ -120,8 +119,6 @@ def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = Fals
             _check_finite_output(out, what="X", first_row=i)
             outs.append(out.float().cpu())
         return torch.cat(outs)
-    finally:
-        model.train(was_training)
 
 
 def _check_labels(y: Any, n: int) -> np.ndarray:
@@ -244,16 +241,12 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     else:
         sampler = PairBatchSampler(codes, pairs=check_positive_int(pairs, name="pairs"), seed=seed)
     device = _device_of(model)
-    was_training = model.training
-    model.eval()
-    try:  # the model takes X's rows and returns finite (n, dim) embeddings, before any training
+    with eval_mode(model):  # the model takes X's rows and returns finite (n, dim) embeddings, before any training
         with torch.no_grad():
             probe = X[:2].to(device)
             out = _apply(model, probe, model)
         check_model_output(out, n_rows=len(probe))
         _check_finite_output(out, what="X (before training)")
-    finally:
-        model.train(was_training)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = TrainHistory()
     settings = {"defense": repr(defense), "loss": hyperparameters(loss_fn), "miner": hyperparameters(miner),

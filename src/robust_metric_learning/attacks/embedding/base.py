@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..._parallel import progress_bar
+from ..._parallel import eval_mode, progress_bar
 from ..._validation import (
     Interval,
     Options,
@@ -227,9 +227,7 @@ class EmbeddingAttack:
         seeds = [int(s.generate_state(1, np.uint64)[0])
                  for s in np.random.SeedSequence(self.random_state).spawn(len(starts))]
         raw, clipped, success, scores, embs = [], [], [], [], []
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        try:
+        with eval_mode(model):
             with progress_bar(self.progress, n * eps_arr.size, self.name) as bar:
                 for e in eps_arr.tolist():
                     parts: list[list[torch.Tensor]] = [[], [], [], [], []]
@@ -251,9 +249,6 @@ class EmbeddingAttack:
                         bar.update(xb.shape[0])
                     for lst, p in zip((raw, clipped, success, scores, embs), parts):
                         lst.append(torch.cat(p))
-        finally:
-            for m, mode in modes:
-                m.training = mode
         if np.ndim(eps) == 0:
             return EmbeddingAttackResult(raw[0], clipped[0], success[0], scores=scores[0], embeddings=embs[0])
         return EmbeddingAttackResult(torch.stack(raw), torch.stack(clipped), torch.stack(success),
