@@ -36,12 +36,13 @@ classifiers bounds the l2 radius within which that label cannot change.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._parallel import eval_mode
 from .._validation import (
     check_eps,
     check_labels,
@@ -75,6 +76,17 @@ def smoothed_lipschitz(sigma: float) -> float:
     """``sqrt(2 / pi) / sigma``: the l2 Lipschitz constant of a smoothed embedding of norm <= 1."""
     s = check_real(sigma, name="sigma", low=0.0, low_open=True)
     return math.sqrt(2.0 / math.pi) / s
+
+
+def _noisy_batches(x: torch.Tensor, sigma: float, n: int, rng: np.random.Generator,
+                   batch_size: int) -> Iterator[torch.Tensor]:
+    """``n`` noisy copies ``x + sigma Z`` of one input, ``batch_size`` at a time, drawn from ``rng``
+    (on the CPU, in ``x``'s dtype)."""
+    left = n
+    while left:
+        b = min(left, batch_size)
+        yield x + sigma * torch.from_numpy(rng.standard_normal((b, *x.shape))).to(x.dtype)
+        left -= b
 
 
 class SmoothedEmbedding:
@@ -126,23 +138,16 @@ class SmoothedEmbedding:
         """The estimates of ``g`` at the rows of ``X`` (values in [0, 1]), float64, on the CPU."""
         X = _inputs(self.model, X)
         device = _device_of(self.model)
-        was = self.model.training
-        self.model.eval()
         out = []
-        try:
+        with eval_mode(self.model):
             with torch.no_grad():
                 for i in range(len(X)):
                     rng = np.random.default_rng([self.random_state, i])  # one stream per row, split freely
-                    total, left = None, self.n_samples
-                    while left:
-                        b = min(left, self.batch_size)
-                        noise = torch.from_numpy(rng.standard_normal((b, *X.shape[1:]))).to(X.dtype)
-                        emb = self._forward((X[i] + self.sigma * noise).to(device)).double().sum(0)
+                    total = None
+                    for noisy in _noisy_batches(X[i], self.sigma, self.n_samples, rng, self.batch_size):
+                        emb = self._forward(noisy.to(device)).double().sum(0)
                         total = emb if total is None else total + emb
-                        left -= b
                     out.append((total / self.n_samples).cpu())
-        finally:
-            self.model.train(was)
         return torch.stack(out)
 
 
@@ -222,18 +227,14 @@ def _top1_labels(model, x: torch.Tensor, gallery: torch.Tensor, g_codes: torch.T
     """Counts, per label code, of the top-1 gallery item's label over ``n`` noisy copies of ``x``."""
     counts = torch.zeros(int(g_codes.max()) + 1, dtype=torch.long)
     device = _device_of(model)
-    left = n
-    while left:
-        b = min(left, batch_size)
-        noise = torch.from_numpy(rng.standard_normal((b, *x.shape))).to(x.dtype)
-        emb = model((x + sigma * noise).to(device)).double().cpu()
+    for noisy in _noisy_batches(x, sigma, n, rng, batch_size):
+        emb = model(noisy.to(device)).double().cpu()
         if normalize:
             emb = torch.nn.functional.normalize(emb, dim=1)
         d = torch.cdist(emb, gallery)
         if own >= 0:
             d[:, own] = torch.inf
         counts += torch.bincount(g_codes[d.argmin(1)], minlength=len(counts))
-        left -= b
     return counts
 
 
@@ -303,9 +304,7 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
         raise ValueError(f"X must have at least 2 rows (each query needs a gallery), got {len(X)}")
     rows = check_query_rows(queries, len(X))
     codes = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1))
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         gallery = _clean_gallery(model, X, batch_size, normalize)
         with torch.no_grad():
             radius, decision = np.zeros(len(rows)), np.full(len(rows), -1)
@@ -319,8 +318,6 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
                     decision[k] = c
                     if c == int(codes[i]):
                         radius[k] = sigma * float(norm.ppf(p_low))
-    finally:
-        model.train(was)
     right = decision == codes[rows].numpy()
     return {"queries": rows.numpy(), "radius": radius, "decision": decision, "radii": radii_list,
             "certified_recall_at_1": [float(((radius > r) & right).mean()) for r in radii_list],
