@@ -630,32 +630,29 @@ def dml_train_eps(page: Page, res: Results) -> None:
         by = {e["defense"]: e for e in group}
         return [fmt(by[x]) if x in by else DASH for x in defenses]
 
+    def sweep(subset: list[dict], field: str, show: Callable, fmt: Callable[[dict], str]) -> list[list[str]]:
+        """One row per value of ``field`` for every (dataset, loss, seed) that has several."""
+        rows = []
+        for (ds, loss, seed), group in _groups(subset, key, lambda e: (e["dataset"], e["loss"], e["seed"])):
+            values = sorted({e[field] for e in group})
+            if len(values) < 2:
+                continue
+            for v in values:
+                rows.append([text(ds), text(loss), str(seed), show(v),
+                             *cells([e for e in group if e[field] == v], fmt)])
+        return rows
+
     # training eps: default epochs, every (dataset, loss, seed) with several training eps
     base = [e for e in entries if e["epochs"] == e["default_epochs"]]
-    rows = []
-    for (ds, loss, seed), group in _groups(base, key, lambda e: (e["dataset"], e["loss"], e["seed"])):
-        teps = sorted({e["train_eps"] for e in group})
-        if len(teps) < 2:
-            continue
-        for t in teps:
-            g = [e for e in group if e["train_eps"] == t]
-            rows.append([text(ds), text(loss), str(seed), num(t), *cells(
-                g, lambda e: f"{rate(e['clean_r1'])} / {rate(e['adv'].get(e['ref_eps']))} / "
-                             f"{rate(e['adv'].get(e['train_eps']))}")])
+    rows = sweep(base, "train_eps", num, lambda e: f"{rate(e['clean_r1'])} / {rate(e['adv'].get(e['ref_eps']))} / "
+                                                   f"{rate(e['adv'].get(e['train_eps']))}")
     page.table(f"Training ε: clean R@1 / adversarial R@1 at ε = {', '.join(num(x) for x in ref)} / at the training ε",
                ["dataset", "loss", "seed", "training ε", *defenses], rows)
 
     # epochs: the protocol's training eps, every (dataset, loss, seed) with several epoch counts
     at_ref = [e for e in entries if e["train_eps"] == e["ref_eps"]]
-    rows = []
-    for (ds, loss, seed), group in _groups(at_ref, key, lambda e: (e["dataset"], e["loss"], e["seed"])):
-        counts = sorted({e["epochs"] for e in group})
-        if len(counts) < 2:
-            continue
-        for n in counts:
-            g = [e for e in group if e["epochs"] == n]
-            rows.append([text(ds), text(loss), str(seed), str(n), *cells(
-                g, lambda e: f"{rate(e['clean_r1'])} / {rate(e['adv'].get(e['ref_eps']))}, {secs(e['train_s'])} s")])
+    rows = sweep(at_ref, "epochs", str,
+                 lambda e: f"{rate(e['clean_r1'])} / {rate(e['adv'].get(e['ref_eps']))}, {secs(e['train_s'])} s")
     page.table(f"Epochs: clean R@1 / adversarial R@1 at ε = {', '.join(num(x) for x in ref)}, training seconds",
                ["dataset", "loss", "seed", "epochs", *defenses], rows)
 
