@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .checks import check_certified_unbroken
-from .plugin import Task, row_label
+from .plugin import Task, row_label, split_row_label
 
 __all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "ALL_DEFENSES", "LOSSES", "EVAL_EPS", "protocol",
            "load_task_data", "run_task", "report", "eval_attack", "decay_pgd", "make_loss", "make_defense",
@@ -390,8 +390,8 @@ def _by_seed(per_def: dict) -> dict[str, dict]:
     """Rows grouped by seed (``" seed s"`` suffix, or ``""`` for a one-seed run), keyed by defence."""
     groups: dict[str, dict] = {}
     for label, p in per_def.items():
-        d, sep, s = label.partition(" seed ")
-        groups.setdefault(f" (seed {s})" if sep else "", {})[d] = p
+        d, s = split_row_label(label)
+        groups.setdefault("" if s is None else f" (seed {s})", {})[d] = p
     return groups
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-__all__ = ["Task", "row_label"]
+__all__ = ["Task", "row_label", "split_row_label"]
 
 
 class Task(NamedTuple):
@@ -35,3 +35,10 @@ def row_label(method: str, seed: int, seeds) -> str:
     """A result row's name in a report: the method, with its seed when the run has several seeds
     (so that no seed's result replaces another's under the same ``path``)."""
     return method if len(seeds) == 1 else f"{method} seed {seed}"
+
+
+def split_row_label(label: str) -> tuple[str, str | None]:
+    """The inverse of :func:`row_label`: ``(method, seed)``, the seed (as written) None where the
+    label has none."""
+    method, sep, seed = label.partition(" seed ")
+    return method, (seed if sep else None)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .plugin import Task, row_label
+from .plugin import Task, row_label, split_row_label
 
 __all__ = ["DATASETS", "DEFENSES", "METHODS", "PROFILES", "PUBLISHED", "plan", "report", "run_task", "protocol"]
 
@@ -189,7 +189,7 @@ def report(name: str, out, results: dict, context: dict | None = None) -> dict[s
                       "|---|---|---|" + "---|" * len(ERS_COLUMNS) + "---|---|---|"]
             shown = set()
             for label, r in per_def.items():
-                d = label.partition(" seed ")[0]
+                d = split_row_label(label)[0]
                 if ds == "fashion-mnist" and d in PUBLISHED and d not in shown:
                     shown.add(d)
                     pub = PUBLISHED[d]
