@@ -34,28 +34,31 @@ from .training import _check_module, _device_of, _inputs
 __all__ = ["attack_smoothed_top1"]
 
 
-def _soft_loss(model, x, delta, gallery, g_codes, own, label, sigma, m, T, gen, normalize):
-    """Mean over ``m`` noisy copies of ``log P(certified label)`` under the soft decision."""
-    device = _device_of(model)
+def _noisy_sq_distances(model, x, gallery, own, sigma, m, gen, normalize) -> torch.Tensor:
+    """Squared distances from the embeddings of ``m`` noisy copies ``x + sigma Z`` to the gallery,
+    the query's own row at infinity (differentiable in ``x``)."""
     noise = torch.randn((m, *x.shape), generator=gen, dtype=x.dtype)
-    emb = model((x + delta + sigma * noise).to(device)).double().cpu()
+    emb = model((x + sigma * noise).to(_device_of(model))).double().cpu()
     if normalize:
         emb = torch.nn.functional.normalize(emb, dim=1)
     d2 = torch.cdist(emb, gallery).square()
     d2[:, own] = torch.inf
-    logp = torch.log_softmax(-d2 / T, dim=1)
+    return d2
+
+
+def _soft_loss(model, x, delta, gallery, g_codes, own, label, sigma, m, T, gen, normalize):
+    """Mean over ``m`` noisy copies of ``log P(certified label)`` under the soft decision."""
+    logp = torch.log_softmax(-_noisy_sq_distances(model, x + delta, gallery, own, sigma, m, gen, normalize) / T,
+                             dim=1)
     mine = torch.where(g_codes[None, :] == label, logp, torch.full_like(logp, -torch.inf))
     return torch.logsumexp(mine, dim=1).mean()
 
 
 def _temperature(model, x, gallery, g_codes, own, label, sigma, m, gen, normalize) -> float:
+    """A quarter of the median gap between the nearest other-label and nearest same-label squared
+    distances of ``m`` clean noisy copies (at least 1e-6)."""
     with torch.no_grad():
-        noise = torch.randn((m, *x.shape), generator=gen, dtype=x.dtype)
-        emb = model((x + sigma * noise).to(_device_of(model))).double().cpu()
-        if normalize:
-            emb = torch.nn.functional.normalize(emb, dim=1)
-        d2 = torch.cdist(emb, gallery).square()
-        d2[:, own] = torch.inf
+        d2 = _noisy_sq_distances(model, x, gallery, own, sigma, m, gen, normalize)
         same = g_codes[None, :] == label
         gap = torch.where(same, torch.inf, d2).amin(1) - torch.where(same, d2, torch.inf).amin(1)
         gap = gap[torch.isfinite(gap)].abs()
