@@ -16,6 +16,7 @@ import numpy as np
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
     from .datasets import DATASET_NAMES
+    from .experiments import EXPERIMENTS
 
     p = argparse.ArgumentParser(prog="rml", description="Robust metric learning: certify K-NN classifiers, reproduce experiments.")
     p.add_argument("--version", action="version", version=f"rml (robust-metric-learning) {__version__}")
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     r = sub.add_parser("reproduce", help="rerun a published experiment (cached, resumable)")
-    r.add_argument("name", choices=["arml", "lmnn-pl", "dml", "robrank", "smoothing"],
+    r.add_argument("name", choices=list(EXPERIMENTS),
                    help="arml: the ARML experiments; lmnn-pl: the perturbation-loss protocol (LMNN vs LMNN-PL); "
                         "dml: robust deep metric learning (natural, naive, EST, ours) on MNIST/Fashion-MNIST; "
                         "robrank: RobRank's ranking-attack protocol (natural, EST, ACT; HM on request); "
