@@ -17,6 +17,7 @@ from .margin import components_from_metric
 __all__ = [
     "check_array_2d",
     "check_labels",
+    "label_codes",
     "check_n_features",
     "check_positive_int",
     "check_odd_k",
@@ -88,6 +89,13 @@ def check_labels(y: Any, *, n_samples: int, name: str = "y") -> np.ndarray:
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
+
+
+def label_codes(y: Any, *, n_samples: int, name: str = "y") -> torch.Tensor:
+    """Check ``y`` as :func:`check_labels` does; each label's class as an int64 code ``0..C-1``
+    (the classes in sorted order), for labels of any type."""
+    arr = check_labels(y, n_samples=n_samples, name=name)
+    return torch.as_tensor(np.unique(arr, return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
 def check_n_features(X: np.ndarray, n_features: int, *, name: str = "X", what: str = "the model was fitted on") -> None:

@@ -18,7 +18,7 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_acc
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from .._validation import check_eps, check_query_rows
+from .._validation import check_eps, check_query_rows, label_codes
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .training import _inputs, embed
@@ -172,10 +172,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
 
     eps_list = [float(e) for e in check_eps(eps)]
     X = _inputs(model, X)
-    y_np = np.asarray(y)
-    if y_np.shape != (len(X),):
-        raise ValueError(f"y must have shape ({len(X)},), got {tuple(y_np.shape)}")
-    labels = torch.as_tensor(np.unique(y_np, return_inverse=True)[1].reshape(-1))  # any label type
+    labels = label_codes(y, n_samples=len(X))  # any label type
     attack = RetrievalEnsemble(norm="linf", random_state=0) if attack is None else attack
     if not callable(attack) or isinstance(attack, (str, bytes)):
         raise ValueError(f"The 'attack' parameter of adversarial_retrieval must be an embedding attack object "
@@ -318,14 +315,9 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
     n_positives = check_positive_int(n_positives, name="n_positives")
     batch_size = check_positive_int(batch_size, name="batch_size")
     X = _inputs(model, X)
-    y_np = np.asarray(y)
-    if y_np.shape != (len(X),):
-        raise ValueError(f"y must have shape ({len(X)},), got {tuple(y_np.shape)}")
-    if y_np.dtype.kind == "f" and not np.isfinite(y_np).all():
-        raise ValueError("y contains NaN or infinity")
+    labels = label_codes(y, n_samples=len(X))
     if len(X) < 2:
         raise ValueError(f"X must have at least 2 rows (leave-one-out: each query needs a gallery), got {len(X)}")
-    labels = torch.as_tensor(np.unique(y_np, return_inverse=True)[1].reshape(-1))
     _, normalized = _body(model)
     emb = embed(model, X, batch_size=batch_size).double()
     if lipschitz is None:

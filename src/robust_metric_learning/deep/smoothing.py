@@ -44,13 +44,13 @@ import torch
 
 from .._parallel import eval_mode
 from .._validation import (
+    check_bool,
     check_eps,
-    check_labels,
     check_model_output,
     check_nonnegative_int,
     check_positive_int,
-    check_bool,
     check_real,
+    label_codes,
 )
 from .training import _check_module, _device_of, _inputs
 
@@ -187,7 +187,7 @@ def smoothed_certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, sigm
     smoother = SmoothedEmbedding(model, sigma, n_samples=n_samples, batch_size=batch_size,
                                  random_state=random_state, normalize=normalize)
     X = _inputs(model, X)
-    labels = check_labels(y, n_samples=len(X), name="y")
+    codes = label_codes(y, n_samples=len(X))
     if len(X) < 2:
         raise ValueError(f"X must have at least 2 rows (each query needs a gallery), got {len(X)}")
     e = monte_carlo_error(smoother.n_samples, a / len(X))  # one estimate per row, all at once
@@ -197,7 +197,6 @@ def smoothed_certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, sigm
                          f"Monte Carlo error bound is {e:.3g} (>= 0.5, nothing can be certified); use more than "
                          f"{need} samples")
     G = smoother.estimate(X)
-    codes = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1))
     d = torch.cdist(G, G)
     d.fill_diagonal_(torch.inf)
     same = codes[:, None] == codes[None, :]
@@ -299,11 +298,10 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     normalize = check_bool(normalize, name="normalize")
     _check_module(model)
     X = _inputs(model, X)
-    labels = check_labels(y, n_samples=len(X), name="y")
+    codes = label_codes(y, n_samples=len(X))
     if len(X) < 2:
         raise ValueError(f"X must have at least 2 rows (each query needs a gallery), got {len(X)}")
     rows = check_query_rows(queries, len(X))
-    codes = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1))
     with eval_mode(model):
         gallery = _clean_gallery(model, X, batch_size, normalize)
         with torch.no_grad():

@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from .._parallel import eval_mode
-from .._validation import check_bool, check_eps, check_labels, check_nonnegative_int, check_positive_int, check_real
+from .._validation import (
+    check_bool,
+    check_eps,
+    check_nonnegative_int,
+    check_positive_int,
+    check_real,
+    label_codes,
+)
 from .smoothing import _clean_gallery, _top1_labels
 from .training import _check_module, _device_of, _inputs
 
@@ -128,7 +135,7 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     batch_size = check_positive_int(batch_size, name="batch_size")
     _check_module(model)
     X = _inputs(model, X)
-    labels = check_labels(y, n_samples=len(X), name="y")
+    codes = label_codes(y, n_samples=len(X))
     rows = np.asarray(certificate["queries"], dtype=np.int64)
     radius = np.asarray(certificate["radius"], dtype=np.float64)
     decision = np.asarray(certificate["decision"], dtype=np.int64)
@@ -136,7 +143,6 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
             rows.min() < 0 or rows.max() >= len(X))):
         raise ValueError(f"certificate does not fit X: {len(rows)} queries, {len(radius)} radii, "
                          f"{len(decision)} decisions, for {len(X)} rows")
-    codes = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1))
     if np.isnan(radius).any() or np.isinf(radius).any():
         raise ValueError("certificate has radii that are NaN or infinite")
     chosen = np.flatnonzero(radius > 0)

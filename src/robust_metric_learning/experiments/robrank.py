@@ -181,7 +181,7 @@ def report(name: str, out, results: dict, context: dict | None = None) -> dict[s
 
     summary: dict[str, Any] = {"experiment": name, "protocol": protocol(), "profiles": PROFILES, "results": results}
     head = "| defence | source | R@1 | " + " | ".join(ERS_COLUMNS) + " | ERS | adv R@1 (ensemble) | train s |"
-    lines = [f"# rml reproduce {name}", "", f"l_inf eps = 77/255; columns as RobRank prints them (CA, QA in percent "
+    lines = [f"# rml reproduce {name}", "", "l_inf eps = 77/255; columns as RobRank prints them (CA, QA in percent "
              "rank; TMA a cosine; ES:D an embedding distance; ES:R, LTM, GTM, GTT in percent).", ""]
     for ds, per_profile in results.items():
         for profile, per_def in per_profile.items():

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import check_labels, check_positive_int, check_real
+from ..._validation import check_labels, check_positive_int, check_real, label_codes
 from .objectives import Objective, _embeddings, _safe_sqrt, _sq_matrix
 
 __all__ = ["RANKING_KINDS", "CandidateRank", "LearningToMisrank", "QueryRank", "TargetedMismatch",
@@ -294,8 +294,7 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
     if kind in ("CA+", "QA+", "TMA"):
         shape = (n_q,) if kind == "TMA" else (n_q, int(n))
         return torch.randint(n_g, shape, generator=generator)
-    gl = check_labels(np.asarray(gallery_labels), n_samples=n_g, name="gallery_labels")
-    codes = torch.as_tensor(np.unique(gl, return_inverse=True)[1].reshape(-1))
+    codes = label_codes(np.asarray(gallery_labels), n_samples=n_g, name="gallery_labels")
     own = _self_rows(self_index, n_q, n_g)
     near = max(1, int(near_fraction * n_g))
     k = min(near, n_g - int(bool((own >= 0).any())))
