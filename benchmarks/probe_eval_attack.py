@@ -4,8 +4,8 @@ ensemble does not: the probe behind each change of ``rml reproduce dml``'s ``EVA
 On one trained ``rml reproduce dml`` model (its checkpoint under ``--out``/checkpoints), at the
 training eps on the strength subset (the first ``dml.N_STRENGTH`` queries): the ensemble and the
 doubled ensemble, the queries only the doubled one breaks, then those queries attacked by variants
-of the ensemble (other seeds; steps, restarts or focus restarts doubled alone; a wider first
-focus stage). Prints one line per attack.
+of the ensemble (other seeds; steps, restarts, focus restarts or the most rounds doubled alone; a
+wider first focus stage). Prints one line per attack.
 
 Run::
 
@@ -65,12 +65,14 @@ def main() -> int:
     if not len(missed):
         return 0
     base = dict(norm="linf", steps=dml.EVAL_STEPS, restarts=dml.EVAL_RESTARTS, pgd_steps=dml.EVAL_PGD_STEPS,
-                pgd_rel_step_size=dml.EVAL_REL_STEP, temperatures=dml.EVAL_TEMPERATURES, focus=dml.EVAL_FOCUS)
+                pgd_rel_step_size=dml.EVAL_REL_STEP, temperatures=dml.EVAL_TEMPERATURES, focus=dml.EVAL_FOCUS,
+                rounds=dml.EVAL_ROUNDS)
     variants = {**{f"seed {s}": dict(base, random_state=s) for s in (1, 2, 3)},
                 "steps x2": dict(base, steps=2 * dml.EVAL_STEPS, pgd_steps=2 * dml.EVAL_PGD_STEPS),
                 "restarts x2": dict(base, restarts=2 * dml.EVAL_RESTARTS),
                 "focus restarts x2": dict(base, focus=tuple((m, 2 * r) for m, r in dml.EVAL_FOCUS)),
-                "wider first focus": dict(base, focus=((2.0, 2),) + tuple(dml.EVAL_FOCUS))}
+                "wider first focus": dict(base, focus=((2.0, 2),) + tuple(dml.EVAL_FOCUS)),
+                "rounds x2": dict(base, rounds=2 * dml.EVAL_ROUNDS)}
     for name, kw in variants.items():
         kw.setdefault("random_state", args.seed)
         hit, _, s = broken(RetrievalEnsemble(**kw), missed)

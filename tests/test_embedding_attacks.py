@@ -885,7 +885,8 @@ def test_retrieval_ensemble_has_one_cross_entropy_member_per_temperature(cnn, di
         gallery = cnn(x)
     obj = RetrievalObjective(gallery, y, y, query_in_gallery=np.arange(len(y)))
     one = RetrievalEnsemble(temperatures=(0.1,), restarts=4, focus=(), random_state=0)
-    three = RetrievalEnsemble(temperatures=(0.1, 0.03, 0.01), restarts=4, focus=((0.3, 4), (0.1, 32)), random_state=0)
+    three = RetrievalEnsemble(temperatures=(0.1, 0.03, 0.01), restarts=4, focus=((0.3, 4), (0.1, 32)), rounds=0,
+                              random_state=0)
     m1, m3 = one.members, three.members
     assert [type(a).__name__ for a, _ in m3] == ["APGD"] * 4 + ["PGD"] + ["APGD"] * 8
     assert m3[0][1] is None and m3[4][1] is None
@@ -900,7 +901,8 @@ def test_retrieval_ensemble_has_one_cross_entropy_member_per_temperature(cnn, di
     assert len({a.random_state for a, _ in m3}) == 13
     assert one.n_forward == 4 * (2 * 101 + 21) + 3
     assert three.n_forward == (4 + 36) * 4 * 101 + 4 * 21 + 2 + 3 + 2 * 4
-    assert RetrievalEnsemble().n_forward == (1 + 38) * 3 * 101 + 21 + 2 + 2 + 3 * 3  # the defaults
+    # the defaults: 4 rounds of 32 restarts of 200 steps
+    assert RetrievalEnsemble().n_forward == (1 + 38) * 3 * 101 + 4 * 32 * 3 * 201 + 21 + 2 + 2 + (3 + 4) * 3
     for bad in ((), (0.1, 0.0), (0.1, -1.0), (float("nan"),), "0.1", 0.1, (True,)):
         with pytest.raises(ValueError, match="'temperatures' parameter of RetrievalEnsemble must be a non-empty "
                                              "sequence of a number in"):
@@ -914,7 +916,7 @@ def test_retrieval_ensemble_scaled_doubles_every_budget():
     ens = RetrievalEnsemble(norm="l2", steps=7, restarts=2, pgd_steps=3, pgd_rel_step_size=0.5,
                             temperatures=(0.2,), focus=((0.3, 4), (0.1, 5)), batch_size=9, random_state=3)
     d = ens.scaled(2)
-    assert (d.steps, d.restarts, d.pgd_steps) == (14, 4, 6)
+    assert (d.steps, d.restarts, d.pgd_steps, d.rounds) == (14, 4, 6, 8)
     assert [tuple(f) for f in d.focus] == [(0.3, 8), (0.1, 10)]
     assert (d.norm, d.pgd_rel_step_size, tuple(d.temperatures), d.batch_size, d.random_state) == \
         ("l2", 0.5, (0.2,), 9, 3)
@@ -930,7 +932,7 @@ def test_retrieval_ensemble_focus_stages_attack_only_near_misses(cnn, digits, mo
         gallery = cnn(x)
     obj = RetrievalObjective(gallery, y, y, query_in_gallery=np.arange(len(y)))
     s = obj.gallery_scale()
-    base = {"steps": 3, "restarts": 1, "pgd_steps": 2, "temperatures": (0.1,), "random_state": 0}
+    base = {"steps": 3, "restarts": 1, "pgd_steps": 2, "temperatures": (0.1,), "rounds": 0, "random_state": 0}
     ens = RetrievalEnsemble(**base, focus=((0.5, 2), (0.1, 3)))
     rest = torch.arange(6)
     scores = torch.tensor([-0.1, -0.6, -0.49, -2.0, -0.5, 0.0], dtype=torch.float64) * s
@@ -969,6 +971,66 @@ def test_retrieval_ensemble_focus_stages_attack_only_near_misses(cnn, digits, mo
     r0 = RetrievalEnsemble(**base, focus=((0.0, 2),))(cnn, x, obj, eps=0.02)
     assert [c[0] for c in calls] == [1, 1]
     assert torch.equal(r0.success, r_off.success) and torch.equal(r0.clipped, r_off.clipped)
+
+
+def test_retrieval_ensemble_rounds_repeat_the_last_stage_until_one_breaks_nothing(cnn, digits, monkeypatch):
+    x, y = digits
+    with torch.no_grad():
+        gallery = cnn(x)
+    obj = RetrievalObjective(gallery, y, y, query_in_gallery=np.arange(len(y)))
+    base = {"steps": 3, "restarts": 1, "pgd_steps": 2, "temperatures": (0.1,), "focus": ((0.5, 2), (0.1, 3)),
+            "random_state": 0}
+    ens, none = RetrievalEnsemble(**base, rounds=2), RetrievalEnsemble(**base, rounds=0)
+    members = ens.members
+    assert len(members) == 3 + 2 * 2 + 2 * 2 and len(none.members) == 7
+    # each round: the margin and the cross-entropy, the last stage's restarts, twice the steps, fresh seeds
+    assert [(a.steps, a.restarts) for a, _ in members[7:]] == [(6, 3)] * 4
+    assert members[7][1] is None and members[8][1](obj).temperature == 0.1
+    assert [a.random_state for a, _ in members[:7]] == [a.random_state for a, _ in none.members]
+    assert len({a.random_state for a, _ in members}) == 11
+    assert RetrievalEnsemble(**{**base, "focus": ()}, rounds=3).members.__len__() == 3  # no stage, no round
+    assert ens.n_forward == none.n_forward + 2 * 2 * 3 * 7 + 4
+    # a round runs on the last stage's near misses
+    s, rest = obj.gallery_scale(), torch.arange(3)
+    scores = torch.tensor([-0.05, -0.3, 0.0], dtype=torch.float64) * s
+    for member in (5, 7, 10):
+        assert ens._select(member, obj, rest, scores).tolist() == [0, 2]
+
+    def run(schedule, broke):  # the members a schedule runs when member i breaks broke.get(i, 0) queries
+        out, i = [], next(schedule)
+        while i is not None:
+            out.append(i)
+            try:
+                i = schedule.send(broke.get(i, 0))
+            except StopIteration:
+                i = None
+        return out
+
+    assert run(ens._schedule(11), {}) == list(range(9))  # the first round always, then none
+    assert run(ens._schedule(11), {8: 1}) == list(range(11))  # round 1 broke one: round 2
+    assert run(RetrievalEnsemble(**base, rounds=3)._schedule(13), {7: 2, 9: 1}) == list(range(13))
+    assert run(RetrievalEnsemble(**base, rounds=3)._schedule(13), {5: 4}) == list(range(9))
+    # the call: rounds attack only unbroken near misses of the last stage
+    calls = []
+    orig = APGD.__call__
+
+    def spy(self, model, inputs, objective, *, eps, index=None):
+        res = orig(self, model, inputs, objective, eps=eps, index=index)
+        calls.append((self.steps, index.clone(), res.success.clone()))
+        return res
+
+    monkeypatch.setattr(APGD, "__call__", spy)
+    res = ens(cnn, x, obj, eps=0.02)
+    rounds = [c for c in calls if c[0] == 6]
+    assert len(rounds) >= 1
+    for _, index, ok in rounds:
+        assert not bool(res.success[index][~ok].any())  # what a round left unbroken nothing else broke
+    calls.clear()
+    r_none = none(cnn, x, obj, eps=0.02)
+    assert torch.all(res.success >= r_none.success)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="'rounds' parameter of RetrievalEnsemble must be an int in"):
+            RetrievalEnsemble(**base, rounds=bad)(cnn, x[:4], obj, eps=0.1, index=np.arange(4))
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """Ensembles of embedding attacks: the worst case over member attacks.
 
 - :class:`EnsembleAttack`: a query counts as broken if any member breaks it; later members attack
-  only the survivors (a subclass may focus a member on some of them).
+  only the survivors (a subclass may focus a member on some of them, or stop early).
 - :class:`RetrievalEnsemble`: the reported evaluation of retrieval (``adversarial_retrieval``'s
   default attack): APGD on the retrieval margin, APGD on a cross-entropy over the gallery at
-  several temperatures and fixed-step PGD, then focus stages on the near misses.
+  several temperatures and fixed-step PGD, then focus stages and rounds on the near misses.
 
 Called like every embedding attack::
 
@@ -14,7 +14,7 @@ Called like every embedding attack::
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 import torch
@@ -120,9 +120,13 @@ class EnsembleAttack(EmbeddingAttack):
             scores = torch.full((n,), -torch.inf, dtype=torch.float64)
             embs = None
             rest = torch.arange(n)
-            for i, ((attack, _), obj) in enumerate(zip(members, objectives)):
+            schedule = self._schedule(len(members))
+            i = next(schedule, None)
+            while i is not None:
+                (attack, _), obj = members[i], objectives[i]
                 todo = rest if raw is None else self._select(i, objective, rest, scores[rest])
                 if len(todo) == 0:
+                    i = _advance(schedule, 0)
                     continue
                 res = attack(model, x[todo], obj, eps=e, index=index[todo])
                 emb = res.embeddings
@@ -142,6 +146,7 @@ class EnsembleAttack(EmbeddingAttack):
                 scores[t] = sc[take]
                 success[t] = ok[take]
                 rest = rest[~success[rest]]
+                i = _advance(schedule, int(ok.sum()))
             out_dev = raw.device
             for lst, v in zip(fields, (raw, clipped, success.to(out_dev), scores.to(out_dev, embs.dtype), embs)):
                 lst.append(v)
@@ -150,6 +155,12 @@ class EnsembleAttack(EmbeddingAttack):
         stacked = [torch.stack(f) for f in fields]
         return EmbeddingAttackResult(*stacked[:3], scores=stacked[3], embeddings=stacked[4])
 
+    def _schedule(self, n_members: int) -> Generator[int, int, None]:
+        """The members to run, in order, as their indices; after each it is sent the number of inputs
+        that member broke (every member once, in order; subclasses may stop early)."""
+        for i in range(n_members):
+            yield i
+
     def _select(self, member: int, objective: Any, rest: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The inputs member ``member`` attacks, among the unbroken ``rest`` (best ``scores`` so far
         under the ensemble's objective): all of them (subclasses may focus a member)."""
@@ -157,6 +168,14 @@ class EnsembleAttack(EmbeddingAttack):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(members={self.members!r})"
+
+
+def _advance(schedule: Generator[int, int, None], broke: int) -> int | None:
+    """The schedule's next member after one that broke ``broke`` inputs (None: no more)."""
+    try:
+        return schedule.send(broke)
+    except StopIteration:
+        return None
 
 
 def _seeds(random_state: int | None, n: int) -> list[int | None]:
@@ -183,7 +202,7 @@ class RetrievalEnsemble(EnsembleAttack):
     Called with a :class:`~.retrieval.RetrievalObjective` (the margin); the cross-entropy
     members use :class:`~.retrieval.RetrievalCrossEntropy` built from it (the same success:
     the 1-NN flipped), one per temperature. Members run in that order, each on the queries
-    still unbroken.
+    still unbroken, then the focus stages and the rounds on the near misses.
 
     Parameters
     ----------
@@ -209,18 +228,27 @@ class RetrievalEnsemble(EnsembleAttack):
         a few percent of restarts, and some come near only after a few; spending restarts on
         them, not on the queries far from breaking, is what makes the ensemble converge (see
         the notes).
+    rounds : int, default=4
+        More runs of the last focus stage, after it, until one breaks nothing (at most ``rounds``;
+        none without focus stages): each runs every APGD member again, with the stage's margin and
+        restarts, fresh seeds and twice ``steps``, on the near misses still unbroken. The first
+        always runs; each further one only if the one before broke a query. A near miss that one
+        restart breaks with a probability of a few percent is what the doubling check of
+        convergence finds and a fixed budget misses; the rounds stop only once such breaks dry up.
     batch_size, random_state, progress
         As for :class:`~.base.EmbeddingAttack`; the members' seeds are drawn from
         ``random_state`` (adding temperatures keeps the seeds of the other members).
 
     Notes
     -----
-    With ``k`` temperatures and focus stages of ``r_1, ..., r_J`` restarts it costs at most
-    ``(restarts + sum(r_j)) * (1 + k) * (steps + 1) + restarts * (pgd_steps + 1) + 2 + k +
-    J * (1 + k)`` forward passes per query (:attr:`n_forward`, 11851 by default; the last
-    ``2 + k + J * (1 + k)`` are the members' checks), one backward pass less per restart and member; a query pays a
-    focus stage only when it is a near miss, and early stop (APGD) and attacking only the queries no earlier member broke
-    make the cost much less on queries that break.
+    With ``k`` temperatures, focus stages of ``r_1, ..., r_J`` restarts and ``R`` rounds it costs
+    at most ``((restarts + sum(r_j)) * (steps + 1) + R * r_J * (2 * steps + 1)) * (1 + k) +
+    restarts * (pgd_steps + 1) + 2 + k + (J + R) * (1 + k)`` forward passes per query
+    (:attr:`n_forward`, 89047 by default; the last ``2 + k + (J + R) * (1 + k)`` are the members'
+    checks), one backward pass less per restart and member. A query pays a focus stage and the
+    rounds only when it is a near miss, the rounds after the first only while they break queries,
+    and early stop (APGD) and attacking only the queries no earlier member broke make the cost much
+    less on queries that break.
 
     Measured on SmallCNNs trained on MNIST (``rml reproduce dml``, 300 queries, l_inf eps
     0.1): on contrastive-loss naive adversarial training, the ensemble with the single
@@ -239,7 +267,7 @@ class RetrievalEnsemble(EnsembleAttack):
     Examples
     --------
     >>> RetrievalEnsemble(random_state=0).n_forward
-    11851
+    89047
     """
 
     name = "RetrievalEnsemble"
@@ -251,11 +279,12 @@ class RetrievalEnsemble(EnsembleAttack):
         "pgd_rel_step_size": [Interval(Real, 0, None, closed="neither")],
         "temperatures": [SequenceOf(Interval(Real, 0, None, closed="neither"))],
         "focus": [SequenceOf(TupleOf(Interval(Real, 0, None), Interval(Integral, 1, None)), allow_empty=True)],
+        "rounds": [Interval(Integral, 0, None)],
     }
 
     def __init__(self, *, norm: str | Norm = "linf", steps: int = 100, restarts: int = 1, pgd_steps: int = 20,
                  pgd_rel_step_size: float = 0.25, temperatures: Sequence[float] = (0.1, 0.03),
-                 focus: Sequence[tuple[float, int]] = ((1.0, 2), (0.3, 4), (0.1, 32)),
+                 focus: Sequence[tuple[float, int]] = ((1.0, 2), (0.3, 4), (0.1, 32)), rounds: int = 4,
                  batch_size: int = 256, random_state: int | None = None, progress: bool | None = None):
         self.norm = norm
         self.steps = steps
@@ -264,6 +293,7 @@ class RetrievalEnsemble(EnsembleAttack):
         self.pgd_rel_step_size = pgd_rel_step_size
         self.temperatures = temperatures
         self.focus = focus
+        self.rounds = rounds
         self.batch_size = batch_size
         self.random_state = random_state
         self.progress = progress
@@ -273,14 +303,18 @@ class RetrievalEnsemble(EnsembleAttack):
         """The member attacks, built from the parameters."""
         validate_params(self)
         temps = [float(t) for t in self.temperatures]
-        k = len(temps)
-        s = _seeds(self.random_state, 2 + k + (1 + k) * len(self.focus))
+        k, n_rounds = len(temps), self._n_rounds()
+        s = _seeds(self.random_state, 2 + k + (1 + k) * (len(self.focus) + n_rounds))
         seeds = [s[1], *s[3:2 + k]]  # the cross-entropy members' (the first keeps its seed as members are added)
         common = {"norm": self.norm, "batch_size": self.batch_size, "progress": self.progress}
         objectives = [None, *(_cross_entropy(t) for t in temps)]  # the margin, then each temperature
         focus = [(APGD(steps=self.steps, restarts=int(r), random_state=seed, **common), obj)
                  for j, (_, r) in enumerate(self.focus)
                  for obj, seed in zip(objectives, s[2 + k + j * (1 + k):2 + k + (j + 1) * (1 + k)])]
+        first = 2 + k + len(self.focus) * (1 + k)  # the rounds' seeds follow the stages'
+        rounds = [(APGD(steps=2 * self.steps, restarts=int(self.focus[-1][1]), random_state=seed, **common), obj)
+                  for j in range(n_rounds)
+                  for obj, seed in zip(objectives, s[first + j * (1 + k):first + (j + 1) * (1 + k)])]
         return [
             (APGD(steps=self.steps, restarts=self.restarts, random_state=s[0], **common), None),
             *((APGD(steps=self.steps, restarts=self.restarts, random_state=seed, **common), _cross_entropy(t))
@@ -288,33 +322,52 @@ class RetrievalEnsemble(EnsembleAttack):
             (PGD(steps=self.pgd_steps, rel_step_size=self.pgd_rel_step_size, restarts=self.restarts,
                  random_state=s[2], **common), None),
             *focus,
+            *rounds,
         ]
 
+    def _n_rounds(self) -> int:
+        return int(self.rounds) if len(self.focus) else 0
+
     def scaled(self, factor: int) -> "RetrievalEnsemble":
-        """A copy with ``steps``, ``restarts``, ``pgd_steps`` and every focus stage's restarts
-        multiplied by ``factor`` (2: the doubling check of convergence)."""
+        """A copy with ``steps``, ``restarts``, ``pgd_steps``, every focus stage's restarts and the
+        most rounds multiplied by ``factor`` (2: the doubling check of convergence)."""
         validate_params(self)
         check_params(f"{type(self).__name__}.scaled", {"factor": factor}, {"factor": [Interval(Integral, 1, None)]})
         f = int(factor)
         params = {name: getattr(self, name) for name in self._parameter_constraints}
         params.update(steps=f * self.steps, restarts=f * self.restarts, pgd_steps=f * self.pgd_steps,
-                      focus=[(m, f * int(r)) for m, r in self.focus])
+                      focus=[(m, f * int(r)) for m, r in self.focus], rounds=f * int(self.rounds))
         return type(self)(**params)
+
+    def _schedule(self, n_members: int) -> Generator[int, int, None]:
+        k = len(self.temperatures)
+        fixed = 2 + k + len(self.focus) * (1 + k)
+        for i in range(fixed):
+            yield i
+        for j in range((n_members - fixed) // (1 + k)):  # the rounds, until one breaks nothing
+            broke = 0
+            for m in range(1 + k):
+                broke += yield fixed + j * (1 + k) + m
+            if broke == 0:
+                return
 
     def _select(self, member: int, objective: Any, rest: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         k = len(self.temperatures)
         if member < 2 + k:
             return rest
-        margin = float(self.focus[(member - 2 - k) // (1 + k)][0])
+        stage = min((member - 2 - k) // (1 + k), len(self.focus) - 1)  # a round: the last stage's margin
+        margin = float(self.focus[stage][0])
         return rest[scores >= -margin * objective.gallery_scale()]
 
     @property
     def n_forward(self) -> int:
-        """Forward passes per query at most (early stop aside), the members' final checks included."""
+        """Forward passes per query at most (early stop aside, every round run), the members' final
+        checks included."""
         validate_params(self)
-        k, focus = len(self.temperatures), [int(r) for _, r in self.focus]
-        return ((self.restarts + sum(focus)) * (1 + k) * (self.steps + 1)
-                + self.restarts * (self.pgd_steps + 1) + 2 + k + len(focus) * (1 + k))
+        k, focus, n_rounds = len(self.temperatures), [int(r) for _, r in self.focus], self._n_rounds()
+        round_passes = n_rounds * focus[-1] * (2 * self.steps + 1) if n_rounds else 0
+        return (((self.restarts + sum(focus)) * (self.steps + 1) + round_passes) * (1 + k)
+                + self.restarts * (self.pgd_steps + 1) + 2 + k + (len(focus) + n_rounds) * (1 + k))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._parameter_constraints)
