@@ -257,6 +257,13 @@ def test_certified_retrieval_is_never_above_the_clean_recall_and_checks_its_othe
     # an explicit bound twice as large halves every radius
     half = certified_retrieval(model, X, y, eps=0.0, lipschitz=2 * res["lipschitz"])["radii"]
     np.testing.assert_allclose(half, res["radii"] / 2)
+    # queries: those rows' radii (the rest of X still the gallery), their certified R@1
+    rows = np.arange(len(y))[::-3]
+    sub = certified_retrieval(model, X, y, eps=[0.0, 1e-4, 0.01], queries=rows)
+    np.testing.assert_allclose(sub["radii"], res["radii"][rows])
+    assert sub["certified_recall_at_1"] == [float(np.mean(res["radii"][rows] > e)) for e in (0.0, 1e-4, 0.01)]
+    with pytest.raises(ValueError, match="queries must be a non-empty 1-D array of rows of X"):
+        certified_retrieval(model, X, y, eps=0.1, queries=[])
     for kw, match in [(dict(n_positives=0), "n_positives must be a positive integer, got 0"),
                       (dict(n_positives=1.5), "n_positives must be a positive integer"),
                       (dict(batch_size=-1), "batch_size must be a positive integer, got -1"),
@@ -291,6 +298,14 @@ def test_embedding_radius_bound_does_not_depend_on_the_block_with_small_classes(
     one_block = embedding_radius_bound(E, labels, n_positives=5, batch_size=1000)
     for bs in (1, 7):
         torch.testing.assert_close(embedding_radius_bound(E, labels, n_positives=5, batch_size=bs), one_block)
+    # some rows as queries, in any order: their bounds, the whole set still the gallery
+    rows = np.array([46, 3, 45, 0, 17])
+    for bs in (2, 1000):
+        torch.testing.assert_close(embedding_radius_bound(E, labels, n_positives=5, batch_size=bs, queries=rows),
+                                   one_block[rows])
+    with pytest.raises(ValueError, match=r"queries must be a non-empty 1-D array of rows of X \(0..47\), got "
+                                         r"values in \[0, 48\]"):
+        embedding_radius_bound(E, labels, queries=[0, 48])
     assert one_block[y == 3].item() == 0  # no other item of its class: not certified
     assert (one_block[y < 3] > 0).any()
     for i in range(len(E)):  # still sound against the exact radius

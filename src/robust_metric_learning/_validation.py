@@ -352,7 +352,8 @@ def check_query_rows(queries: Any, n: int, *, name: str = "queries") -> torch.Te
         return torch.arange(n)
     what = f"{name} must be a non-empty 1-D array of rows of X (0..{n - 1})"
     try:
-        t = queries.detach().cpu() if isinstance(queries, torch.Tensor) else torch.as_tensor(np.asarray(queries))
+        t = (queries.detach().cpu() if isinstance(queries, torch.Tensor)
+             else torch.as_tensor(np.array(queries)))  # a copy: a reversed view has negative strides
     except Exception as exc:
         raise ValueError(f"{what}: {exc}") from None
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():

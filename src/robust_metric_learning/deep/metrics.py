@@ -217,14 +217,15 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
 
 
 def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positives: int = 5,
-                           batch_size: int = 256) -> torch.Tensor:
+                           batch_size: int = 256, queries: Any = None) -> torch.Tensor:
     """Lower bound on each item's leave-one-out 1-NN radius in embedding space (l2, float64).
 
     ``min over other-class j of max over the n_positives nearest same-class p of
     margin(z; g_p, g_j)`` (the Mahalanobis margin with M = I, a subset of the positives), clipped at 0:
     0 when the query is already wrong at R@1, or has no other item of its class; inf when
     there is no item of another class. Each row uses its own positives, so the result does
-    not depend on ``batch_size``.
+    not depend on ``batch_size``. With ``queries`` (rows of ``emb``), only those rows' bounds,
+    in that order (every row stays in the gallery).
     """
     from .._validation import check_positive_int
 
@@ -240,11 +241,12 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
     if not bool(torch.isfinite(G).all()):
         raise ValueError("emb contains NaN or infinity")
     sq = (G * G).sum(1)
-    n = len(G)
-    out = torch.empty(n, dtype=torch.float64)
-    for s in range(0, n, batch_size):
-        Q = G[s:s + batch_size]
-        rows = torch.arange(s, s + len(Q))
+    qrows = check_query_rows(queries, len(G))
+    out = torch.empty(len(qrows), dtype=torch.float64)
+    for s in range(0, len(qrows), batch_size):
+        rows = qrows[s:s + batch_size]
+        Q = G[rows]
+        block = slice(s, s + len(rows))
         d = _sq_dist(Q, G)
         d[torch.arange(len(Q)), rows] = float("inf")
         same = labels[rows][:, None] == labels[None, :]
@@ -253,7 +255,7 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
         # distances in the padding, whose margins are -inf and never win the max
         k = min(n_positives, int(same.sum(1).max()) - 1)
         if k <= 0:  # no row of the block has a positive: wrong at R@1 (or alone: inf)
-            out[rows] = torch.where((~same).any(1), 0.0, float("inf")).double()
+            out[block] = torch.where((~same).any(1), 0.0, float("inf")).double()
             continue
         d_pos, p_idx = torch.topk(d_pos_all, k, dim=1, largest=False)  # (b, k)
         P = G[p_idx]  # (b, k, dim)
@@ -267,15 +269,16 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
         m = m.masked_fill(torch.isinf(d_pos)[:, :, None], float("-inf"))  # padding: no positive there
         best = m.max(dim=1).values.masked_fill(same, float("inf"))
         best[torch.arange(len(Q)), rows] = float("inf")
-        out[rows] = best.min(dim=1).values.clamp_min(0)
+        out[block] = best.min(dim=1).values.clamp_min(0)
     return out
 
 
 def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
                         norm: str = "linf", lipschitz: float | None = None, n_positives: int = 5,
-                        batch_size: int = 1024) -> dict[str, Any]:
+                        queries: Any = None, batch_size: int = 1024) -> dict[str, Any]:
     """Certified Recall@1: the fraction of queries whose R@1 no perturbation of norm <= eps
-    can change (leave-one-out on ``X``, clean gallery).
+    can change (leave-one-out on ``X``, clean gallery; every row of ``X`` is a gallery item and,
+    or only the rows ``queries``, a query).
 
     The certified input radius of a query is its embedding-space margin bound
     (:func:`embedding_radius_bound`) converted by :func:`~.lipschitz.certified_input_radius`
@@ -293,12 +296,15 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
         An upper bound (finite, > 0) on the l2 Lipschitz constant of the model's body.
     n_positives : int, default=5
         Nearest same-class items used by the margin bound (more: tighter, slower).
+    queries : array of int, default=None
+        Rows of ``X`` used as queries (default: all), as in :func:`adversarial_retrieval`.
     batch_size : int, default=1024
 
     Returns
     -------
     dict
-        ``eps``, ``certified_recall_at_1`` (one per eps), ``radii`` (per query, input norm),
+        ``eps``, ``certified_recall_at_1`` (one per eps), ``radii`` (per query, in the order of
+        ``queries``, input norm),
         ``lipschitz``. A query whose class has no other item counts as not certified (radius
         0; :func:`retrieval_metrics` leaves such queries out); with a single class every
         query's radius is inf.
@@ -318,6 +324,7 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
     labels = label_codes(y, n_samples=len(X))
     if len(X) < 2:
         raise ValueError(f"X must have at least 2 rows (leave-one-out: each query needs a gallery), got {len(X)}")
+    qrows = check_query_rows(queries, len(X))
     _, normalized = _body(model)
     emb = embed(model, X, batch_size=batch_size).double()
     if lipschitz is None:
@@ -327,8 +334,9 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
                              "zero, or an overflow); pass lipschitz= a finite bound > 0")
     else:
         L = lipschitz
-    R = embedding_radius_bound(emb, labels, n_positives=n_positives)
-    norms = embed(model, X, batch_size=batch_size, body=True).double().norm(dim=1).numpy() if normalized else None
+    R = embedding_radius_bound(emb, labels, n_positives=n_positives, queries=qrows)
+    norms = (embed(model, X[qrows], batch_size=batch_size, body=True).double().norm(dim=1).numpy()
+             if normalized else None)
     radii = certified_input_radius(R.numpy(), norms, lipschitz=L,
                                    n_features=int(np.prod(X.shape[1:])), norm=norm, normalized=normalized)
     return {"eps": eps_list, "certified_recall_at_1": [float(np.mean(radii > e)) for e in eps_list],
