@@ -297,6 +297,10 @@ def test_dml_resumes_recomputes_corrupt_entries_and_reports(tmp_path, monkeypatc
         assert (tmp_path / name).stat().st_size > 0
     p = summary["results"]["digits"]["triplet"]["ours"]
     assert p["n_train"] == 300 and p["n_eval"] == 120
+    # the strength check's ensemble figure is the evaluation's own (here every query is in it)
+    i = tiny_dml.EVAL_EPS.index(tiny_dml.TRAIN_EPS)
+    assert p["strength"]["n_queries"] == 120
+    assert p["strength"]["ensemble"] == pytest.approx(p["adv_recall_at_1"][i], abs=1e-12)
     assert 0 < p["clean"]["precision_at_1"] <= 1
     # robust accuracy never exceeds clean, and shrinks with eps
     adv = [p["clean"]["precision_at_1"], *p["adv_recall_at_1"]]
