@@ -10,10 +10,15 @@ this measures how each one's robustness grows with the budget and with longer tr
 Run::
 
     python benchmarks/bench_dml_train_eps.py [--datasets mnist fashion-mnist] [--loss triplet]
-        [--train-eps 0.05 0.1 0.15 0.2] [--epochs 5] [--seeds 0] [--jobs 2]
+        [--train-eps 0.05 0.1 0.15 0.2] [--epochs 5] [--seeds 0] [--queries 300] [--jobs 2]
 
-Each (dataset, loss, defence, training ε, epochs, seed) result is cached in
-``benchmarks/results/dml_train_eps.json`` (``--force`` recomputes); prints a Markdown table
+Adversarial R@1 is measured on the first ``--queries`` evaluation images as queries (the whole
+evaluation set the gallery; default ``dml.N_STRENGTH``, the queries of the protocol's strength
+check: the full ensemble on all 1000 costs about three times as much). Each (dataset, loss,
+defence, training ε, epochs, seed) result is cached in
+``benchmarks/results/dml_train_eps.json`` (``--force`` recomputes; a result under another
+protocol or number of queries is rerun), each trained model in
+``results/dml_train_eps/checkpoints`` (a rerun evaluates it again without training); prints a Markdown table
 (with several seeds: mean ± standard deviation over them; a seed draws the training and
 evaluation images and the initial weights).
 Without the data files (``$RML_DATA``) it says so and exits with status 0.
@@ -31,6 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "dml_train_eps.json"
+CHECKPOINTS = REPO / "results" / "dml_train_eps" / "checkpoints"
 EVAL_EPS = (0.05, 0.1, 0.15, 0.2)
 
 
@@ -49,8 +55,9 @@ def _protocol() -> dict:
     return json.loads(json.dumps(dml.protocol()))
 
 
-def run_one(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed: int) -> dict:
-    """Train one model at training ε ``eps`` for ``epochs`` and evaluate it (one torch thread)."""
+def run_one(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed: int, n_queries: int) -> dict:
+    """Train one model at training ε ``eps`` for ``epochs`` (or load it from its checkpoint) and
+    evaluate it on the first ``n_queries`` evaluation images (one torch thread)."""
     import numpy as np
     import torch
 
@@ -62,15 +69,20 @@ def run_one(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed
     loss_fn, miner = dml.make_loss(loss)
     model = dml.make_model(dataset, seed)
     t0 = time.perf_counter()
-    train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner, defense=dml.make_defense(defense, eps=eps),
-                    seed=seed, progress=False, **{**dml.TRAIN, "epochs": epochs})
-    train_s = time.perf_counter() - t0
+    ckpt = CHECKPOINTS / f"{_key(dataset, loss, defense, eps, epochs, seed).replace('/', '__')}.pt"
+    hist = train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner,
+                           defense=dml.make_defense(defense, eps=eps), seed=seed, progress=False,
+                           checkpoint=ckpt, resume="compatible", **{**dml.TRAIN, "epochs": epochs})
+    train_s = float(sum(hist.seconds))  # the epochs' own times, also when resumed from the checkpoint
+    queries = np.arange(min(n_queries, len(y_ev)))
     emb = embed(model, X_ev)
-    clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), seed=seed)
-    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=dml.eval_attack(seed))
+    clean = retrieval_metrics(emb[queries], y_ev[queries], emb, y_ev, self_index=queries, seed=seed)
+    t0 = time.perf_counter()
+    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=dml.eval_attack(seed), queries=queries)
     return {"dataset": dataset, "loss": loss, "defense": defense, "train_eps": eps, "epochs": epochs, "seed": seed,
             "train_s": round(train_s, 1), "clean_r1": float(clean["precision_at_1"]),
             "adv_r1": [float(v) for v in adv["precision_at_1"]], "eval_eps": list(EVAL_EPS),
+            "n_queries": int(len(queries)), "eval_s": round(time.perf_counter() - t0, 1),
             "protocol": _protocol()}
 
 
@@ -82,6 +94,7 @@ def main() -> int:
     p.add_argument("--train-eps", type=float, nargs="+", default=[0.05, 0.1, 0.15, 0.2])
     p.add_argument("--epochs", type=int, nargs="+", default=None, help="default: the protocol's")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--queries", type=int, default=None, help="default: dml.N_STRENGTH")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--force", action="store_true")
     args = p.parse_args()
@@ -95,6 +108,9 @@ def main() -> int:
     from robust_metric_learning.experiments import dml
 
     epochs = args.epochs or [dml.TRAIN["epochs"]]
+    n_queries = dml.N_STRENGTH if args.queries is None else args.queries
+    if n_queries < 1:
+        p.error(f"--queries must be >= 1, got {n_queries}")
 
     status = dataset_status()
     datasets = [d for d in args.datasets if status[d]["available"]]
@@ -105,9 +121,10 @@ def main() -> int:
     settings = list(product(datasets, args.defenses, args.train_eps, epochs))  # one table row each
     todo = [(d, args.loss, m, e, n, s) for d, m, e, n in settings for s in args.seeds]
     current = _protocol()
-    missing = [t for t in todo if args.force or results.get(_key(*t), {}).get("protocol") != current]
+    missing = [t for t in todo if args.force or results.get(_key(*t), {}).get("protocol") != current
+               or results[_key(*t)].get("n_queries") != n_queries]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {pool.submit(run_one, *t): t for t in missing}
+        futures = {pool.submit(run_one, *t, n_queries): t for t in missing}
         for f in as_completed(futures):
             results[_key(*futures[f])] = f.result()
             atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True) + "\n")

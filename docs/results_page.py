@@ -600,11 +600,15 @@ def _train_eps_entries(d: dict) -> list[dict]:
     return out
 
 
-def _evaluation(protocols: Iterable[dict]) -> str:
+def _evaluation(entries: Iterable[dict]) -> str:
+    """The evaluations the entries were measured under, in words (each kind once)."""
     kinds = set()
-    for p in protocols:
+    for e in entries:
+        p = e["protocol"]
         if "eval_attack" in p:
-            kinds.add(lit(p['eval_attack'].get('name', 'the ensemble')))
+            queries = (f" on the first {e['n_queries']} evaluation images as queries (all of them the gallery)"
+                       if "n_queries" in e else " on every evaluation image")
+            kinds.add(lit(p['eval_attack'].get('name', 'the ensemble')) + queries)
         else:
             kinds.add(f"PGD-{p['eval_steps']} with a fixed step of {num(p['eval_rel_step'])} ε alone (the earlier "
                       "evaluation, which overestimates robustness: read these figures as upper bounds)")
@@ -618,7 +622,7 @@ def dml_train_eps(page: Page, res: Results) -> None:
     page.para("Naive adversarial training perturbs every member of a triplet, ours only the anchor, so the "
               "same ε is not the same training attack: the training ε, the epochs and the seed varied, the "
               "rest as in ``rml reproduce dml``. Adversarial R@1 under "
-              f"{_evaluation(e['protocol'] for e in entries)}.",
+              f"{_evaluation(entries)}.",
               source("dml_train_eps.json", "python benchmarks/bench_dml_train_eps.py"),
               "Epochs: ``--train-eps 0.1 --epochs 5 10 20``; seeds: ``--train-eps 0.1 --seeds 0 1 2`` "
               "(and ``--loss contrastive``).")
