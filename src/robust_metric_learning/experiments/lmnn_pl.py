@@ -82,7 +82,8 @@ _DESCRIBED_AS = {"n_neighbors": "k", "convergence_tol": "tol"}
 N_ITER_PL: int | None = None
 #: mean CV accuracies this close count as tied
 TIE_TOL = 1e-9
-#: Gaussian noise: expected l2 norms (preprocessed space) and draws per point and norm
+#: Gaussian noise: root mean square l2 norms eps (expected squared norm eps^2; preprocessed space) and draws
+#: per point and norm
 NOISE_EPS = [0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
 NOISE_DRAWS = 10
 
@@ -352,7 +353,8 @@ def report(name: str, out, results: dict[str, dict[str, dict[int, dict]]],
              "LMNN vs LMNN-PL (Yang et al., TNNLS 2022) and Euclidean: random stratified 70/30 splits, "
              f"(mu, lambda, tau) by {CV_FOLDS}-fold CV on the training part, {K}-NN accuracy on the test part. "
              "Radii: exact 1-NN, l2 after z-scoring and unit-norm rows (0 if 1-NN is wrong). Gaussian noise: "
-             f"N(0, eps^2/d) per coordinate added to the preprocessed test points (expected l2 norm eps), "
+             f"N(0, eps^2/d) per coordinate added to the preprocessed test points (root mean square l2 norm eps: "
+             "expected squared norm eps^2), "
              f"{NOISE_DRAWS} draws per point and eps.", ""]
     grid_eps = [0.0, *NOISE_EPS]
     for ds, per_method in results.items():
@@ -403,7 +405,7 @@ def report(name: str, out, results: dict[str, dict[str, dict[int, dict]]],
         ax = fig.subplots()
         for m, s in block["methods"].items():
             ax.plot(grid_eps, [s["acc3_mean"], *s["noise_acc3"]], marker="o", label=m)
-        ax.set_xlabel("Gaussian noise, expected ℓ2 norm")
+        ax.set_xlabel("Gaussian noise, root mean square ℓ2 norm")
         ax.set_ylabel("3-NN accuracy")
         ax.grid(alpha=0.3)
         ax.legend()
