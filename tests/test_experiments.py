@@ -276,6 +276,8 @@ def tiny_dml(monkeypatch):
     monkeypatch.setattr(dml, "EVAL_STEPS", 2)
     monkeypatch.setattr(dml, "EVAL_RESTARTS", 1)
     monkeypatch.setattr(dml, "EVAL_PGD_STEPS", 2)
+    monkeypatch.setattr(dml, "EVAL_FOCUS", ((0.3, 2), (0.1, 4)))
+    monkeypatch.setattr(dml, "EVAL_ROUNDS", 2)
     monkeypatch.setattr(dml, "DECAY_PGD", {**dml.DECAY_PGD, "steps": 5, "restarts": 1})
     monkeypatch.setattr(dml, "N_SHIFT_CHECK", 20)
     return dml
