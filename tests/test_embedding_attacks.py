@@ -1010,24 +1010,31 @@ def test_retrieval_ensemble_rounds_repeat_the_last_stage_until_one_breaks_nothin
     assert run(ens._schedule(11), {8: 1}) == list(range(11))  # round 1 broke one: round 2
     assert run(RetrievalEnsemble(**base, rounds=3)._schedule(13), {7: 2, 9: 1}) == list(range(13))
     assert run(RetrievalEnsemble(**base, rounds=3)._schedule(13), {5: 4}) == list(range(9))
-    # the call: rounds attack only unbroken near misses of the last stage
+    # the call: each round attacks the last stage's unbroken near misses; the rounds go on while one
+    # breaks a query, and stop after the first that breaks none
     calls = []
     orig = APGD.__call__
 
     def spy(self, model, inputs, objective, *, eps, index=None):
         res = orig(self, model, inputs, objective, eps=eps, index=index)
-        calls.append((self.steps, index.clone(), res.success.clone()))
+        calls.append((self.steps, index.clone(), int(res.success.sum())))
         return res
 
     monkeypatch.setattr(APGD, "__call__", spy)
-    res = ens(cnn, x, obj, eps=0.02)
+    eps = 0.03
+    res = RetrievalEnsemble(**base, rounds=3)(cnn, x, obj, eps=eps)  # the cap is not what stops it
+    last_stage = [c for c in calls if c[0] == 3][-2:]  # the (0.1, 3) stage: margin and cross-entropy
     rounds = [c for c in calls if c[0] == 6]
-    assert len(rounds) >= 1
-    for _, index, ok in rounds:
-        assert not bool(res.success[index][~ok].any())  # what a round left unbroken nothing else broke
+    per_round = [sum(c[2] for c in rounds[j:j + 2]) for j in range(0, len(rounds), 2)]
+    assert len(rounds) == 4 and per_round[0] > 0 and per_round[1] == 0  # round 1 broke some: round 2 ran, not 3
+    near = torch.cat([c[1] for c in last_stage[:1]])  # the near misses the stage started from
+    for _, index, _ in rounds:
+        assert bool(torch.isin(index, near).all())
+        assert not bool(res.success[index].all())  # some left: else the member is skipped
     calls.clear()
-    r_none = none(cnn, x, obj, eps=0.02)
+    r_none = none(cnn, x, obj, eps=eps)
     assert torch.all(res.success >= r_none.success)
+    assert int(res.success.sum()) - int(r_none.success.sum()) == sum(per_round)  # the same members before
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="'rounds' parameter of RetrievalEnsemble must be an int in"):
             RetrievalEnsemble(**base, rounds=bad)(cnn, x[:4], obj, eps=0.1, index=np.arange(4))

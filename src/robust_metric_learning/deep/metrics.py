@@ -277,8 +277,8 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
                         norm: str = "linf", lipschitz: float | None = None, n_positives: int = 5,
                         queries: Any = None, batch_size: int = 1024) -> dict[str, Any]:
     """Certified Recall@1: the fraction of queries whose R@1 no perturbation of norm <= eps
-    can change (leave-one-out on ``X``, clean gallery; every row of ``X`` is a gallery item and,
-    or only the rows ``queries``, a query).
+    can change (leave-one-out on ``X``, clean gallery; every row of ``X`` is a gallery item and
+    (or only the rows ``queries``) a query).
 
     The certified input radius of a query is its embedding-space margin bound
     (:func:`embedding_radius_bound`) converted by :func:`~.lipschitz.certified_input_radius`

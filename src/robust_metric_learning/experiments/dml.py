@@ -111,8 +111,8 @@ N_STRENGTH = 300
 
 
 def eval_attack(seed: int, *, scale: int = 1):
-    """The evaluation attack: the retrieval ensemble, l_inf, seeded; ``scale`` multiplies its steps
-    and restarts (2 for the strength check)."""
+    """The evaluation attack: the retrieval ensemble, l_inf, seeded; ``scale`` multiplies its steps,
+    restarts, focus restarts and most rounds (2 for the strength check)."""
     from ..attacks import RetrievalEnsemble
 
     return RetrievalEnsemble(norm="linf", steps=EVAL_STEPS, restarts=EVAL_RESTARTS, pgd_steps=EVAL_PGD_STEPS,
@@ -390,7 +390,8 @@ def report(name: str, out, results: dict[str, dict[str, dict[str, dict]]],
                 s = p["strength"]
                 lines.append(f"- {d}: attack checks at eps {s['eps']} on {s['n_queries']} queries: R@1 "
                              f"ensemble {s['ensemble']:.3f}, doubled steps and restarts {s['doubled']:.3f} "
-                             f"({-s['doubled_drop_points']:+.1f} points), PGD-{DECAY_PGD['steps']} x "
+                             f"(breaks {s['doubled_extra']} more queries: {-s['doubled_drop_points']:+.1f} "
+                             f"points), PGD-{DECAY_PGD['steps']} x "
                              f"{DECAY_PGD['restarts']} with a decaying step {s['decay_pgd']:.3f} "
                              f"({'ensemble at least as strong' if s['beats_decay_pgd'] else 'ensemble WEAKER'}); "
                              f"adversarial evaluation {p['adv_s']:.0f} s, "

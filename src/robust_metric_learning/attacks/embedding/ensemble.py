@@ -237,7 +237,8 @@ class RetrievalEnsemble(EnsembleAttack):
         convergence finds and a fixed budget misses; the rounds stop only once such breaks dry up.
     batch_size, random_state, progress
         As for :class:`~.base.EmbeddingAttack`; the members' seeds are drawn from
-        ``random_state`` (adding temperatures keeps the seeds of the other members).
+        ``random_state``: adding temperatures keeps the seeds of the margin, PGD and first
+        cross-entropy members, adding focus stages or rounds every earlier member's.
 
     Notes
     -----
