@@ -13,14 +13,16 @@ adversarial R@1 under:
 * ``ensemble_v1``: the first ensemble, ``RetrievalEnsemble(restarts=4, temperatures=(0.1,),
   focus=())`` (APGD margin + APGD cross-entropy + PGD-20, 100 steps and 4 restarts each);
 * ``ensemble``: the default, ``RetrievalEnsemble()`` (APGD margin, APGD cross-entropy at
-  temperatures 0.1 and 0.03 and PGD-20, one restart each, then the focus stages on the near
-  misses);
-* ``doubled``: the default with doubled steps and restarts, ``RetrievalEnsemble().scaled(2)``.
+  temperatures 0.1 and 0.03 and PGD-20, one restart each, then the focus stages and the rounds
+  on the near misses);
+* ``doubled``: the default with doubled steps, restarts, focus restarts and rounds,
+  ``RetrievalEnsemble().scaled(2)``.
 
 With several ``--attack-seeds`` every attack runs once per seed (the model is the same). For
 each run: R@1, wall seconds (one torch thread) and the inputs the model forwarded per query,
 with gradient (each then has a backward pass) and without. Results go to
-``benchmarks/results/eval_attack.json`` (one entry per defence, recomputed with ``--force``);
+``benchmarks/results/eval_attack.json`` (one entry per defence, recomputed with ``--force`` or
+when an attack's settings changed);
 prints a Markdown table. Without the MNIST files it says so and exits with status 0.
 
 Run::
@@ -110,7 +112,9 @@ def main() -> int:
     for d in args.defenses:
         key = f"{d}/seed={args.seed}"
         have = results.get(key, {}).get("runs", {})
-        if args.force or any(f"{a}/seed={s}" not in have for a in ATTACKS for s in args.attack_seeds):
+        # rerun when an attack is missing or its settings changed since (its repr is stored)
+        if args.force or any(have.get(f"{a}/seed={s}", {}).get("attack") != repr(_attack(a, s))
+                             for a in ATTACKS for s in args.attack_seeds):
             results[key] = run_one(d, args.seed, args.attack_seeds)
             atomic_write_text(RESULTS, json.dumps(results, indent=1, sort_keys=True) + "\n")
     print(f"\nMNIST, SmallCNN, {EPOCHS} epochs on {N_TRAIN} images of 0-4, {N_EVAL} queries of 5-9, "

@@ -69,7 +69,16 @@ def protocol() -> dict[str, Any]:
     return {"eval": EVAL, "train": TRAIN, "travel": TRAVEL, "n_ensemble": N_ENSEMBLE,
             "loss": hyperparameters(loss), "miner": repr(miner), "hm_miner": repr(make_loss("hm")[1]),
             "model": "RC2F2(512)",
-            "eval_attacks": ["ranking PGD (no random start)", "APGD", "RetrievalEnsemble for adv R@1"]}
+            "eval_attacks": ["ranking PGD (no random start)", "APGD", "RetrievalEnsemble for adv R@1"],
+            # the ensemble's settings (its defaults): a change of them reruns the cached results
+            "ensemble": repr(_ensemble(0))}
+
+
+def _ensemble(seed: int):
+    """The ensemble that measures adversarial R@1 (its defaults, l_inf, seeded)."""
+    from ..attacks import RetrievalEnsemble
+
+    return RetrievalEnsemble(norm="linf", random_state=seed)
 
 
 def make_loss(defense: str = "natural"):
@@ -100,7 +109,7 @@ def run_task(dataset: str, defense: str, profile: str, seed: int, *, n_eval: int
     """Train one model under ``profile`` and evaluate it; a JSON-ready payload."""
     import torch
 
-    from ..attacks import APGD, RetrievalEnsemble
+    from ..attacks import APGD
     from ..datasets import load_dataset
     from ..deep import RC2F2, adversarial_retrieval, ranking_robustness, train_embedding
     from ..deep.ranking import ranking_attack
@@ -129,7 +138,7 @@ def run_task(dataset: str, defense: str, profile: str, seed: int, *, n_eval: int
     t0 = time.perf_counter()
     queries = np.arange(min(N_ENSEMBLE, len(y_te)))
     adv = adversarial_retrieval(model, X_te, y_te, eps=[EVAL["eps"]], queries=queries,
-                                attack=RetrievalEnsemble(norm="linf", random_state=seed))
+                                attack=_ensemble(seed))
     return {"dataset": dataset, "defense": defense, "profile": profile, "seed": seed, **p, "device": device,
             "n_eval": int(len(y_te)), "train_loss": hist.loss, "epoch_s": hist.seconds, "train_s": train_s,
             "recall_at_1": suite["recall_at_1"], "clean": suite["clean"], "adversarial": suite["adversarial"],
