@@ -303,7 +303,7 @@ def test_embedding_radius_bound_does_not_depend_on_the_block_with_small_classes(
     for bs in (2, 1000):
         torch.testing.assert_close(embedding_radius_bound(E, labels, n_positives=5, batch_size=bs, queries=rows),
                                    one_block[rows])
-    with pytest.raises(ValueError, match=r"queries must be a non-empty 1-D array of rows of X \(0..47\), got "
+    with pytest.raises(ValueError, match=r"queries must be a non-empty 1-D array of rows of emb \(0..47\), got "
                                          r"values in \[0, 48\]"):
         embedding_radius_bound(E, labels, queries=[0, 48])
     assert one_block[y == 3].item() == 0  # no other item of its class: not certified

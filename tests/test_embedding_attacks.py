@@ -586,7 +586,7 @@ def test_bad_objective_context():
         RetrievalObjective(g, [0, 0, 1, 1, 2, 2], [0, 1], query_in_gallery=[0, 4])
     with pytest.raises(ValueError, match=r"query_in_gallery must hold gallery rows in \[0, 6\) or -1"):
         RetrievalObjective(g, [0, 0, 1, 1, 2, 2], [0, 1], query_in_gallery=[0, 6])
-    with pytest.raises(ValueError, match="gallery_labels has 5 labels, X has 6 samples"):
+    with pytest.raises(ValueError, match="gallery_labels has 5 labels, gallery has 6 samples"):
         RetrievalObjective(g, [0, 0, 1, 1, 2], [0])
     with pytest.raises(ValueError, match="gallery contains NaN"):
         RetrievalObjective(torch.full((2, 2), float("nan")), [0, 1], [0])

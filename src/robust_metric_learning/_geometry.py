@@ -228,7 +228,7 @@ def fit_geometry(X: Any, y: Any, metric: Any, *, n_neighbors: int, memory_budget
     from sklearn.base import clone
 
     X = check_scale(check_array_2d(X, name=name), name=name)
-    y = check_labels(y, n_samples=X.shape[0], name=y_name)
+    y = check_labels(y, n_samples=X.shape[0], name=y_name, rows=name)
     classes, codes = np.unique(y, return_inverse=True)
     if classes.size < 2:
         raise ValueError(f"{y_name} has one class only ({classes[0].tolist()!r}); {what} needs at least 2 classes")

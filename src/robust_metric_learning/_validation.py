@@ -75,8 +75,9 @@ def check_array_2d(X: Any, *, name: str = "X", allow_empty: bool = False) -> np.
     return check_scale(arr, name=name)
 
 
-def check_labels(y: Any, *, n_samples: int, name: str = "y") -> np.ndarray:
-    """Return ``y`` as a 1-D array of ``n_samples`` labels or raise a clear error."""
+def check_labels(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") -> np.ndarray:
+    """Return ``y`` as a 1-D array of ``n_samples`` labels (one per row of ``rows``, named in the
+    error) or raise a clear error."""
     if y is None:
         raise ValueError(f"{name} must be a 1-D array of labels, got None")
     arr = np.asarray(y)
@@ -85,16 +86,16 @@ def check_labels(y: Any, *, n_samples: int, name: str = "y") -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array of labels, got shape {arr.shape}")
     if arr.shape[0] != n_samples:
-        raise ValueError(f"{name} has {arr.shape[0]} labels, X has {n_samples} samples")
+        raise ValueError(f"{name} has {arr.shape[0]} labels, {rows} has {n_samples} samples")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
 
 
-def label_codes(y: Any, *, n_samples: int, name: str = "y") -> torch.Tensor:
+def label_codes(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") -> torch.Tensor:
     """Check ``y`` as :func:`check_labels` does; each label's class as an int64 code ``0..C-1``
     (the classes in sorted order), for labels of any type."""
-    arr = check_labels(y, n_samples=n_samples, name=name)
+    arr = check_labels(y, n_samples=n_samples, name=name, rows=rows)
     return torch.as_tensor(np.unique(arr, return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
@@ -282,13 +283,24 @@ def check_params(owner: str, values: dict[str, Any], constraints: dict[str, list
 # ------------------------------------------------------------ tensors (deep models, attacks)
 
 
+def as_tensor(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.as_tensor`` of a tensor, array or sequence, also for numpy views with negative
+    strides (a reversed view is copied; torch refuses them)."""
+    if isinstance(x, torch.Tensor):
+        return torch.as_tensor(x, dtype=dtype)
+    a = np.asarray(x)
+    if any(s < 0 for s in a.strides):
+        a = np.ascontiguousarray(a)
+    return torch.as_tensor(a, dtype=dtype)
+
+
 def real_tensor(x: Any, *, name: str, what: str) -> torch.Tensor:
     """``x`` as a floating tensor (integers to float32; a tensor is not copied), or a clear error
     for None, non-numbers, booleans and complex values; ``what`` is the expected kind."""
     if x is None:
         raise ValueError(f"{name} must be {what}, got None")
     try:
-        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+        t = as_tensor(x)
     except Exception as exc:
         raise ValueError(f"{name} must be {what}: {exc}") from None
     if t.dtype == torch.bool or t.is_complex():
@@ -333,7 +345,7 @@ def check_model_output(emb: Any, *, n_rows: int, name: str = "model", dim: int |
 def check_index(index: Any, *, n_rows: int, size: int | None, name: str = "index") -> torch.Tensor:
     """Return ``index`` (rows of a context of ``size`` rows, one per input) as a 1-D int64
     tensor of length ``n_rows``, or raise."""
-    t = index if isinstance(index, torch.Tensor) else torch.as_tensor(np.asarray(index))
+    t = as_tensor(index)
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise ValueError(f"{name} must hold integer row numbers, got dtype {t.dtype}")
     if t.ndim != 1 or t.shape[0] != n_rows:
@@ -345,15 +357,14 @@ def check_index(index: Any, *, n_rows: int, size: int | None, name: str = "index
     return t
 
 
-def check_query_rows(queries: Any, n: int, *, name: str = "queries") -> torch.Tensor:
-    """Rows of ``X`` to use as queries (None: all ``n``) as a 1-D int64 tensor, or raise: integer
+def check_query_rows(queries: Any, n: int, *, name: str = "queries", of: str = "X") -> torch.Tensor:
+    """Rows of ``of`` to use as queries (None: all ``n``) as a 1-D int64 tensor, or raise: integer
     row numbers only (floats and booleans are refused, not truncated), non-empty, in ``[0, n)``."""
     if queries is None:
         return torch.arange(n)
-    what = f"{name} must be a non-empty 1-D array of rows of X (0..{n - 1})"
+    what = f"{name} must be a non-empty 1-D array of rows of {of} (0..{n - 1})"
     try:
-        t = (queries.detach().cpu() if isinstance(queries, torch.Tensor)
-             else torch.as_tensor(np.array(queries)))  # a copy: a reversed view has negative strides
+        t = queries.detach().cpu() if isinstance(queries, torch.Tensor) else as_tensor(queries)
     except Exception as exc:
         raise ValueError(f"{what}: {exc}") from None
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():

@@ -18,7 +18,7 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_acc
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from .._validation import check_eps, check_query_rows, label_codes
+from .._validation import as_tensor, check_eps, check_query_rows, label_codes
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .training import _inputs, embed
@@ -77,10 +77,10 @@ RETRIEVAL_METRICS = {
 
 
 def _prepare(query, query_labels, gallery, gallery_labels, self_index):
-    q = torch.as_tensor(query, dtype=torch.float64)
-    g = torch.as_tensor(gallery, dtype=torch.float64)
-    ql = torch.as_tensor(np.asarray(query_labels))
-    gl = torch.as_tensor(np.asarray(gallery_labels))
+    q = as_tensor(query, dtype=torch.float64)
+    g = as_tensor(gallery, dtype=torch.float64)
+    ql = as_tensor(query_labels)
+    gl = as_tensor(gallery_labels)
     if q.dim() != 2 or g.dim() != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"query and gallery must be 2-D with the same width, got {tuple(q.shape)} and "
                          f"{tuple(g.shape)}")
@@ -88,7 +88,7 @@ def _prepare(query, query_labels, gallery, gallery_labels, self_index):
         raise ValueError(f"labels must match the rows: query {len(q)} vs {len(ql)} labels, gallery {len(g)} "
                          f"vs {len(gl)} labels")
     if self_index is not None:
-        self_index = torch.as_tensor(np.asarray(self_index), dtype=torch.long)
+        self_index = as_tensor(self_index, dtype=torch.long)
         if self_index.shape != (len(q),) or (len(q) and int(self_index.max()) >= len(g)):
             raise ValueError(f"self_index must have shape ({len(q)},) with entries < {len(g)}")
     return q, ql, g, gl, self_index
@@ -231,17 +231,16 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
 
     n_positives = check_positive_int(n_positives, name="n_positives")
     batch_size = check_positive_int(batch_size, name="batch_size")
-    G = torch.as_tensor(emb).double()
-    if not isinstance(labels, torch.Tensor):
-        labels = np.asarray(labels)
-        labels = torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1) if labels.ndim == 1 else labels)
+    G = as_tensor(emb).double()
+    if not isinstance(labels, torch.Tensor) and G.dim() == 2:
+        labels = label_codes(labels, n_samples=len(G), name="labels", rows="emb")
     if G.dim() != 2 or labels.shape != (len(G),):
         raise ValueError(f"emb must be 2-D (n, dim) and labels of shape (n,), got {tuple(G.shape)} and "
                          f"{tuple(labels.shape)}")
     if not bool(torch.isfinite(G).all()):
         raise ValueError("emb contains NaN or infinity")
     sq = (G * G).sum(1)
-    qrows = check_query_rows(queries, len(G))
+    qrows = check_query_rows(queries, len(G), of="emb")
     out = torch.empty(len(qrows), dtype=torch.float64)
     for s in range(0, len(qrows), batch_size):
         rows = qrows[s:s + batch_size]

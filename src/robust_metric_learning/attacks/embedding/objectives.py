@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import real_tensor
+from ..._validation import as_tensor, real_tensor
 
 __all__ = ["DISTANCES", "EmbeddingShift", "Objective", "TripletRoleObjective"]
 
@@ -258,8 +258,7 @@ class TripletRoleObjective(Objective):
         c = _embeddings(clean, name="clean")
         if len(triplets) != 3:
             raise ValueError(f"triplets must be (anchors, positives, negatives), got {len(triplets)} arrays")
-        idx = [(t if isinstance(t, torch.Tensor) else torch.as_tensor(np.asarray(t))).to("cpu", torch.int64)
-               for t in triplets]
+        idx = [as_tensor(t).to("cpu", torch.int64) for t in triplets]
         T = len(idx[0])
         if any(t.shape != (T,) for t in idx) or (T and any(int(t.min()) < 0 or int(t.max()) >= len(c) for t in idx)):
             raise ValueError(f"triplets must be three 1-D arrays of equal length with rows of clean (0..{len(c) - 1})")
@@ -275,7 +274,7 @@ class TripletRoleObjective(Objective):
     def _groups(groups: Any, n_triplets: int) -> torch.Tensor:
         if groups is None:
             return torch.arange(n_triplets)
-        g = groups.cpu() if isinstance(groups, torch.Tensor) else torch.as_tensor(np.asarray(groups))
+        g = as_tensor(groups).cpu()
         if g.dtype == torch.bool or g.is_floating_point() or g.shape != (n_triplets,):
             raise ValueError(f"groups must be integers of shape ({n_triplets},), got dtype {g.dtype} and "
                              f"shape {tuple(g.shape)}")

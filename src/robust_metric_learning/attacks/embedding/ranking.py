@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import check_labels, check_positive_int, check_real, label_codes
+from ..._validation import as_tensor, check_labels, check_positive_int, check_real, label_codes
 from .objectives import Objective, _embeddings, _safe_sqrt, _sq_matrix
 
 __all__ = ["RANKING_KINDS", "CandidateRank", "LearningToMisrank", "QueryRank", "TargetedMismatch",
@@ -49,7 +49,7 @@ def _dist(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _rows(x: Any, *, n_gallery: int, name: str, ndim: int) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x))
+    t = as_tensor(x).cpu()
     if t.dtype not in (torch.int32, torch.int64) or t.ndim != ndim or t.shape[0] == 0 or (ndim == 2 and t.shape[1] == 0):
         shape = "(n,)" if ndim == 1 else "(n, k)"
         raise ValueError(f"{name} must be a non-empty integer array of shape {shape} of gallery rows, "
@@ -64,7 +64,7 @@ def _rows(x: Any, *, n_gallery: int, name: str, ndim: int) -> torch.Tensor:
 def _self_rows(self_index: Any, n: int, n_gallery: int) -> torch.Tensor:
     if self_index is None:
         return torch.full((n,), -1, dtype=torch.long)
-    t = torch.as_tensor(np.asarray(self_index.cpu() if isinstance(self_index, torch.Tensor) else self_index))
+    t = as_tensor(self_index).cpu()
     if t.dtype not in (torch.int32, torch.int64) or t.shape != (n,):
         raise ValueError(f"self_index must be an integer array of shape ({n},) (each input's gallery row, "
                          f"-1 if none), got {t.dtype} of shape {tuple(t.shape)}")
@@ -174,8 +174,8 @@ class _LabelledObjective(_GalleryObjective):
                  ndim: int = 1):
         super().__init__(gallery, targets, ndim=ndim)
         n_gallery = self._context["gallery"].shape[0]
-        gl = check_labels(np.asarray(gallery_labels), n_samples=n_gallery, name="gallery_labels")
-        ql = check_labels(np.asarray(labels), n_samples=self.n_samples, name="labels")
+        gl = check_labels(np.asarray(gallery_labels), n_samples=n_gallery, name="gallery_labels", rows="gallery")
+        ql = check_labels(np.asarray(labels), n_samples=self.n_samples, name="labels", rows="the inputs")
         _, codes = np.unique(np.concatenate([gl, ql]), return_inverse=True)
         self._context.update(g_codes=torch.as_tensor(codes[:n_gallery]), q_codes=torch.as_tensor(codes[n_gallery:]),
                              self_rows=_self_rows(self_index, self.n_samples, n_gallery))
@@ -294,7 +294,7 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
     if kind in ("CA+", "QA+", "TMA"):
         shape = (n_q,) if kind == "TMA" else (n_q, int(n))
         return torch.randint(n_g, shape, generator=generator)
-    codes = label_codes(np.asarray(gallery_labels), n_samples=n_g, name="gallery_labels")
+    codes = label_codes(np.asarray(gallery_labels), n_samples=n_g, name="gallery_labels", rows="gallery")
     own = _self_rows(self_index, n_q, n_g)
     near = max(1, int(near_fraction * n_g))
     k = min(near, n_g - int(bool((own >= 0).any())))

@@ -55,7 +55,8 @@ class RetrievalObjective(Objective):
         g = _embeddings(gallery, name="gallery")
         n_gallery = g.shape[0]
         gl = check_labels(np.asarray(gallery_labels) if not isinstance(gallery_labels, torch.Tensor)
-                          else gallery_labels.cpu().numpy(), n_samples=n_gallery, name="gallery_labels")
+                          else gallery_labels.cpu().numpy(), n_samples=n_gallery, name="gallery_labels",
+                          rows="gallery")
         ql = np.asarray(query_labels) if not isinstance(query_labels, torch.Tensor) else query_labels.cpu().numpy()
         if ql.ndim != 1 or ql.shape[0] == 0:
             raise ValueError(f"query_labels must be a non-empty 1-D array of labels, got shape {ql.shape}")
