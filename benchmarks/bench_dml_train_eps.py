@@ -68,7 +68,6 @@ def run_one(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed
     X_tr, y_tr, X_ev, y_ev = dml.load_task_data(dataset, seed)
     loss_fn, miner = dml.make_loss(loss)
     model = dml.make_model(dataset, seed)
-    t0 = time.perf_counter()
     ckpt = CHECKPOINTS / f"{_key(dataset, loss, defense, eps, epochs, seed).replace('/', '__')}.pt"
     hist = train_embedding(model, X_tr, y_tr, loss=loss_fn, miner=miner,
                            defense=dml.make_defense(defense, eps=eps), seed=seed, progress=False,
@@ -109,8 +108,8 @@ def main() -> int:
 
     epochs = args.epochs or [dml.TRAIN["epochs"]]
     n_queries = dml.N_STRENGTH if args.queries is None else args.queries
-    if n_queries < 1:
-        p.error(f"--queries must be >= 1, got {n_queries}")
+    if not 1 <= n_queries <= dml.N_EVAL:
+        p.error(f"--queries must be in [1, {dml.N_EVAL}] (the evaluation images), got {n_queries}")
 
     status = dataset_status()
     datasets = [d for d in args.datasets if status[d]["available"]]
