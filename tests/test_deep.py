@@ -403,3 +403,69 @@ def test_embedding_radius_bound_with_near_duplicates_of_other_classes():
             assert r[q] <= max(ref, 0.0) * (1 + 1e-5) + 1e-12
             n_checked += 1
     assert n_checked > 150
+
+
+def test_retrieval_functions_refuse_what_would_give_a_silently_wrong_answer():
+    from robust_metric_learning.attacks import PGD, RetrievalEnsemble
+    from robust_metric_learning.deep import adversarial_retrieval, certified_retrieval
+
+    rng = np.random.default_rng(0)
+    G = rng.normal(size=(20, 3))
+    lab = np.repeat(np.arange(4), 5)
+    own = np.arange(20)
+    base = retrieval_metrics(G, lab, G, lab, self_index=own)
+    for q, match in [(np.where(own[:, None] == 3, np.inf, G), "query contains NaN or infinity"),
+                     (np.where(own[:, None] == 3, np.nan, G), "query contains NaN or infinity"),
+                     (G * 1e200, r"query has values of magnitude up to .*rescale"),
+                     (G[:, :0], r"query must be a 2-D array \(n, dim\) with n >= 1 and dim >= 1"),
+                     (np.full(G.shape, "a"), "query must be a 2-D array of")]:
+        with pytest.raises(ValueError, match=match):
+            retrieval_metrics(q, lab, G, lab, self_index=own)
+    with pytest.raises(ValueError, match="gallery contains NaN or infinity"):
+        retrieval_metrics(G, lab, np.where(own[:, None] == 0, np.nan, G), lab)
+    for labels, match in [(np.where(own == 2, np.nan, lab.astype(float)), "query_labels contains NaN"),
+                          (np.stack([lab, lab], 1), r"query_labels must be a 1-D array of labels, got shape \(20, 2\)"),
+                          (lab.astype(str), "query_labels and gallery_labels must be labels of one kind"),
+                          (lab[:-1], "query_labels has 19 labels, query has 20 samples")]:
+        with pytest.raises(ValueError, match=match):
+            retrieval_metrics(G, labels, G, lab, self_index=own)
+    for index, match in [(np.ones(20, bool), "got torch.bool"), (np.full(20, -5), r"got values in \[-5, -5\]"),
+                         (own + 0.7, "got torch.float64"), (own[:5], r"of shape \(5,\)")]:
+        with pytest.raises(ValueError, match=r"self_index must be an integer array of shape \(20,\) of gallery rows"):
+            retrieval_metrics(G, lab, G, lab, self_index=index)
+        with pytest.raises(ValueError, match=match):
+            retrieval_metrics(G, lab, G, lab, self_index=index)
+    with pytest.raises(ValueError, match="nmi must be True or False"):
+        retrieval_metrics(G, lab, G, lab, nmi="yes")
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        retrieval_metrics(G, lab, G, lab, nmi=True, seed=-1)
+    # reversed views and labels of any kind give the same figures
+    assert retrieval_metrics(G[::-1], lab[::-1].astype(str), G, lab.astype(str), self_index=own[::-1]) == \
+        pytest.approx(base, abs=1e-12)
+    # the margin bound: tensor labels go through the same checks; degenerate shapes are refused
+    E = torch.as_tensor(G)
+    with pytest.raises(ValueError, match="labels contains NaN"):
+        embedding_radius_bound(E, torch.as_tensor(np.where(own == 1, np.nan, lab.astype(float))))
+    with pytest.raises(ValueError, match=r"emb must be a 2-D array \(n, dim\) with n >= 1"):
+        embedding_radius_bound(E[:0], lab[:0])
+    with pytest.raises(ValueError, match=r"emb must be a 2-D array \(n, dim\)"):
+        embedding_radius_bound(E[:, 0], list(lab))
+    # eps: numbers only; a budget past the box's diameter is the whole box (no overflow)
+    model, X, y = _retrieval_problem()
+    for eps in (True, "0.1", b"0.1", None, [0.1, None]):
+        for fn in (adversarial_retrieval, certified_retrieval):
+            with pytest.raises(ValueError, match="eps must be a number or a list of numbers"):
+                fn(model, X, y, eps=eps)
+    pgd = PGD(steps=2, random_state=0)
+    huge = adversarial_retrieval(model, X, y, eps=[1e39], attack=pgd)
+    whole = adversarial_retrieval(model, X, y, eps=[1.0], attack=pgd)
+    assert huge["precision_at_1"] == whole["precision_at_1"]
+    assert np.array_equal(huge["flipped"][0], whole["flipped"][0])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        adversarial_retrieval(None, X, y, eps=0.1)
+    with pytest.raises(ValueError, match=r"an instance \(e.g. RetrievalEnsemble\(\)\), got the class"):
+        adversarial_retrieval(model, X, y, eps=0.1, attack=RetrievalEnsemble)
+    with pytest.raises(ValueError, match="queries must be a non-empty 1-D array of rows of X .*got an empty list"):
+        certified_retrieval(model, X, y, eps=0.1, queries=[])
+    with pytest.raises(ValueError, match=r"The 'rounds' parameter of RetrievalEnsemble must be an int in \[0, 1000\]"):
+        adversarial_retrieval(model, X, y, eps=0.1, attack=RetrievalEnsemble(rounds=10 ** 9))

@@ -17,15 +17,11 @@ from .margin import components_from_metric
 __all__ = [
     "check_array_2d",
     "check_labels",
-    "label_codes",
     "check_n_features",
     "check_positive_int",
     "check_odd_k",
     "check_eps",
     "resolve_metric",
-    "check_unit_interval",
-    "check_model_output",
-    "check_index",
 ]
 
 
@@ -80,7 +76,7 @@ def check_labels(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") ->
     error) or raise a clear error."""
     if y is None:
         raise ValueError(f"{name} must be a 1-D array of labels, got None")
-    arr = np.asarray(y)
+    arr = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr.ravel()
     if arr.ndim != 1:
@@ -90,13 +86,6 @@ def check_labels(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") ->
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
     return arr
-
-
-def label_codes(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") -> torch.Tensor:
-    """Check ``y`` as :func:`check_labels` does; each label's class as an int64 code ``0..C-1``
-    (the classes in sorted order), for labels of any type."""
-    arr = check_labels(y, n_samples=n_samples, name=name, rows=rows)
-    return torch.as_tensor(np.unique(arr, return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
 def check_n_features(X: np.ndarray, n_features: int, *, name: str = "X", what: str = "the model was fitted on") -> None:
@@ -121,7 +110,12 @@ def check_odd_k(k: Any, *, name: str = "n_neighbors") -> int:
 
 
 def check_eps(eps: Any, *, name: str = "eps") -> np.ndarray:
-    """Return perturbation budgets as a 1-D float array of finite non-negative values."""
+    """Return perturbation budgets as a 1-D float array of finite non-negative values (numbers
+    only: booleans, strings and None are refused, not converted)."""
+    raw = np.atleast_1d(np.asarray(eps, dtype=object))
+    if any(v is None or isinstance(v, (bool, np.bool_, str, bytes)) for v in raw.ravel()) or (
+            isinstance(eps, (np.ndarray, torch.Tensor)) and np.asarray(eps).dtype.kind == "b"):
+        raise ValueError(f"{name} must be a number or a list of numbers (finite, >= 0), got {eps!r}")
     try:
         arr = np.atleast_1d(np.asarray(eps, dtype=np.float64))
     except (TypeError, ValueError):
@@ -278,103 +272,6 @@ def check_params(owner: str, values: dict[str, Any], constraints: dict[str, list
             allowed = " or ".join("None" if c is None else c.__name__ if isinstance(c, type) else str(c)
                                   for c in allowed_list)
             raise ValueError(f"The '{name}' parameter of {owner} must be {allowed}; got {value!r}")
-
-
-# ------------------------------------------------------------ tensors (deep models, attacks)
-
-
-def as_tensor(x: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``torch.as_tensor`` of a tensor, array or sequence, also for numpy views with negative
-    strides (a reversed view is copied; torch refuses them)."""
-    if isinstance(x, torch.Tensor):
-        return torch.as_tensor(x, dtype=dtype)
-    a = np.asarray(x)
-    if any(s < 0 for s in a.strides):
-        a = np.ascontiguousarray(a)
-    return torch.as_tensor(a, dtype=dtype)
-
-
-def real_tensor(x: Any, *, name: str, what: str) -> torch.Tensor:
-    """``x`` as a floating tensor (integers to float32; a tensor is not copied), or a clear error
-    for None, non-numbers, booleans and complex values; ``what`` is the expected kind."""
-    if x is None:
-        raise ValueError(f"{name} must be {what}, got None")
-    try:
-        t = as_tensor(x)
-    except Exception as exc:
-        raise ValueError(f"{name} must be {what}: {exc}") from None
-    if t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    return t if t.is_floating_point() else t.to(torch.float32)
-
-
-def check_unit_interval(x: Any, *, name: str = "inputs") -> torch.Tensor:
-    """Return ``x`` as a non-empty floating tensor of finite values in [0, 1] (images) or raise.
-
-    Non-floating inputs (uint8 images, ints) are converted to float32 first, so 0-255
-    images get a clear range error instead of a silent rescale.
-    """
-    t = real_tensor(x, name=name, what="a tensor or array of values in [0, 1]")
-    if t.ndim < 1 or t.shape[0] == 0 or t[0].numel() == 0:
-        raise ValueError(f"{name} must have at least one sample (first axis) of at least one value, "
-                         f"got shape {tuple(t.shape)}")
-    bad = ~torch.isfinite(t)
-    if bool(bad.any()):
-        n_bad = int(bad.reshape(t.shape[0], -1).any(dim=1).sum())
-        raise ValueError(f"{name} contains NaN or infinity in {n_bad} sample(s); all values must be finite")
-    lo, hi = float(t.min()), float(t.max())
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{name} must lie in [0, 1] (scale images to [0, 1] first), "
-                         f"got values in [{lo:.6g}, {hi:.6g}]")
-    return t
-
-
-def check_model_output(emb: Any, *, n_rows: int, name: str = "model", dim: int | None = None) -> None:
-    """Raise unless ``emb`` (a model's output on ``n_rows`` inputs) is a 2-D tensor with one row
-    per input (and ``dim`` columns when given)."""
-    if not isinstance(emb, torch.Tensor):
-        raise ValueError(f"{name} must return a tensor of embeddings (n_inputs, dim), got {type(emb).__name__}")
-    if emb.ndim != 2 or emb.shape[0] != n_rows:
-        raise ValueError(f"{name} must return a 2-D tensor of embeddings with one row per input: "
-                         f"expected ({n_rows}, dim), got shape {tuple(emb.shape)}")
-    if dim is not None and emb.shape[1] != dim:
-        raise ValueError(f"{name} returned embeddings of dimension {emb.shape[1]}, "
-                         f"the objective's embeddings have dimension {dim}")
-
-
-def check_index(index: Any, *, n_rows: int, size: int | None, name: str = "index") -> torch.Tensor:
-    """Return ``index`` (rows of a context of ``size`` rows, one per input) as a 1-D int64
-    tensor of length ``n_rows``, or raise."""
-    t = as_tensor(index)
-    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-        raise ValueError(f"{name} must hold integer row numbers, got dtype {t.dtype}")
-    if t.ndim != 1 or t.shape[0] != n_rows:
-        raise ValueError(f"{name} must be 1-D with one row number per input ({n_rows}), got shape {tuple(t.shape)}")
-    t = t.to(torch.int64)
-    if size is not None and n_rows and (int(t.min()) < 0 or int(t.max()) >= size):
-        raise ValueError(f"{name} must hold row numbers in [0, {size}), got values in "
-                         f"[{int(t.min())}, {int(t.max())}]")
-    return t
-
-
-def check_query_rows(queries: Any, n: int, *, name: str = "queries", of: str = "X") -> torch.Tensor:
-    """Rows of ``of`` to use as queries (None: all ``n``) as a 1-D int64 tensor, or raise: integer
-    row numbers only (floats and booleans are refused, not truncated), non-empty, in ``[0, n)``."""
-    if queries is None:
-        return torch.arange(n)
-    what = f"{name} must be a non-empty 1-D array of rows of {of} (0..{n - 1})"
-    try:
-        t = queries.detach().cpu() if isinstance(queries, torch.Tensor) else as_tensor(queries)
-    except Exception as exc:
-        raise ValueError(f"{what}: {exc}") from None
-    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-        raise ValueError(f"{what}, got dtype {t.dtype}")
-    if t.ndim != 1 or len(t) == 0:
-        raise ValueError(f"{what}, got shape {tuple(t.shape)}")
-    t = t.to(torch.int64)
-    if int(t.min()) < 0 or int(t.max()) >= n:
-        raise ValueError(f"{what}, got values in [{int(t.min())}, {int(t.max())}]")
-    return t
 
 
 # ------------------------------------------------------------ scalars and metric files (added for issue 16)

@@ -18,7 +18,8 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_acc
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from .._validation import as_tensor, check_eps, check_query_rows, label_codes
+from .._validation import check_bool, check_eps, check_nonnegative_int
+from .._tensor_checks import check_embeddings, check_query_rows, check_self_rows, label_codes, paired_label_codes
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .training import _inputs, embed
@@ -77,20 +78,13 @@ RETRIEVAL_METRICS = {
 
 
 def _prepare(query, query_labels, gallery, gallery_labels, self_index):
-    q = as_tensor(query, dtype=torch.float64)
-    g = as_tensor(gallery, dtype=torch.float64)
-    ql = as_tensor(query_labels)
-    gl = as_tensor(gallery_labels)
-    if q.dim() != 2 or g.dim() != 2 or q.shape[1] != g.shape[1]:
-        raise ValueError(f"query and gallery must be 2-D with the same width, got {tuple(q.shape)} and "
-                         f"{tuple(g.shape)}")
-    if len(ql) != len(q) or len(gl) != len(g):
-        raise ValueError(f"labels must match the rows: query {len(q)} vs {len(ql)} labels, gallery {len(g)} "
-                         f"vs {len(gl)} labels")
+    q = check_embeddings(query, name="query")
+    g = check_embeddings(gallery, name="gallery")
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query and gallery must have the same width, got {tuple(q.shape)} and {tuple(g.shape)}")
+    ql, gl = paired_label_codes(query_labels, gallery_labels, n_query=len(q), n_gallery=len(g))
     if self_index is not None:
-        self_index = as_tensor(self_index, dtype=torch.long)
-        if self_index.shape != (len(q),) or (len(q) and int(self_index.max()) >= len(g)):
-            raise ValueError(f"self_index must have shape ({len(q)},) with entries < {len(g)}")
+        self_index = check_self_rows(self_index, n=len(q), n_gallery=len(g))
     return q, ql, g, gl, self_index
 
 
@@ -113,6 +107,8 @@ def retrieval_metrics(query, query_labels, gallery, gallery_labels, *, self_inde
     seed : int, default=0
         k-means seed.
     """
+    nmi = check_bool(nmi, name="nmi")
+    seed = check_nonnegative_int(seed, name="seed")
     q, ql, g, gl, self_index = _prepare(query, query_labels, gallery, gallery_labels, self_index)
     same = (ql[:, None] == gl[None, :]).sum(1)
     if self_index is not None:
@@ -170,10 +166,16 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     from ..attacks.embedding.ensemble import RetrievalEnsemble
     from ..attacks.embedding.retrieval import RetrievalObjective
 
+    from .training import _check_module
+
+    _check_module(model)
     eps_list = [float(e) for e in check_eps(eps)]
     X = _inputs(model, X)
     labels = label_codes(y, n_samples=len(X))  # any label type
     attack = RetrievalEnsemble(norm="linf", random_state=0) if attack is None else attack
+    if isinstance(attack, type):
+        raise ValueError(f"The 'attack' parameter of adversarial_retrieval must be an attack object, an instance "
+                         f"(e.g. {attack.__name__}()), got the class {attack.__name__}")
     if not callable(attack) or isinstance(attack, (str, bytes)):
         raise ValueError(f"The 'attack' parameter of adversarial_retrieval must be an embedding attack object "
                          f"(e.g. RetrievalEnsemble(), PGD()); got {attack!r}")
@@ -231,14 +233,8 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
 
     n_positives = check_positive_int(n_positives, name="n_positives")
     batch_size = check_positive_int(batch_size, name="batch_size")
-    G = as_tensor(emb).double()
-    if not isinstance(labels, torch.Tensor) and G.dim() == 2:
-        labels = label_codes(labels, n_samples=len(G), name="labels", rows="emb")
-    if G.dim() != 2 or labels.shape != (len(G),):
-        raise ValueError(f"emb must be 2-D (n, dim) and labels of shape (n,), got {tuple(G.shape)} and "
-                         f"{tuple(labels.shape)}")
-    if not bool(torch.isfinite(G).all()):
-        raise ValueError("emb contains NaN or infinity")
+    G = check_embeddings(emb, name="emb")
+    labels = label_codes(labels, n_samples=len(G), name="labels", rows="emb")
     sq = (G * G).sum(1)
     qrows = check_query_rows(queries, len(G), of="emb")
     out = torch.empty(len(qrows), dtype=torch.float64)

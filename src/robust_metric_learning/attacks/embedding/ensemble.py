@@ -229,8 +229,8 @@ class RetrievalEnsemble(EnsembleAttack):
         them, not on the queries far from breaking, is what makes the ensemble converge (see
         the notes).
     rounds : int, default=4
-        More runs of the last focus stage, after it, until one breaks nothing (at most ``rounds``;
-        none without focus stages): each runs every APGD member again, with the stage's margin and
+        More runs of the last focus stage, after it, until one breaks nothing (at most ``rounds``,
+        at most 1000; none without focus stages): each runs every APGD member again, with the stage's margin and
         restarts, fresh seeds and twice ``steps``, on the near misses still unbroken. The first
         always runs; each further one only if the one before broke a query. A near miss that one
         restart breaks with a probability of a few percent is what the doubling check of
@@ -280,7 +280,7 @@ class RetrievalEnsemble(EnsembleAttack):
         "pgd_rel_step_size": [Interval(Real, 0, None, closed="neither")],
         "temperatures": [SequenceOf(Interval(Real, 0, None, closed="neither"))],
         "focus": [SequenceOf(TupleOf(Interval(Real, 0, None), Interval(Integral, 1, None)), allow_empty=True)],
-        "rounds": [Interval(Integral, 0, None)],
+        "rounds": [Interval(Integral, 0, 1000)],
     }
 
     def __init__(self, *, norm: str | Norm = "linf", steps: int = 100, restarts: int = 1, pgd_steps: int = 20,

@@ -22,6 +22,7 @@ The first axis is the sample axis; every other axis is flattened into one vector
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -74,6 +75,11 @@ class Norm:
         """The norm of each sample's perturbation, shape (n,)."""
         raise NotImplementedError
 
+    def diameter(self, n_features: int) -> float:
+        """The largest distance between two points of the box [0, 1]^n_features: a ball of this
+        radius around any point of the box holds the whole box."""
+        raise NotImplementedError
+
     def feasible(self, x_adv: torch.Tensor, x: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
         """``x_adv`` moved into the ball of radius ``eps`` around ``x`` (:meth:`project`), then
         clipped to the box [0, 1] (clipping only shrinks each coordinate's change)."""
@@ -119,6 +125,9 @@ class LinfNorm(Norm):
     def measure(self, delta):
         return delta.reshape(delta.shape[0], -1).abs().amax(dim=1)
 
+    def diameter(self, n_features):
+        return 1.0
+
 
 class L2Norm(Norm):
     """The l2 (Euclidean) norm of each sample's flattened perturbation."""
@@ -149,6 +158,9 @@ class L2Norm(Norm):
 
     def measure(self, delta):
         return torch.linalg.vector_norm(delta.reshape(delta.shape[0], -1), ord=2, dim=1)
+
+    def diameter(self, n_features):
+        return math.sqrt(n_features)
 
 
 #: Norm names accepted by :func:`get_norm` (and every ``norm=`` parameter).

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import as_tensor, check_labels, check_positive_int, check_real, label_codes
+from ..._validation import check_positive_int, check_real
+from ..._tensor_checks import as_tensor, check_self_rows, label_codes, paired_label_codes
 from .objectives import Objective, _embeddings, _safe_sqrt, _sq_matrix
 
 __all__ = ["RANKING_KINDS", "CandidateRank", "LearningToMisrank", "QueryRank", "TargetedMismatch",
@@ -58,19 +59,6 @@ def _rows(x: Any, *, n_gallery: int, name: str, ndim: int) -> torch.Tensor:
     if int(t.min()) < 0 or int(t.max()) >= n_gallery:
         raise ValueError(f"{name} must hold gallery rows in [0, {n_gallery}), got values in "
                          f"[{int(t.min())}, {int(t.max())}]")
-    return t
-
-
-def _self_rows(self_index: Any, n: int, n_gallery: int) -> torch.Tensor:
-    if self_index is None:
-        return torch.full((n,), -1, dtype=torch.long)
-    t = as_tensor(self_index).cpu()
-    if t.dtype not in (torch.int32, torch.int64) or t.shape != (n,):
-        raise ValueError(f"self_index must be an integer array of shape ({n},) (each input's gallery row, "
-                         f"-1 if none), got {t.dtype} of shape {tuple(t.shape)}")
-    t = t.long()
-    if int(t.min()) < -1 or int(t.max()) >= n_gallery:
-        raise ValueError(f"self_index must hold gallery rows in [0, {n_gallery}) or -1")
     return t
 
 
@@ -174,11 +162,10 @@ class _LabelledObjective(_GalleryObjective):
                  ndim: int = 1):
         super().__init__(gallery, targets, ndim=ndim)
         n_gallery = self._context["gallery"].shape[0]
-        gl = check_labels(np.asarray(gallery_labels), n_samples=n_gallery, name="gallery_labels", rows="gallery")
-        ql = check_labels(np.asarray(labels), n_samples=self.n_samples, name="labels", rows="the inputs")
-        _, codes = np.unique(np.concatenate([gl, ql]), return_inverse=True)
-        self._context.update(g_codes=torch.as_tensor(codes[:n_gallery]), q_codes=torch.as_tensor(codes[n_gallery:]),
-                             self_rows=_self_rows(self_index, self.n_samples, n_gallery))
+        q_codes, g_codes = paired_label_codes(labels, gallery_labels, n_query=self.n_samples, n_gallery=n_gallery,
+                                              query_name="labels", query_rows="the inputs")
+        self._context.update(g_codes=g_codes, q_codes=q_codes,
+                             self_rows=check_self_rows(self_index, n=self.n_samples, n_gallery=n_gallery))
 
     def _masked(self, emb_adv, index, *, dtype=None):
         """Distances to the gallery with each input's own row at +inf, and the same-label mask."""
@@ -295,7 +282,7 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
         shape = (n_q,) if kind == "TMA" else (n_q, int(n))
         return torch.randint(n_g, shape, generator=generator)
     codes = label_codes(np.asarray(gallery_labels), n_samples=n_g, name="gallery_labels", rows="gallery")
-    own = _self_rows(self_index, n_q, n_g)
+    own = check_self_rows(self_index, n=n_q, n_gallery=n_g)
     near = max(1, int(near_fraction * n_g))
     k = min(near, n_g - int(bool((own >= 0).any())))
     if k < 1:
