@@ -19,8 +19,7 @@ import torch
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .._parallel import eval_mode
-from .._validation import Interval, Options, check_params
-from .._tensor_checks import check_model_output
+from .._validation import Interval, Options, check_model_output, check_params
 from ..attacks.embedding.norms import NORMS, Norm, get_norm
 from ..attacks.embedding.objectives import _Distance
 from ..attacks.embedding.pgd import perturb

@@ -18,8 +18,16 @@ from pytorch_metric_learning.utils import accuracy_calculator as pml_acc
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from .._validation import check_bool, check_eps, check_nonnegative_int
-from .._tensor_checks import check_embeddings, check_query_rows, check_self_rows, label_codes, paired_label_codes
+from .._validation import (
+    check_bool,
+    check_embeddings,
+    check_eps,
+    check_nonnegative_int,
+    check_query_rows,
+    check_self_rows,
+    label_codes,
+    paired_label_codes,
+)
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .training import _inputs, embed

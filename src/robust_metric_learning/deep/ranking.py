@@ -26,8 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_bool, check_eps, check_labels, check_nonnegative_int, check_positive_int
-from .._tensor_checks import check_model_output, check_query_rows
+from .._validation import (
+    check_bool,
+    check_eps,
+    check_labels,
+    check_model_output,
+    check_nonnegative_int,
+    check_positive_int,
+    check_query_rows,
+)
 from ..attacks.embedding.objectives import EmbeddingShift
 from ..attacks.embedding.ranking import (
     CandidateRank,

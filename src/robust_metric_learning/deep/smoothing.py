@@ -43,8 +43,15 @@ import numpy as np
 import torch
 
 from .._parallel import eval_mode
-from .._validation import check_bool, check_eps, check_nonnegative_int, check_positive_int, check_real
-from .._tensor_checks import check_model_output, label_codes
+from .._validation import (
+    check_bool,
+    check_eps,
+    check_model_output,
+    check_nonnegative_int,
+    check_positive_int,
+    check_real,
+    label_codes,
+)
 from .training import _check_module, _device_of, _inputs
 
 __all__ = ["SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval", "smoothed_lipschitz",
@@ -276,7 +283,7 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     """
     from scipy.stats import beta, norm
 
-    from .._tensor_checks import check_query_rows
+    from .._validation import check_query_rows
 
     radii_list = [float(r) for r in check_eps(radii, name="radii")]
     sigma = check_real(sigma, name="sigma", low=0.0, low_open=True)

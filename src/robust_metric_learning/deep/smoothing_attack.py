@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from .._parallel import eval_mode
-from .._validation import check_bool, check_eps, check_nonnegative_int, check_positive_int, check_real
-from .._tensor_checks import label_codes
+from .._validation import check_bool, check_eps, check_nonnegative_int, check_positive_int, check_real, label_codes
 from .smoothing import _clean_gallery, _top1_labels
 from .training import _check_module, _device_of, _inputs
 

@@ -17,8 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._parallel import eval_mode
-from .._validation import check_nonnegative_int, check_positive_int, check_real
-from .._tensor_checks import check_model_output, check_unit_interval
+from .._validation import check_model_output, check_nonnegative_int, check_positive_int, check_real, check_unit_interval
 from .checkpoints import (
     CheckpointError,
     _check_checkpoint_path,

@@ -23,8 +23,15 @@ import numpy as np
 import torch
 
 from ..._parallel import eval_mode, progress_bar
-from ..._validation import Interval, Options, check_eps, validate_params
-from ..._tensor_checks import check_index, check_model_output, check_unit_interval
+from ..._validation import (
+    Interval,
+    Options,
+    check_eps,
+    check_index,
+    check_model_output,
+    check_unit_interval,
+    validate_params,
+)
 from .norms import NORMS, Norm, get_norm
 
 __all__ = ["EmbeddingAttack", "EmbeddingAttackResult"]

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._tensor_checks import as_tensor, real_tensor
+from ..._validation import as_tensor, real_tensor
 
 __all__ = ["DISTANCES", "EmbeddingShift", "Objective", "TripletRoleObjective"]
 

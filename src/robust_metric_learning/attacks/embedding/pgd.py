@@ -15,8 +15,7 @@ from typing import Any
 
 import torch
 
-from ..._validation import Interval, Options, check_bool
-from ..._tensor_checks import check_unit_interval
+from ..._validation import Interval, Options, check_bool, check_unit_interval
 from .base import (
     _COMMON_CONSTRAINTS,
     EmbeddingAttack,

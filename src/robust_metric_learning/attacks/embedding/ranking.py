@@ -34,8 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import check_positive_int, check_real
-from ..._tensor_checks import as_tensor, check_self_rows, label_codes, paired_label_codes
+from ..._validation import as_tensor, check_positive_int, check_real, check_self_rows, label_codes, paired_label_codes
 from .objectives import Objective, _embeddings, _safe_sqrt, _sq_matrix
 
 __all__ = ["RANKING_KINDS", "CandidateRank", "LearningToMisrank", "QueryRank", "TargetedMismatch",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import check_labels, check_scale
+from .arrays import check_labels, check_scale
 
 __all__ = ["as_tensor", "real_tensor", "check_unit_interval", "check_model_output", "check_index", "check_query_rows",
            "check_self_rows", "check_embeddings", "label_codes", "paired_label_codes"]

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .margin import components_from_metric
+from ..margin import components_from_metric
 
 __all__ = [
     "check_array_2d",
