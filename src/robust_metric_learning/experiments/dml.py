@@ -26,8 +26,8 @@ margin and on the gallery cross-entropy at each of ``EVAL_TEMPERATURES`` (``EVAL
 (``EVAL_RESTARTS`` restarts), then the focus stages ``EVAL_FOCUS``: more restarts of each
 APGD member (margin and cross-entropies) on the near misses, and up to ``EVAL_ROUNDS`` more
 runs of the last stage with twice the steps until one breaks nothing; certified Recall@1 at the
-same l_inf radii and at ``CERT_L2_EPS`` (l2), from the embedding margin bound and the network's Lipschitz bound. Checks on every model,
-failing loudly: certified-robust queries are never broken by the attack (soundness); and, at the
+same l_inf radii and at ``CERT_L2_EPS`` (l2), from the embedding margin bound and the network's
+Lipschitz bound. Checks on every model, failing loudly: certified-robust queries are never broken by the attack (soundness); and, at the
 training eps, recorded for the report (:func:`strength_check`): on the first ``N_STRENGTH``
 queries, the evaluation's own figure against the ensemble with doubled steps, restarts, focus
 restarts and rounds (the queries only it breaks: the points they would take off show whether
@@ -257,6 +257,8 @@ def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, s
     valid = counts[np.searchsorted(classes, y_ev[subset])] > 1
     broken = np.asarray(adv["flipped"][i_train], dtype=bool)[subset]
     n = int(valid.sum())
+    if n == 0:
+        raise ValueError(f"no query of the strength check's {len(subset)} has another item of its class")
     correct = np.asarray(adv["attacked"], dtype=bool)[subset] & ~broken
     out: dict[str, Any] = {"ensemble": float(np.mean(correct[valid]))}
     for label, attack in (("doubled", eval_attack(seed, scale=2)), ("decay_pgd", decay_pgd(seed))):
