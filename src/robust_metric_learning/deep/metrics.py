@@ -242,7 +242,7 @@ def embedding_radius_bound(emb: torch.Tensor, labels: torch.Tensor, *, n_positiv
     n_positives = check_positive_int(n_positives, name="n_positives")
     batch_size = check_positive_int(batch_size, name="batch_size")
     G = check_embeddings(emb, name="emb")
-    labels = label_codes(labels, n_samples=len(G), name="labels", rows="emb")
+    labels = label_codes(labels, n_samples=len(G), name="labels", rows="emb").to(G.device)
     sq = (G * G).sum(1)
     qrows = check_query_rows(queries, len(G), of="emb")
     out = torch.empty(len(qrows), dtype=torch.float64)
