@@ -584,12 +584,27 @@ def test_bad_objective_context():
         RetrievalObjective(g, [1] * 6, [1, 1])
     with pytest.raises(ValueError, match=r"query_in_gallery\[1\] = 4 points at a gallery item labelled 2"):
         RetrievalObjective(g, [0, 0, 1, 1, 2, 2], [0, 1], query_in_gallery=[0, 4])
-    with pytest.raises(ValueError, match=r"query_in_gallery must hold gallery rows in \[0, 6\) or -1"):
+    with pytest.raises(ValueError, match=r"query_in_gallery must be an integer array of shape \(2,\) of gallery rows "
+                                         r"in \[0, 6\) or -1, got values in \[0, 6\]"):
         RetrievalObjective(g, [0, 0, 1, 1, 2, 2], [0, 1], query_in_gallery=[0, 6])
     with pytest.raises(ValueError, match="gallery_labels has 5 labels, gallery has 6 samples"):
         RetrievalObjective(g, [0, 0, 1, 1, 2], [0])
     with pytest.raises(ValueError, match="gallery contains NaN"):
         RetrievalObjective(torch.full((2, 2), float("nan")), [0, 1], [0])
+    with pytest.raises(ValueError, match=r"query_in_gallery must be an integer array .*got torch.float"):
+        RetrievalObjective(g, [0, 0, 1, 1, 2, 2], [0, 1], query_in_gallery=[0.0, 2.0])
+    with pytest.raises(ValueError, match="query_labels and gallery_labels must be labels of one kind"):
+        RetrievalObjective(g, [0, 0, 1, 1, 2, 2], ["0"])
+    with pytest.raises(ValueError, match=r"query_labels must be a non-empty 1-D array of labels, got shape \(0,\)"):
+        RetrievalObjective(g, [0, 0, 1, 1, 2, 2], [])
+    with pytest.raises(ValueError, match="query_labels contains NaN"):
+        RetrievalObjective(g, [0, 0, 1, 1, 2, 2], [float("nan")])
+    # a reversed view of the labels and of query_in_gallery gives the reversed queries' context
+    lab = np.array([0, 0, 1, 1, 2, 2])
+    fwd, rev = RetrievalObjective(g, lab, lab, query_in_gallery=np.arange(6)), \
+        RetrievalObjective(g, lab, lab[::-1], query_in_gallery=np.arange(6)[::-1])
+    e = torch.rand(6, 3)
+    torch.testing.assert_close(rev(e.flip(0), torch.arange(6)).flip(0), fwd(e, torch.arange(6)))
     with pytest.raises(ValueError, match="distance must be one of"):
         RetrievalObjective(g, [0, 0, 1, 1, 2, 2], [0], distance="manhattan")
     with pytest.raises(ValueError, match=r"same shape \(n_triplets, dim\), got \(6, 3\), \(6, 3\) and \(5, 3\)"):

@@ -26,20 +26,23 @@ def label_codes(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") -> 
 
 def paired_label_codes(query_labels: Any, gallery_labels: Any, *, n_query: int, n_gallery: int,
                        query_name: str = "query_labels", gallery_name: str = "gallery_labels",
-                       query_rows: str = "query", gallery_rows: str = "gallery") -> tuple[torch.Tensor, torch.Tensor]:
+                       query_rows: str = "query", gallery_rows: str = "gallery"
+                       ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Check query and gallery labels (:func:`check_labels`, one kind of label on both sides) and
-    code them together: ``(query codes, gallery codes)``, int64, equal codes for equal labels."""
+    code them together: ``(query codes, gallery codes, classes)``, int64 codes into the sorted
+    ``classes``, equal codes for equal labels."""
     ql = check_labels(query_labels, n_samples=n_query, name=query_name, rows=query_rows)
     gl = check_labels(gallery_labels, n_samples=n_gallery, name=gallery_name, rows=gallery_rows)
     if (ql.dtype.kind in "USO") != (gl.dtype.kind in "USO"):
         raise ValueError(f"{query_name} and {gallery_name} must be labels of one kind, got dtypes {ql.dtype} and "
                          f"{gl.dtype}")
     try:
-        codes = np.unique(np.concatenate([gl, ql]), return_inverse=True)[1].reshape(-1).astype(np.int64)
+        classes, codes = np.unique(np.concatenate([gl, ql]), return_inverse=True)
     except TypeError as exc:
         raise ValueError(f"{query_name} and {gallery_name} must be labels that can be compared and sorted: "
                          f"{exc}") from None
-    return torch.as_tensor(codes[n_gallery:]), torch.as_tensor(codes[:n_gallery])
+    codes = torch.as_tensor(codes.reshape(-1).astype(np.int64))
+    return codes[n_gallery:], codes[:n_gallery], classes
 
 
 def check_self_rows(rows: Any, *, n: int, n_gallery: int, name: str = "self_index") -> torch.Tensor:

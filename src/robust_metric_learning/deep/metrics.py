@@ -90,7 +90,7 @@ def _prepare(query, query_labels, gallery, gallery_labels, self_index):
     g = check_embeddings(gallery, name="gallery")
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query and gallery must have the same width, got {tuple(q.shape)} and {tuple(g.shape)}")
-    ql, gl = paired_label_codes(query_labels, gallery_labels, n_query=len(q), n_gallery=len(g))
+    ql, gl, _ = paired_label_codes(query_labels, gallery_labels, n_query=len(q), n_gallery=len(g))
     if self_index is not None:
         self_index = check_self_rows(self_index, n=len(q), n_gallery=len(g))
     return q, ql, g, gl, self_index

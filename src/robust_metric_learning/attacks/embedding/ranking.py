@@ -161,7 +161,7 @@ class _LabelledObjective(_GalleryObjective):
                  ndim: int = 1):
         super().__init__(gallery, targets, ndim=ndim)
         n_gallery = self._context["gallery"].shape[0]
-        q_codes, g_codes = paired_label_codes(labels, gallery_labels, n_query=self.n_samples, n_gallery=n_gallery,
+        q_codes, g_codes, _ = paired_label_codes(labels, gallery_labels, n_query=self.n_samples, n_gallery=n_gallery,
                                               query_name="labels", query_rows="the inputs")
         self._context.update(g_codes=g_codes, q_codes=q_codes,
                              self_rows=check_self_rows(self_index, n=self.n_samples, n_gallery=n_gallery))

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import check_labels
+from ..._validation import check_labels, check_self_rows, paired_label_codes
 from .objectives import Objective, _Distance, _embeddings
 
 __all__ = ["RetrievalCrossEntropy", "RetrievalObjective"]
@@ -54,34 +54,21 @@ class RetrievalObjective(Objective):
                  query_in_gallery: Any = None, distance: Any = "euclidean"):
         g = _embeddings(gallery, name="gallery")
         n_gallery = g.shape[0]
-        gl = check_labels(np.asarray(gallery_labels) if not isinstance(gallery_labels, torch.Tensor)
-                          else gallery_labels.cpu().numpy(), n_samples=n_gallery, name="gallery_labels",
-                          rows="gallery")
-        ql = np.asarray(query_labels) if not isinstance(query_labels, torch.Tensor) else query_labels.cpu().numpy()
-        if ql.ndim != 1 or ql.shape[0] == 0:
-            raise ValueError(f"query_labels must be a non-empty 1-D array of labels, got shape {ql.shape}")
-        if (gl.dtype.kind in "USO") != (ql.dtype.kind in "USO"):
-            raise ValueError(f"query_labels have dtype {ql.dtype}, gallery_labels have {gl.dtype}")
-        classes, codes = np.unique(np.concatenate([gl, ql]), return_inverse=True)
-        g_codes, q_codes = codes[:n_gallery], codes[n_gallery:]
-        n_queries = ql.shape[0]
-        if query_in_gallery is None:
-            qig = np.full(n_queries, -1, dtype=np.int64)
-        else:
-            qig = np.asarray(query_in_gallery.cpu() if isinstance(query_in_gallery, torch.Tensor) else query_in_gallery)
-            if qig.dtype.kind not in "iu" or qig.ndim != 1 or qig.shape[0] != n_queries:
-                raise ValueError(f"query_in_gallery must be 1-D integer gallery rows, one per query ({n_queries}), "
-                                 f"got {qig.dtype} array of shape {qig.shape}")
-            qig = qig.astype(np.int64)
-            if qig.size and (qig.min() < -1 or qig.max() >= n_gallery):
-                raise ValueError(f"query_in_gallery must hold gallery rows in [0, {n_gallery}) or -1, "
-                                 f"got values in [{qig.min()}, {qig.max()}]")
-            inside = qig >= 0
-            wrong = inside & (g_codes[np.where(inside, qig, 0)] != q_codes)
-            if wrong.any():
-                i = int(np.flatnonzero(wrong)[0])
-                raise ValueError(f"query_in_gallery[{i}] = {qig[i]} points at a gallery item labelled "
-                                 f"{gl[qig[i]].tolist()!r}, but query {i} is labelled {ql[i].tolist()!r}")
+        ql = check_labels(query_labels, n_samples=np.shape(query_labels)[0] if np.ndim(query_labels) else 0,
+                          name="query_labels", rows="query_labels")
+        if len(ql) == 0:
+            raise ValueError("query_labels must be a non-empty 1-D array of labels, got shape (0,)")
+        n_queries = len(ql)
+        q_codes, g_codes, classes = paired_label_codes(ql, gallery_labels, n_query=n_queries, n_gallery=n_gallery)
+        q_codes, g_codes = q_codes.numpy(), g_codes.numpy()
+        qig = check_self_rows(query_in_gallery, n=n_queries, n_gallery=n_gallery, name="query_in_gallery").numpy()
+        inside = qig >= 0
+        wrong = inside & (g_codes[np.where(inside, qig, 0)] != q_codes)
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            raise ValueError(f"query_in_gallery[{i}] = {qig[i]} points at a gallery item labelled "
+                             f"{classes[g_codes[qig[i]]].tolist()!r}, but query {i} is labelled "
+                             f"{classes[q_codes[i]].tolist()!r}")
         counts = np.bincount(g_codes, minlength=classes.size)
         no_other = counts.sum() - counts[q_codes] == 0
         if no_other.any():
@@ -93,8 +80,8 @@ class RetrievalObjective(Objective):
         self.n_samples, self.embedding_dim = n_queries, g.shape[1]
         self.n_gallery = n_gallery
         self.classes_ = classes
-        self._set_context(gallery=g, g_codes=torch.from_numpy(g_codes.astype(np.int64)),
-                          q_codes=torch.from_numpy(q_codes.astype(np.int64)), qig=torch.from_numpy(qig))
+        self._set_context(gallery=g, g_codes=torch.from_numpy(g_codes), q_codes=torch.from_numpy(q_codes),
+                          qig=torch.from_numpy(qig))
 
     def _masks(self, like: torch.Tensor, index: torch.Tensor):
         q = self._ctx("q_codes", like)[index]
