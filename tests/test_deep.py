@@ -463,6 +463,8 @@ def test_retrieval_functions_refuse_what_would_give_a_silently_wrong_answer():
     assert np.array_equal(huge["flipped"][0], whole["flipped"][0])
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         adversarial_retrieval(None, X, y, eps=0.1)
+    with pytest.raises(ValueError, match=r"y must be labels that can be compared and sorted \(one type\)"):
+        adversarial_retrieval(model, X, np.array([1, "a"] * 30, dtype=object), eps=0.1)
     with pytest.raises(ValueError, match=r"an instance \(e.g. RetrievalEnsemble\(\)\), got the class"):
         adversarial_retrieval(model, X, y, eps=0.1, attack=RetrievalEnsemble)
     with pytest.raises(ValueError, match="queries must be a non-empty 1-D array of rows of X .*got an empty list"):

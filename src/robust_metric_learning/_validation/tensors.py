@@ -21,7 +21,11 @@ def label_codes(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") -> 
     """Check ``y`` as :func:`check_labels` does; each label's class as an int64 code ``0..C-1``
     (the classes in sorted order), for labels of any type."""
     arr = check_labels(y, n_samples=n_samples, name=name, rows=rows)
-    return torch.as_tensor(np.unique(arr, return_inverse=True)[1].reshape(-1).astype(np.int64))
+    try:
+        codes = np.unique(arr, return_inverse=True)[1]
+    except TypeError as exc:
+        raise ValueError(f"{name} must be labels that can be compared and sorted (one type): {exc}") from None
+    return torch.as_tensor(codes.reshape(-1).astype(np.int64))
 
 
 def paired_label_codes(query_labels: Any, gallery_labels: Any, *, n_query: int, n_gallery: int,
