@@ -471,3 +471,30 @@ def test_retrieval_functions_refuse_what_would_give_a_silently_wrong_answer():
         certified_retrieval(model, X, y, eps=0.1, queries=[])
     with pytest.raises(ValueError, match=r"The 'rounds' parameter of RetrievalEnsemble must be an int in \[0, 1000\]"):
         adversarial_retrieval(model, X, y, eps=0.1, attack=RetrievalEnsemble(rounds=10 ** 9))
+
+
+def test_adversarial_retrieval_checks_what_the_attack_returns():
+    """An attack that leaves its eps-ball or the box would report robustness that is not there."""
+    from robust_metric_learning.attacks import PGD
+    from robust_metric_learning.deep import adversarial_retrieval
+
+    model, X, y = _retrieval_problem()
+
+    class Cheat(PGD):
+        def __init__(self, change, **kw):
+            super().__init__(steps=1, **kw)
+            self.change = change
+
+        def __call__(self, model, inputs, objective, *, eps, index=None):
+            res = super().__call__(model, inputs, objective, eps=eps, index=index)
+            return res[0], self.change(torch.as_tensor(inputs), res[1], eps), res[2]
+
+    cases = [(lambda x, c, e: (x + 2 * e).clamp(0, 1), r"perturbed an input by 0\.1 in linf, beyond eps = 0\.05"),
+             (lambda x, c, e: c + 1.0, r"returned inputs outside \[0, 1\]"),
+             (lambda x, c, e: c[:, :8], r"returned inputs of shape \(\d+, 8\) for \(\d+, 16\)"),
+             (lambda x, c, e: "junk", "its clipped inputs could not be read")]
+    for change, match in cases:
+        with pytest.raises(ValueError, match=match):
+            adversarial_retrieval(model, X, y, eps=0.05, attack=Cheat(change, random_state=0))
+    honest = adversarial_retrieval(model, X, y, eps=0.05, attack=Cheat(lambda x, c, e: c, random_state=0))
+    assert honest["precision_at_1"][0] <= honest["clean"]["precision_at_1"]

@@ -136,6 +136,29 @@ def _recall_at_1_mask(q, ql, g, gl, self_index) -> torch.Tensor:
     return gl[neighbor_lists(q, g, 1, self_index=self_index)[:, 0]] == ql
 
 
+def _checked_attack_output(attack: Any, result: Any, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The perturbed inputs (``result[1]``) of ``attack`` on ``x`` at ``eps``, or an error if they are
+    not ``x``'s shape, leave the box [0, 1] or, for an attack with a ``norm``, its eps-ball."""
+    from ..attacks.embedding.norms import get_norm
+
+    name = getattr(attack, "name", type(attack).__name__)
+    try:
+        out = torch.as_tensor(result[1]).detach().to(x.device, x.dtype)
+    except Exception as exc:
+        raise ValueError(f"the attack {name} must return (raw, clipped, success); its clipped inputs could not "
+                         f"be read: {exc}") from None
+    if out.shape != x.shape:
+        raise ValueError(f"the attack {name} returned inputs of shape {tuple(out.shape)} for {tuple(x.shape)}")
+    if not bool(torch.isfinite(out).all()) or float(out.min()) < 0.0 or float(out.max()) > 1.0:
+        raise ValueError(f"the attack {name} returned inputs outside [0, 1] (or not finite)")
+    if getattr(attack, "norm", None) is not None:
+        norm = get_norm(attack.norm)
+        size = float(norm.measure(out - x).max()) if len(x) else 0.0
+        if size > eps * (1 + 1e-5) + 1e-6:
+            raise ValueError(f"the attack {name} perturbed an input by {size:.6g} in {norm.name}, beyond eps = {eps:g}")
+    return out
+
+
 def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
                           attack: Any = None, queries: Any = None, batch_size: int = 1024) -> dict[str, Any]:
     """Recall@1 and MAP@R with attacked queries against the clean gallery (leave-one-out).
@@ -156,7 +179,9 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     eps : float or list of float
         Budgets (finite, >= 0), in the attack's norm.
     attack : attack object, default=RetrievalEnsemble(norm="linf", random_state=0)
-        Called as ``attack(model, inputs, objective, eps=e)`` returning ``(raw, clipped, success)``.
+        Called as ``attack(model, inputs, objective, eps=e)`` returning ``(raw, clipped, success)``;
+        ``clipped`` is checked (the inputs' shape, within [0, 1] and, for an attack with a
+        ``norm``, within eps in it) and embedded here.
         The default is the worst case over APGD on the retrieval margin, APGD on a
         cross-entropy over the gallery and PGD
         (:class:`~robust_metric_learning.attacks.RetrievalEnsemble`).
@@ -209,8 +234,10 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
             sub = rows[todo]
             objective = RetrievalObjective(gallery.float(), labels, labels[sub], query_in_gallery=sub)
             result = attack(model, X[sub], objective, eps=e)
-            emb = getattr(result, "embeddings", None)
-            adv = (embed(model, result[1], batch_size=batch_size) if emb is None else emb.detach().cpu()).double()
+            # the attack's perturbed inputs, checked (in its threat model) and embedded here: an
+            # attack that left the eps-ball or the box would report a robustness that is not there
+            adv_x = _checked_attack_output(attack, result, X[sub], e)
+            adv = embed(model, adv_x, batch_size=batch_size).double()
             now = ~_recall_at_1_mask(adv, labels[sub], gallery, labels, sub)
             broken_emb[todo] = adv  # this eps's perturbation (kept at larger ones where it broke)
             broken[todo[now]] = True
