@@ -170,7 +170,7 @@ def check_query_rows(queries: Any, n: int, *, name: str = "queries", of: str = "
     if isinstance(queries, (list, tuple)) and len(queries) == 0:
         raise ValueError(f"{what}, got an empty {type(queries).__name__}")
     try:
-        t = queries.detach().cpu() if isinstance(queries, torch.Tensor) else as_tensor(queries)
+        t = as_tensor(queries).detach().cpu()
     except Exception as exc:
         raise ValueError(f"{what}: {exc}") from None
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
