@@ -220,6 +220,68 @@ def test_adversarial_retrieval_is_monotone_in_eps_even_when_the_attack_is_not():
     assert res["precision_at_1"][0] <= res["precision_at_1"][1] < res["precision_at_1"][2]
 
 
+def test_adversarial_retrieval_resumes_from_its_checkpoint_with_the_uninterrupted_result(tmp_path):
+    from robust_metric_learning.attacks import PGD
+    from robust_metric_learning.deep import CheckpointError, adversarial_retrieval
+
+    model, X, y = _retrieval_problem()
+    pgd = PGD(steps=4, random_state=0)
+    eps = [0.08, 0.0, 0.03]
+    ref = adversarial_retrieval(model, X, y, eps=eps, attack=pgd)
+    calls, stop = [], [True]
+
+    class Stopping(PGD):
+        """Stops (as a killed run would) when asked for the largest budget, while ``stop``."""
+
+        def __call__(self, model, x, objective, *, eps):
+            calls.append(eps)
+            if eps > 0.05 and stop[0]:
+                raise KeyboardInterrupt
+            return super().__call__(model, x, objective, eps=eps)
+
+    path = tmp_path / "eval.pt"
+    stopping = Stopping(steps=4, random_state=0)
+    with pytest.raises(KeyboardInterrupt):
+        adversarial_retrieval(model, X, y, eps=eps, attack=stopping, checkpoint=path)
+    assert calls == [0.03, 0.08] and path.exists()  # 0 and 0.03 saved before the stop
+    calls.clear()
+    stop[0] = False
+    res = adversarial_retrieval(model, X, y, eps=eps, attack=stopping, checkpoint=path)
+    assert calls == [0.08]  # only the unfinished budget is attacked
+    for k in ("precision_at_1", "mean_average_precision_at_r", "success"):
+        assert res[k] == pytest.approx(ref[k], abs=1e-12)
+    for a, b in zip(res["flipped"], ref["flipped"]):
+        np.testing.assert_array_equal(a, b)
+    assert sum(f.sum() for f in ref["flipped"]) > 0
+    # finished: read back without attacking
+    calls.clear()
+    again = adversarial_retrieval(model, X, y, eps=eps, attack=stopping, checkpoint=path)
+    assert calls == [] and again["precision_at_1"] == res["precision_at_1"]
+    # another evaluation (another attack, other queries) is refused, or started afresh
+    with pytest.raises(CheckpointError, match="another evaluation"):
+        adversarial_retrieval(model, X, y, eps=eps, attack=PGD(steps=5, random_state=0), checkpoint=path)
+    with pytest.raises(CheckpointError, match="another evaluation"):
+        adversarial_retrieval(model, X, y, eps=eps, attack=stopping, checkpoint=path, queries=np.arange(30))
+    other = adversarial_retrieval(model, X, y, eps=eps, attack=PGD(steps=5, random_state=0), checkpoint=path,
+                                  resume="compatible")
+    assert len(other["precision_at_1"]) == 3
+    # a damaged file: refused with its name, or (compatible) a warning and a fresh start
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{path}.*damaged"):
+        adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=path)
+    with pytest.warns(UserWarning, match="damaged.*evaluation starts afresh"):
+        fresh = adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=path, resume="compatible")
+    assert fresh["precision_at_1"] == pytest.approx(ref["precision_at_1"], abs=1e-12)
+    with pytest.raises(ValueError, match="resume must be"):
+        adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=path, resume="yes")
+    with pytest.raises(ValueError, match="folder"):
+        adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=tmp_path)
+    with pytest.raises(TypeError, match="checkpoint must be a file path"):
+        adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=3)
+
+
 # ------------------------------------------------------------------ issue 16: no silent wrong answer
 
 

@@ -305,14 +305,23 @@ def test_dml_resumes_recomputes_corrupt_entries_and_reports(tmp_path, monkeypatc
     assert all(a >= b - 1e-12 for a, b in zip(adv, adv[1:]))
     assert all(c <= p["clean"]["precision_at_1"] + 1e-12 for c in p["certified_recall_at_1"])
     assert "| ours |" in (tmp_path / "report.md").read_text()
-    # a rerun computes nothing; a corrupt entry is recomputed alone
+    # each evaluation stage has its checkpoint beside the training one (a stopped task resumes there)
+    assert {c.name for c in (tmp_path / "checkpoints").glob("dml-digits-contrastive-ours-*")} == {
+        f"dml-digits-contrastive-ours-seed0{s}.pt" for s in ("", "-decay_pgd", "-doubled", "-eval")}
+    # a rerun computes nothing; a corrupt entry is recomputed alone, from its checkpoints, the same
     reproduce("dml", tmp_path, **kw)
     assert len(calls) == 4
     path = ResultCache(tmp_path / "cache").path(("dml", "digits", "contrastive", "ours", "seed0"))
     path.write_text(path.read_text()[:100])
     with pytest.warns(RuntimeWarning, match="unreadable"):
-        reproduce("dml", tmp_path, **kw)
+        again = reproduce("dml", tmp_path, **kw)
     assert calls[4:] == [("contrastive", "ours")]
+    before = summary["results"]["digits"]["contrastive"]["ours"]
+    after = again["results"]["digits"]["contrastive"]["ours"]
+    for key in ("adv_recall_at_1", "adv_map_at_r", "attack_success"):
+        assert after[key] == before[key]
+    assert {k: v for k, v in after["strength"].items() if "shift" not in k} == {
+        k: v for k, v in before["strength"].items() if "shift" not in k}
     # the spectrally normalised variant runs only when asked for, beside the cached ones
     summary = reproduce("dml", tmp_path, **{**kw, "methods": ["natural", "ours", "ours-sn"]})
     assert sorted(calls[5:]) == [("contrastive", "ours-sn"), ("triplet", "ours-sn")]

@@ -8,8 +8,9 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -40,18 +41,18 @@ class CheckpointError(ValueError):
         self.reason = reason
 
 
-def _save(path: Path, state: dict) -> None:
+def _save(path: Path, state: dict, *, kind: str = _CKPT_FORMAT) -> None:
     """Write ``state`` with its SHA-256, atomically.
 
-    The file is a ``torch.save`` of a small dict: ``format``, ``version``, ``sha256`` and
-    ``payload``, a uint8 tensor holding the bytes of ``torch.save(state)``. Reading needs
+    The file is a ``torch.save`` of a small dict: ``format`` (``kind``), ``version``, ``sha256``
+    and ``payload``, a uint8 tensor holding the bytes of ``torch.save(state)``. Reading needs
     ``weights_only=True`` only, and any change to the payload (a flipped bit in the tensor
     data) is caught by the checksum.
     """
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    wrapper = {"format": _CKPT_FORMAT, "version": _CKPT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
+    wrapper = {"format": kind, "version": _CKPT_VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
                "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
     with atomic_open(path, "wb") as f:  # temp file in the same folder, fsync, os.replace
         torch.save(wrapper, f)
@@ -66,8 +67,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _load(path: Path, device: torch.device) -> dict:
-    """The training state saved in ``path``, verified; CheckpointError naming ``path`` otherwise."""
+def _load_verified(path: Path, device: torch.device, *, kind: str = _CKPT_FORMAT,
+                   legacy_keys: tuple[str, ...] = ()) -> dict:
+    """The state dict saved by :func:`_save` with format ``kind`` in ``path``, its checksum verified;
+    CheckpointError naming ``path`` otherwise. A bare dict holding ``legacy_keys`` (an older,
+    unchecksummed file) is reported as unverifiable rather than damaged."""
     raw = path.read_bytes()  # an unreadable file raises OSError (with the path) as it is
 
     def damaged(why: str) -> CheckpointError:
@@ -79,12 +83,14 @@ def _load(path: Path, device: torch.device) -> dict:
         raise damaged(f"{len(raw)} bytes that cannot be read as a checkpoint (truncated or corrupt; "
                       f"{_first_line(exc)})") from None
     if not isinstance(outer, dict):
-        raise damaged(f"it holds a {type(outer).__name__}, not a train_embedding checkpoint")
-    if outer.get("format") != _CKPT_FORMAT:
-        if all(k in outer for k in _STATE_KEYS):
+        raise damaged(f"it holds a {type(outer).__name__}, not a {kind}")
+    if outer.get("format") != kind:
+        if legacy_keys and all(k in outer for k in legacy_keys):
             raise CheckpointError(f"checkpoint {path} was written without a checksum (by an older version of "
                                   "this package) and cannot be verified", reason="unverified")
-        raise damaged(f"it is not a train_embedding checkpoint (keys {sorted(map(str, outer))[:8]})")
+        found = outer.get("format")
+        raise damaged(f"it is not a {kind}" + (f" (it is a {found})" if isinstance(found, str)
+                                               else f" (keys {sorted(map(str, outer))[:8]})"))
     if outer.get("version") != _CKPT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {outer.get('version')!r}; this version "
                               f"reads {_CKPT_VERSION}", reason="unverified")
@@ -101,12 +107,44 @@ def _load(path: Path, device: torch.device) -> dict:
         state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception as exc:
         raise damaged(f"its verified payload cannot be read ({_first_line(exc)})") from None
-    if not isinstance(state, dict) or any(k not in state for k in _STATE_KEYS):
-        raise damaged("its payload lacks the training state")
+    if not isinstance(state, dict):
+        raise damaged(f"its payload holds a {type(state).__name__}, not a dict")
+    return state
+
+
+def _load(path: Path, device: torch.device) -> dict:
+    """The training state saved in ``path``, verified; CheckpointError naming ``path`` otherwise."""
+    state = _load_verified(path, device, legacy_keys=_STATE_KEYS)
+    if any(k not in state for k in _STATE_KEYS):
+        raise CheckpointError(f"checkpoint {path} is damaged: its payload lacks the training state",
+                              reason="damaged")
     n = len(state["loss"])
     if n < 1 or len(state["seconds"]) != n or len(state["n_adversarial"]) != n:
-        raise damaged("its history lists are empty or of different lengths")
+        raise CheckpointError(f"checkpoint {path} is damaged: its history lists are empty or of different "
+                              "lengths", reason="damaged")
     return state
+
+
+def _resume(read: Callable[[], dict], resume: bool | str, what: str) -> dict | None:
+    """``read()`` under the ``resume`` rules shared by training and evaluation checkpoints.
+
+    ``read`` raises :class:`CheckpointError` for a file it cannot resume from. With
+    ``resume=True`` that error propagates (a damaged or unverifiable file's message says how to
+    start afresh); with ``"compatible"`` the result is None (start afresh), with a warning
+    naming the file unless it only holds other settings.
+    """
+    try:
+        return read()
+    except CheckpointError as exc:
+        if resume != "compatible":
+            if exc.reason != "settings":
+                raise CheckpointError(f"{exc}; pass resume='compatible' to start afresh (overwriting it), "
+                                      "resume=False, or another checkpoint path", reason=exc.reason) from None
+            raise
+        if exc.reason != "settings":  # other settings: documented, silent restart
+            warnings.warn(f"{exc}; resume='compatible': {what} starts afresh and will overwrite it",
+                          UserWarning, stacklevel=3)
+        return None
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict:
@@ -136,3 +174,51 @@ def _check_checkpoint_path(path: Path) -> None:
     except OSError as exc:
         raise ValueError(f"checkpoint {path} cannot be written: {exc.strerror or exc} "
                          f"({type(exc).__name__})") from None
+
+
+#: the format of :func:`~robust_metric_learning.deep.adversarial_retrieval`'s checkpoints
+_EVAL_FORMAT = "robust_metric_learning.adversarial_retrieval checkpoint"
+
+
+def _evaluation_key(model: nn.Module, X: torch.Tensor, labels: torch.Tensor, qrows: torch.Tensor,
+                    eps: list[float], attack: Any) -> str:
+    """What an adversarial evaluation depends on: the model's parameters and buffers, the inputs,
+    labels and query rows (their bytes), the budgets, and the attack by its ``repr``."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": type(model).__qualname__, "eps": eps, "attack": repr(attack),
+                         "shape": list(X.shape), "dtype": str(X.dtype)}, sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        if isinstance(t, torch.Tensor):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for t in (X, labels, qrows):
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_evaluation(path: Path, key: str, n_attacked: int, dim: int, n_eps: int) -> dict:
+    """An evaluation's saved progress (``done`` budgets of ``n_eps``, in increasing order), checked:
+    CheckpointError naming ``path`` when damaged or written for another evaluation."""
+    state = _load_verified(path, torch.device("cpu"), kind=_EVAL_FORMAT)
+
+    def damaged(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is damaged: {why}", reason="damaged")
+
+    if state.get("key") != key:
+        raise CheckpointError(f"checkpoint {path} was written for another evaluation (model, inputs, labels, "
+                              "queries, eps or attack differ); pass resume=False, resume='compatible' or "
+                              "another checkpoint path", reason="settings")
+    done, broken, emb, per_eps = (state.get(k) for k in ("done", "broken", "broken_emb", "per_eps"))
+    if not (isinstance(done, int) and 1 <= done <= n_eps):
+        raise damaged(f"its count of finished budgets {done!r} is not in 1..{n_eps}")
+    if not (isinstance(broken, torch.Tensor) and broken.dtype == torch.bool and broken.shape == (n_attacked,)):
+        raise damaged("its per-query 'broken' flags are missing or of the wrong shape")
+    if not (isinstance(emb, torch.Tensor) and emb.dtype == torch.float64 and emb.shape == (n_attacked, dim)
+            and bool(torch.isfinite(emb).all())):
+        raise damaged("its embeddings of the attacked queries are missing, of the wrong shape or not finite")
+    if not (isinstance(per_eps, list) and len(per_eps) == done and all(
+            isinstance(r, list) and len(r) == 5 and isinstance(r[0], int) and 0 <= r[0] < n_eps
+            and all(isinstance(v, float) for v in r[1:4]) and isinstance(r[4], torch.Tensor)
+            and r[4].dtype == torch.bool for r in per_eps)):
+        raise damaged("its per-budget results are missing or malformed")
+    return state

@@ -10,7 +10,9 @@ upper bound on the network's Lipschitz constant (:mod:`.lipschitz`).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from pathlib import Path
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +32,14 @@ from .._validation import (
 )
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .lipschitz import _body, certified_input_radius, lipschitz_bound
+from .checkpoints import (
+    _EVAL_FORMAT,
+    _check_checkpoint_path,
+    _evaluation_key,
+    _read_evaluation,
+    _resume,
+    _save,
+)
 from .training import _inputs, embed
 
 __all__ = ["neighbor_lists", "retrieval_metrics", "adversarial_retrieval", "certified_retrieval",
@@ -159,8 +169,24 @@ def _checked_attack_output(attack: Any, result: Any, x: torch.Tensor, eps: float
     return out
 
 
+def _evaluation_checkpoint(checkpoint: Any, resume: Any) -> tuple[Path | None, None, int]:
+    """``checkpoint`` and ``resume`` checked: (path or None, no key yet, no budget done)."""
+    if resume not in (True, False, "compatible"):
+        raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
+    if checkpoint is None:
+        return None, None, 0
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got {type(checkpoint).__name__}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
+    return path, None, 0
+
+
 def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
-                          attack: Any = None, queries: Any = None, batch_size: int = 1024) -> dict[str, Any]:
+                          attack: Any = None, queries: Any = None, batch_size: int = 1024,
+                          checkpoint: str | os.PathLike | None = None,
+                          resume: bool | Literal["compatible"] = True) -> dict[str, Any]:
     """Recall@1 and MAP@R with attacked queries against the clean gallery (leave-one-out).
 
     Every row of ``X`` is a gallery item and (or only the rows ``queries``) a query. Only queries correct at R@1 are
@@ -187,6 +213,20 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         (:class:`~robust_metric_learning.attacks.RetrievalEnsemble`).
     queries : array of int, default=None
         Rows of ``X`` used as queries (default: all).
+    batch_size : int, default=1024
+        Rows embedded at a time.
+    checkpoint : path, default=None
+        Progress saved atomically, with its SHA-256, after each budget (budgets run in
+        increasing order): a long evaluation that is stopped resumes at the first unfinished
+        budget, with the same result (for a seeded attack) as one uninterrupted run. It is tied
+        to the model's parameters, ``X``, ``y``, ``queries``, ``eps`` and the attack's ``repr``.
+        Checked to be writable before attacking.
+    resume : bool or "compatible", default=True
+        Continue from ``checkpoint`` if it exists. A checkpoint of another evaluation, a
+        damaged one (truncated, corrupt, checksum mismatch) raises
+        :class:`~robust_metric_learning.deep.CheckpointError` naming the file; ``"compatible"``
+        starts afresh instead (with a warning when the file is damaged) and overwrites it;
+        ``False`` does not read it.
 
     Returns
     -------
@@ -225,7 +265,20 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     per_eps: dict[int, tuple] = {}
     broken = torch.zeros(len(rows), dtype=torch.bool)  # by some smaller budget so far
     broken_emb = gallery[rows].clone()  # per query: the perturbation that broke it, else the latest try
-    for i in sorted(range(len(eps_list)), key=lambda i: eps_list[i]):
+    order = sorted(range(len(eps_list)), key=lambda i: eps_list[i])
+    path, key, done = _evaluation_checkpoint(checkpoint, resume)
+    if path is not None:
+        key = _evaluation_key(model, X, labels, qrows, eps_list, attack)
+        state = (_resume(lambda: _read_evaluation(path, key, len(rows), gallery.shape[1], len(order)), resume,
+                         "the evaluation") if resume and path.exists() else None)
+        if state is not None:
+            done, broken, broken_emb = state["done"], state["broken"], state["broken_emb"]
+            per_eps = {r[0]: (r[1], r[2], r[3], r[4].numpy()) for r in state["per_eps"]}
+        if done < len(order):
+            _check_checkpoint_path(path)
+    for step, i in enumerate(order):
+        if step < done:  # finished before the checkpoint was written
+            continue
         e = eps_list[i]
         q_emb = gallery[qrows].clone()
         flipped = torch.zeros(len(qrows), dtype=torch.bool)
@@ -247,6 +300,10 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         m = retrieval_metrics(q_emb, q_labels, gallery, labels, self_index=qrows)
         per_eps[i] = (m["precision_at_1"], m["mean_average_precision_at_r"],
                       float(flipped[hit].float().mean()) if len(rows) else 0.0, flipped.numpy())
+        if path is not None:
+            _save(path, {"key": key, "done": step + 1, "broken": broken, "broken_emb": broken_emb,
+                         "per_eps": [[j, *map(float, per_eps[j][:3]), torch.from_numpy(per_eps[j][3])]
+                                     for j in order[:step + 1]]}, kind=_EVAL_FORMAT)
     for i in range(len(eps_list)):
         for key, value in zip(("precision_at_1", "mean_average_precision_at_r", "success", "flipped"), per_eps[i]):
             out[key].append(value)

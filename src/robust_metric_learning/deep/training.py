@@ -6,7 +6,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from .checkpoints import (
     _first_line,
     _load,
     _model_signature,
+    _resume,
     _save,
     _settings_key,
 )
@@ -253,7 +253,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     if path is not None and path.is_dir():
         raise ValueError(f"checkpoint must be a file path, got the folder {path}")
     if path is not None and resume and path.exists():
-        try:
+        def read() -> dict:
             state = _load(path, device)
             if state.get("settings_key") != key:
                 raise CheckpointError(f"checkpoint {path} was written with other settings; pass resume=False, "
@@ -271,16 +271,9 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 opt.load_state_dict(snapshot[1])
                 raise CheckpointError(f"checkpoint {path} does not fit the model or optimiser: "
                                       f"{_first_line(exc)}", reason="damaged") from None
-        except CheckpointError as exc:
-            if resume != "compatible":
-                if exc.reason != "settings":
-                    raise CheckpointError(f"{exc}; pass resume='compatible' to start afresh (overwriting it), "
-                                          "resume=False, or another checkpoint path", reason=exc.reason) from None
-                raise
-            if exc.reason != "settings":  # other settings: documented, silent restart as before
-                warnings.warn(f"{exc}; resume='compatible': training starts afresh and will overwrite it",
-                              UserWarning, stacklevel=2)
-            state = None
+            return state
+
+        state = _resume(read, resume, "training")
     defense.reset()  # state kept between batches (HM's gradual target): a fresh run starts from none
     if state is not None:
         if isinstance(state.get("defense"), dict):

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from .._io import atomic_write_text
 
-__all__ = ["ResultCache", "fingerprint"]
+__all__ = ["ResultCache", "fingerprint", "stage_checkpoint"]
 
 
 def _canonical(obj: Any) -> str:
@@ -21,6 +21,15 @@ def _canonical(obj: Any) -> str:
 def fingerprint(settings: Any) -> str:
     """SHA-256 of the canonical JSON of ``settings`` (what a cached result depends on)."""
     return hashlib.sha256(_canonical(settings).encode()).hexdigest()
+
+
+def stage_checkpoint(checkpoint: Any, stage: str) -> Path | None:
+    """The checkpoint of one evaluation stage of a task, beside its training ``checkpoint``
+    (``<name>-<stage>.pt``), or None without one: a stopped task resumes mid-evaluation."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}-{stage}.pt")
 
 
 class ResultCache:

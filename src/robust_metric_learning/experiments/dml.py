@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import stage_checkpoint
 from .checks import check_certified_unbroken
 from .plugin import Task, row_label, split_row_label
 
@@ -239,7 +240,8 @@ class PassCounter:
         self._handle.remove()
 
 
-def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, seed: int) -> dict[str, Any]:
+def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, seed: int,
+                   checkpoint=None) -> dict[str, Any]:
     """The evaluation against the doubled ensemble and the decaying-step PGD at ``TRAIN_EPS`` on the
     queries ``subset``: each one's R@1, and the queries each breaks that the evaluation did not.
 
@@ -248,7 +250,7 @@ def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, s
     item of their class (as ``precision_at_1`` counts them). The doubling drop is the points of
     R@1 the doubled ensemble's extra breaks would take off the evaluation's figure (0: it
     converged), not the difference of two separate runs' figures, which extra breaks on both
-    sides would hide.
+    sides would hide. With a task ``checkpoint``, each run resumes from its stage checkpoint.
     """
     from ..deep import adversarial_retrieval
 
@@ -262,7 +264,8 @@ def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, s
     correct = np.asarray(adv["attacked"], dtype=bool)[subset] & ~broken
     out: dict[str, Any] = {"ensemble": float(np.mean(correct[valid]))}
     for label, attack in (("doubled", eval_attack(seed, scale=2)), ("decay_pgd", decay_pgd(seed))):
-        r = adversarial_retrieval(model, X_ev, y_ev, eps=[TRAIN_EPS], attack=attack, queries=subset)
+        r = adversarial_retrieval(model, X_ev, y_ev, eps=[TRAIN_EPS], attack=attack, queries=subset,
+                                  checkpoint=stage_checkpoint(checkpoint, label), resume="compatible")
         out[label] = r["precision_at_1"][0]
         out[f"{label}_extra"] = int((np.asarray(r["flipped"][0], dtype=bool) & ~broken)[valid].sum())
     # points of R@1 the doubled ensemble's extra breaks take off the evaluation's figure
@@ -296,7 +299,8 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), nmi=True, seed=seed)
     t1 = time.perf_counter()
     with PassCounter(model) as passes:
-        adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=eval_attack(seed))
+        adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=eval_attack(seed),
+                                    checkpoint=stage_checkpoint(checkpoint, "eval"), resume="compatible")
     adv_s = time.perf_counter() - t1
     cert = certified_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), norm="linf")
     cert_l2 = certified_retrieval(model, X_ev, y_ev, eps=list(CERT_L2_EPS), norm="l2")
@@ -306,7 +310,7 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     # attack strength at the training eps
     t0 = time.perf_counter()
     subset = np.arange(min(N_STRENGTH, len(y_ev)))
-    stronger = strength_check(model, X_ev, y_ev, adv, subset, seed)
+    stronger = strength_check(model, X_ev, y_ev, adv, subset, seed, checkpoint)
     pgd = PGD(norm="linf", steps=EVAL_PGD_STEPS, rel_step_size=EVAL_REL_STEP, random_state=seed)
     xq = torch.as_tensor(X_ev[:N_SHIFT_CHECK])
     objective = EmbeddingShift(emb[:N_SHIFT_CHECK])

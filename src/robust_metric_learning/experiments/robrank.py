@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import stage_checkpoint
 from .plugin import Task, row_label, split_row_label
 
 __all__ = ["DATASETS", "DEFENSES", "METHODS", "PROFILES", "PUBLISHED", "plan", "report", "run_task", "protocol"]
@@ -137,8 +138,8 @@ def run_task(dataset: str, defense: str, profile: str, seed: int, *, n_eval: int
     suite_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     queries = np.arange(min(N_ENSEMBLE, len(y_te)))
-    adv = adversarial_retrieval(model, X_te, y_te, eps=[EVAL["eps"]], queries=queries,
-                                attack=_ensemble(seed))
+    adv = adversarial_retrieval(model, X_te, y_te, eps=[EVAL["eps"]], queries=queries, attack=_ensemble(seed),
+                                checkpoint=stage_checkpoint(checkpoint, "ensemble"), resume="compatible")
     return {"dataset": dataset, "defense": defense, "profile": profile, "seed": seed, **p, "device": device,
             "n_eval": int(len(y_te)), "train_loss": hist.loss, "epoch_s": hist.seconds, "train_s": train_s,
             "recall_at_1": suite["recall_at_1"], "clean": suite["clean"], "adversarial": suite["adversarial"],
