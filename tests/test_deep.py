@@ -560,3 +560,27 @@ def test_adversarial_retrieval_checks_what_the_attack_returns():
             adversarial_retrieval(model, X, y, eps=0.05, attack=Cheat(change, random_state=0))
     honest = adversarial_retrieval(model, X, y, eps=0.05, attack=Cheat(lambda x, c, e: c, random_state=0))
     assert honest["precision_at_1"][0] <= honest["clean"]["precision_at_1"]
+
+
+@pytest.mark.parametrize("make", [lambda: SmallCNN(8), lambda: SmallCNN(8, spectral_norm=True)])
+def test_conv_models_run_channels_last_with_the_channels_first_values(make):
+    import copy
+
+    torch.manual_seed(0)
+    model = make().eval()
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    first = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    # (a weight with one input channel is both layouts at once)
+    assert not any(p.is_contiguous(memory_format=torch.channels_last) for p in first.parameters()
+                   if p.dim() == 4 and p.shape[1] > 1)
+    x = torch.rand(16, 784, requires_grad=True)
+    w = torch.randn(16, 8)
+    out, ref = model(x), first(x)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    (g,), (g_ref,) = (torch.autograd.grad((o * w).sum(), x) for o in (out, ref))
+    torch.testing.assert_close(g, g_ref, atol=1e-6, rtol=1e-4)
+    # the layout survives a state-dict round trip into a fresh model
+    again = make()
+    again.load_state_dict(first.state_dict())
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in again.parameters() if p.dim() == 4)
