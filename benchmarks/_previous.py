@@ -1,5 +1,6 @@
 """Run a snippet against the package as it was at an earlier commit: the "old and new in one run"
 side of the speed benchmarks (``--previous COMMIT`` of bench_certify.py and bench_attacks.py).
+The comparison alternates runs of the old and the current package, each in a fresh process.
 
 The commit is checked out into a temporary git worktree (the whole package of then, so any
 restructuring since is irrelevant) and the snippet runs in its own process with that tree's
@@ -25,17 +26,33 @@ def run_at_commit(commit: str, script: str, arrays: dict, argv: list[str] = (), 
     """Run ``script`` (Python source; ``sys.argv[1]`` is the input ``.npz`` holding ``arrays``,
     ``sys.argv[2]`` the ``.npz`` it must write, then ``argv``) against the package at ``commit``.
     Returns the arrays it wrote, or None if that fails (and says why on stderr)."""
+    got = alternate_with_commit(commit, script, arrays, argv, repeats=1, current=False, tag=tag, timeout=timeout)
+    return None if got is None else got[0][0]
+
+
+def alternate_with_commit(commit: str, script: str, arrays: dict, argv: list[str] = (), *, repeats: int = 5,
+                          current: bool = True, tag: str = "bench",
+                          timeout: float = 24 * 3600) -> tuple[list[dict], list[dict]] | None:
+    """``script`` run ``repeats`` times against the package at ``commit`` and (``current``) as many
+    times against this tree's package, alternately (the commit first), each run in its own
+    process on the same inputs: a machine whose speed drifts slows both sides alike. Returns
+    (the commit's outputs, the current outputs), or None if a run fails (saying why on stderr)."""
     tmp = Path(tempfile.mkdtemp(prefix=f"{tag}_prev_"))
     tree = tmp / "tree"
     try:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
                        capture_output=True, text=True, timeout=120, check=True)
         np.savez(tmp / "in.npz", **arrays)
-        env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-        subprocess.run([sys.executable, "-c", script, str(tmp / "in.npz"), str(tmp / "out.npz"), *map(str, argv)],
-                       env=env, check=True, timeout=timeout)
-        with np.load(tmp / "out.npz") as out:
-            return {k: out[k] for k in out.files}
+        sides = [("previous", tree / "src")] + ([("current", REPO / "src")] if current else [])
+        outs: dict[str, list[dict]] = {"previous": [], "current": []}
+        for _ in range(repeats):
+            for side, src in sides:
+                env = {**os.environ, "PYTHONPATH": str(src)}
+                subprocess.run([sys.executable, "-c", script, str(tmp / "in.npz"), str(tmp / "out.npz"),
+                                *map(str, argv)], env=env, check=True, timeout=timeout)
+                with np.load(tmp / "out.npz") as out:
+                    outs[side].append({k: out[k] for k in out.files})
+        return outs["previous"], outs["current"]
     except (OSError, subprocess.SubprocessError) as exc:
         print(f"[{tag}] the code at {commit} could not be run: {exc}", file=sys.stderr)
         return None

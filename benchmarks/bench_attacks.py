@@ -28,13 +28,15 @@ skipped with a message. Each (dataset, metric, n-eval) result is kept in
 ``benchmarks/results/attacks.json`` (written atomically) and reused unless ``--force``.
 
 With ``--previous COMMIT`` the structural attack as it was at that commit (the whole package
-of then, from a git worktree, in its own process, under this run's fitted metric) is timed on
-the same points, and its radii compared.
+of then, from a git worktree, under this run's fitted metric) and as it is now are timed on the
+same points, ``--previous-repeats`` runs each (default 5), alternating, each in its own process;
+the ratio is of the medians, and the radii are compared. A cached result without this
+comparison gets it alone (the Boundary attack is not run again).
 
 Run (raise the priority on a shared machine)::
 
     python benchmarks/bench_attacks.py [--datasets digits pendigits] [--metrics euclidean arml]
-        [--n-eval 1000] [--boundary-steps 25000] [--previous d6af126] [--force]
+        [--n-eval 1000] [--boundary-steps 25000] [--previous COMMIT] [--previous-repeats 5] [--force]
 """
 
 from __future__ import annotations
@@ -118,33 +120,79 @@ np.savez(sys.argv[2], radii=radii, wall=time.perf_counter() - w0, cpu=time.proce
 """
 
 
-def previous_structural(commit: str, data, components):
-    """``StructuralAttack`` as it was at ``commit``, run on the same points under the same metric
-    (``components``: this run's fitted ``L``, None for Euclidean) by :func:`_previous.run_at_commit`:
-    ``(radii, wall seconds, CPU seconds)``, or None if that fails."""
-    from _previous import run_at_commit
+def previous_structural(commit: str, data, components, repeats: int):
+    """``StructuralAttack`` as it was at ``commit`` and as it is now, ``repeats`` runs each,
+    alternately, each in its own process on the same points under the same metric
+    (``components``: this run's fitted ``L``, None for Euclidean; :func:`_previous.alternate_with_commit`):
+    ``(the commit's radii, its wall and CPU seconds per run, the current ones per run)``, or None
+    if that fails."""
+    from _previous import alternate_with_commit
 
     X_tr, y_tr, X_ev, y_ev = data
     L = np.zeros((0, 0)) if components is None else np.asarray(components)
-    out = run_at_commit(commit, _PREVIOUS_SCRIPT, {"X_tr": X_tr, "y_tr": y_tr, "X_ev": X_ev, "y_ev": y_ev, "L": L},
-                        [K], tag="bench_attacks")
-    return None if out is None else (out["radii"], float(out["wall"]), float(out["cpu"]))
+    got = alternate_with_commit(commit, _PREVIOUS_SCRIPT, {"X_tr": X_tr, "y_tr": y_tr, "X_ev": X_ev, "y_ev": y_ev,
+                                                           "L": L}, [K], repeats=repeats, tag="bench_attacks")
+    if got is None:
+        return None
+    prev, cur = got
+    return (prev[0]["radii"], [float(o["wall"]) for o in prev], [float(o["cpu"]) for o in prev],
+            [float(o["wall"]) for o in cur], [float(o["cpu"]) for o in cur])
+
+
+def previous_record(args, data, knn, radii: np.ndarray) -> dict | None:
+    """The comparison with ``args.previous`` (alternating runs in their own processes; see
+    :func:`previous_structural`), with this run's ``radii``; None if it cannot be run."""
+    y_ev = data[3]
+    got = previous_structural(args.previous, data, knn.components_ if knn.metric != "euclidean" else None,
+                              args.previous_repeats)
+    if got is None:
+        return None
+    p_radii, p_walls, p_cpus, c_walls, c_cpus = got
+    pos = radii > 0
+    q = p_radii[pos] / radii[pos]
+    n = len(y_ev)
+    previous = {"commit": args.previous, "repeats": args.previous_repeats,
+                "wall_per_point": float(np.median(p_walls)) / n, "cpu_per_point": float(np.median(p_cpus)) / n,
+                "current_wall_per_point": float(np.median(c_walls)) / n,
+                "runs_wall_per_point": {"previous": [w / n for w in p_walls], "current": [w / n for w in c_walls]},
+                "speedup_wall": float(np.median(p_walls) / np.median(c_walls)),
+                "speedup_cpu": float(np.median(p_cpus) / np.median(c_cpus)),
+                "previous_over_current_radius": {"min": float(q.min()), "max": float(q.max()),
+                                                 "frac_current_longer": float(np.mean(q < 1 - 1e-6)),
+                                                 "frac_current_shorter": float(np.mean(q > 1 + 1e-6))}}
+    print(f"  structural at {args.previous} / now, {args.previous_repeats} alternating runs each: "
+          f"{previous['wall_per_point'] * 1e3:.1f} / {previous['current_wall_per_point'] * 1e3:.1f} "
+          "ms/point (medians)", flush=True)
+    return previous
+
+
+def fitted_knn(metric_name: str, data):
+    """The K-NN classifier of the run under ``metric_name`` ("euclidean" or "arml", ARML fitted
+    here) and the seconds the metric's fit took."""
+    from robust_metric_learning.learners import ARML
+    from robust_metric_learning.neighbors import MahalanobisKNN
+
+    X_tr, y_tr = data[:2]
+    metric, fit_s = "euclidean", 0.0
+    if metric_name == "arml":
+        metric, fit_s, _ = timed(lambda: ARML(random_state=0).fit(X_tr, y_tr))
+    return MahalanobisKNN(K, metric=metric).fit(X_tr, y_tr), fit_s
+
+
+def _has_comparison(entry: dict, commit: str) -> bool:
+    """Whether a cached result holds an alternating comparison with ``commit``."""
+    prev = entry.get("previous_structural") or {}
+    return prev.get("commit") == commit and "current_wall_per_point" in prev
 
 
 def run_one(dataset: str, metric_name: str, data, args) -> dict:
     from robust_metric_learning import certified_radius_knn
     from robust_metric_learning.attacks import BoundaryAttack, StructuralAttack
     from robust_metric_learning.experiments.arml import eps_grid
-    from robust_metric_learning.learners import ARML
-    from robust_metric_learning.neighbors import MahalanobisKNN
 
     X_tr, y_tr, X_ev, y_ev = data
-    fit_s = 0.0
-    metric = "euclidean"
-    if metric_name == "arml":
-        learner, fit_s, _ = timed(lambda: ARML(random_state=0).fit(X_tr, y_tr))
-        metric = learner
-    knn = MahalanobisKNN(K, metric=metric).fit(X_tr, y_tr)
+    knn, fit_s = fitted_knn(metric_name, data)
+    metric = knn.metric
     cert, cert_s, _ = timed(lambda: certified_radius_knn(X_tr, y_tr, X_ev, y_ev, n_neighbors=K, metric=metric))
     structural = StructuralAttack(random_state=0)
     # load the compiled parts (numba's on-disk cache; compiled on the very first run) outside the timing
@@ -153,17 +201,7 @@ def run_one(dataset: str, metric_name: str, data, args) -> dict:
     print(f"  structural: {s_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
     previous = None
     if args.previous:
-        got = previous_structural(args.previous, data, None if metric == "euclidean" else knn.components_)
-        if got is not None:
-            p_radii, p_wall, p_cpu = got
-            pos = s_res.radii > 0
-            q = p_radii[pos] / s_res.radii[pos]
-            previous = {"commit": args.previous, "wall_per_point": p_wall / len(y_ev), "cpu_per_point": p_cpu / len(y_ev),
-                        "speedup_wall": p_wall / s_wall, "speedup_cpu": p_cpu / s_cpu,
-                        "previous_over_current_radius": {"min": float(q.min()), "max": float(q.max()),
-                                                         "frac_current_longer": float(np.mean(q < 1 - 1e-6)),
-                                                         "frac_current_shorter": float(np.mean(q > 1 + 1e-6))}}
-            print(f"  structural at {args.previous}: {p_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
+        previous = previous_record(args, data, knn, s_res.radii)
     boundary = BoundaryAttack(steps=args.boundary_steps, chunk_size=args.boundary_chunk, random_state=0)
     b_res, b_wall, b_cpu = timed(lambda: boundary(knn, X_ev, y_ev))
     print(f"  boundary: {b_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
@@ -227,8 +265,11 @@ def print_table(r: dict) -> None:
           f"points as Boundary at every ε: {r['structural_at_least_as_strong_every_eps']}")
     prev = r.get("previous_structural")
     if prev:
-        print(f"structural at {prev['commit']}: {prev['wall_per_point'] * 1e3:.1f} ms/point, now "
-              f"{prev['speedup_wall']:.1f}x faster (CPU {prev['speedup_cpu']:.1f}x); radii: {prev['previous_over_current_radius']}")
+        now = prev.get("current_wall_per_point")  # (absent from runs before the alternating comparison)
+        print(f"structural at {prev['commit']}: {prev['wall_per_point'] * 1e3:.1f} ms/point"
+              + (f", now {now * 1e3:.1f} ({prev['repeats']} alternating runs each, medians)" if now else "")
+              + f": {prev['speedup_wall']:.2f}x (CPU {prev['speedup_cpu']:.2f}x); radii: "
+              f"{prev['previous_over_current_radius']}")
 
 
 def main() -> int:
@@ -242,6 +283,8 @@ def main() -> int:
     ap.add_argument("--boundary-chunk", type=int, default=64, help="points walking in lockstep (one batched predict)")
     ap.add_argument("--previous", metavar="COMMIT", default=None,
                     help="also time StructuralAttack as it was at this git commit, on the same points")
+    ap.add_argument("--previous-repeats", type=int, default=5,
+                    help="runs of the old and of the current attack, alternating, each in its own process")
     ap.add_argument("--force", action="store_true", help="recompute cached results")
     ap.add_argument("--output", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -257,6 +300,11 @@ def main() -> int:
             if key not in cache or args.force:
                 print(f"{key} ...", flush=True)
                 cache[key] = run_one(ds, metric, data, args)
+                atomic_write_text(args.output, json.dumps(cache, indent=1) + "\n")
+            elif args.previous and not _has_comparison(cache[key], args.previous):
+                print(f"{key}: comparison with {args.previous} ...", flush=True)
+                cache[key]["previous_structural"] = previous_record(args, data, fitted_knn(metric, data)[0],
+                                                                    np.asarray(cache[key]["radii"]["structural"]))
                 atomic_write_text(args.output, json.dumps(cache, indent=1) + "\n")
             print_table(cache[key])
             ok &= cache[key]["structural_at_least_as_strong_every_eps"]

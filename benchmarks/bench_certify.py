@@ -30,10 +30,14 @@ the script says so and exits with status 0 without measuring anything.
 Run::
 
     python benchmarks/bench_certify.py [--n-eval 1000] [--n-baseline 50] [--skip-mnist] [--previous COMMIT]
+        [--previous-repeats 5]
 
-With ``--previous COMMIT`` the USPS rows are also timed as the package was at that commit
-(:mod:`_previous`: a git worktree, its own process), on the same points and metric; each row then
-records previous / current time (at least 1: no slower) and the largest difference of the radii.
+With ``--previous COMMIT`` the USPS rows are also timed as the package was at that commit and as
+it is now (:mod:`_previous`: a git worktree; ``--previous-repeats`` runs each, alternating, each
+in its own process), on the same points and metric; each row then records the median times,
+previous / current (at least 1: no slower) and the largest difference of the radii. (The
+comparison of issue 17 is kept apart: ``--skip-mnist --previous a1183fd --output
+benchmarks/results/certify_vs_a1183fd.json``.)
 
 It prints a Markdown table and writes ``benchmarks/results/certify.json``, with a fingerprint
 of the library source measured (git HEAD, uncommitted changes, a hash of the package files; a
@@ -298,7 +302,8 @@ def bench_usps(args, home: Path, failures: list) -> list[dict] | None:
         diff_kn = check(f"K={K} bound", mname, r_kn[:nb], b_kn, BOUND_RTOL, failures)
         print(f"max rel diff ours vs point-by-point: {diff_kn:.3g}", flush=True)
 
-        previous = previous_certify(args.previous, X_tr, y_tr, X, y, M) if args.previous else None
+        previous = (previous_certify(args.previous, X_tr, y_tr, X, y, M, args.previous_repeats)
+                    if args.previous else None)
         for method, t_full, r_full, t_sub, r_sub, t_base, diff, extra in (
             ("exact 1-NN", t_ex, r_ex, t_exb, r_exb, tb_ex, diff_ex,
              {"baseline": "margin screening + Clarabel QP per visited negative", **info,
@@ -318,7 +323,7 @@ def bench_usps(args, home: Path, failures: list) -> list[dict] | None:
                 "baseline_s_per_pt": base, "baseline_points": nb, "baseline_total_s": t_base,
                 "ratio_same_points": base / ours_sub, "ratio_vs_full_run": base / ours,
                 "max_rel_diff_vs_baseline": diff,
-                **({} if previous is None else {"previous": _previous_row(previous, method, args.previous, t_full,
+                **({} if previous is None else {"previous": _previous_row(previous, method, args.previous,
                                                                           r_full)}),
                 "clean_error": float((r_full == 0).mean()),
                 "median_radius_correct": float(np.median(r_full[r_full > 0])) if (r_full > 0).any() else None,
@@ -342,25 +347,31 @@ np.savez(sys.argv[2], r_ex=r_ex, t_ex=t_ex, r_kn=r_kn, t_kn=t_kn)
 """
 
 
-def previous_certify(commit: str, X_tr, y_tr, X, y, M) -> dict | None:
-    """Our exact 1-NN radius and K-NN bound as they were at ``commit``, timed on the same points
-    under the same metric (given as the matrix M) in their own process."""
-    from _previous import run_at_commit
+def previous_certify(commit: str, X_tr, y_tr, X, y, M, repeats: int) -> tuple[list[dict], list[dict]] | None:
+    """Our exact 1-NN radius and K-NN bound as they were at ``commit`` and as they are now, timed on
+    the same points under the same metric (given as the matrix M), ``repeats`` runs each,
+    alternating, each in its own process (:func:`_previous.alternate_with_commit`)."""
+    from _previous import alternate_with_commit
 
-    return run_at_commit(commit, _PREVIOUS_SCRIPT, {"X_tr": X_tr, "y_tr": y_tr, "X": X, "y": y, "M": M}, [K],
-                         tag="bench_certify")
+    return alternate_with_commit(commit, _PREVIOUS_SCRIPT, {"X_tr": X_tr, "y_tr": y_tr, "X": X, "y": y, "M": M},
+                                 [K], repeats=repeats, tag="bench_certify")
 
 
-def _previous_row(previous: dict, method: str, commit: str, t_now: float, r_now: np.ndarray) -> dict:
-    """The row's comparison with ``commit``: its time per point, previous / current time (at least
-    1 means no slower) and the largest relative difference of the radii."""
-    t_prev, r_prev = (previous["t_ex"], previous["r_ex"]) if method == "exact 1-NN" else (previous["t_kn"],
-                                                                                          previous["r_kn"])
-    ratio = float(t_prev) / t_now
-    print(f"  {method} at {commit}: {1e3 * float(t_prev) / len(r_now):.2f} ms/pt, previous / current "
-          f"{ratio:.3f}", flush=True)
-    return {"commit": commit, "s_per_pt": float(t_prev) / len(r_now), "previous_over_current_time": ratio,
-            "max_rel_diff_radii": float(rel_diff(r_now, r_prev).max())}
+def _previous_row(previous: tuple[list[dict], list[dict]], method: str, commit: str, r_now: np.ndarray) -> dict:
+    """The row's comparison with ``commit``: the medians of its and the current package's times per
+    point over the alternating runs, previous / current (at least 1 means no slower), and the
+    largest relative difference of the radii (the commit's against this run's)."""
+    key = "ex" if method == "exact 1-NN" else "kn"
+    n = len(r_now)
+    t_prev = [float(o[f"t_{key}"]) / n for o in previous[0]]
+    t_cur = [float(o[f"t_{key}"]) / n for o in previous[1]]
+    ratio = float(np.median(t_prev) / np.median(t_cur))
+    print(f"  {method} at {commit} / now ({len(t_prev)} alternating runs each, medians): "
+          f"{1e3 * np.median(t_prev):.2f} / {1e3 * np.median(t_cur):.2f} ms/pt, previous / current {ratio:.3f}",
+          flush=True)
+    return {"commit": commit, "s_per_pt": float(np.median(t_prev)), "current_s_per_pt": float(np.median(t_cur)),
+            "runs_s_per_pt": {"previous": t_prev, "current": t_cur}, "previous_over_current_time": ratio,
+            "max_rel_diff_radii": float(rel_diff(r_now, previous[0][0][f"r_{key}"]).max())}
 
 
 # ------------------------------------------------------------------------------- MNIST
@@ -456,6 +467,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mnist-part", choices=("exact", "bound"), help=argparse.SUPPRESS)
     ap.add_argument("--previous", default=None, metavar="COMMIT",
                     help="also time the USPS rows as the package was at COMMIT, on the same points (own process)")
+    ap.add_argument("--previous-repeats", type=int, default=5,
+                    help="runs of the old and of the current package, alternating, each in its own process")
     args = ap.parse_args(argv)
     if args.n_eval < 1 or args.n_baseline < 1:
         ap.error("--n-eval and --n-baseline must be >= 1")

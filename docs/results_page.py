@@ -305,7 +305,7 @@ def attack_speed(page: Page, res: Results) -> None:
               "with foolbox's default schedule, as in the ARML experiments), K-NN with the K in the table, "
               "on the same points in one process; and how their radii compare on the points both attack "
               "(the attacks' radii are upper bounds of the true radius: smaller is stronger).",
-              source("attacks.json", "python benchmarks/bench_attacks.py --metrics euclidean arml --previous d6af126"))
+              source("attacks.json", "python benchmarks/bench_attacks.py --metrics euclidean arml --previous COMMIT (the earlier commit of each row)"))
     rows = []
     prev = []
     for (dataset, n_eval, k, steps), entries in _attack_groups(d):
@@ -322,7 +322,8 @@ def attack_speed(page: Page, res: Results) -> None:
             p = e.get("previous_structural")
             if p:
                 r = p["previous_over_current_radius"]
-                prev.append(label + [text(p["commit"]), msecs(p["wall_per_point"]), msecs(sp["structural_wall"]),
+                now = p.get("current_wall_per_point", sp["structural_wall"])  # alternating runs' median, if any
+                prev.append(label + [text(p["commit"]), msecs(p["wall_per_point"]), msecs(now),
                                      f"{ratio(p['speedup_wall'])} ({ratio(p['speedup_cpu'])})",
                                      sci(max(abs(r["min"] - 1), abs(r["max"] - 1))),
                                      f"{percent(r['frac_current_longer'])} / {percent(r['frac_current_shorter'])}"])
@@ -332,7 +333,9 @@ def attack_speed(page: Page, res: Results) -> None:
                 "failed: structural / Boundary"], rows)
     if prev:
         page.para("The structural attack against its own earlier version (the whole package at that commit, "
-                  "timed in the same run on the same points under the same metric).")
+                  "timed in the same run on the same points under the same metric; where the JSON holds "
+                  "``runs_wall_per_point``, the medians of alternating runs of both, each in its own process, "
+                  "and the ratio is of those medians).")
         page.table("Structural attack against its earlier version",
                    ["data (points)", "metric", "K", "earlier commit", "earlier ms/pt", "now ms/pt",
                     "speed-up, wall (CPU)", "earlier radius ÷ now, largest deviation from 1",
@@ -454,7 +457,7 @@ def attack_strength(page: Page, res: Results) -> None:
               "robust error) and the attacks' (the fraction of points an attack breaks within ε, a lower "
               "bound: the higher, the stronger the attack); the gap is certified − structural, in points. "
               "Each cell holds one value per metric, in the order of the caption.",
-              source("attacks.json", "python benchmarks/bench_attacks.py --metrics euclidean arml --previous d6af126"))
+              source("attacks.json", "python benchmarks/bench_attacks.py --metrics euclidean arml --previous COMMIT (the earlier commit of each row)"))
     for (dataset, n_eval, k, steps), entries in _attack_groups(d):
         by_eps: dict[tuple, list[dict]] = {}
         for e in entries:

@@ -196,7 +196,7 @@ def _evaluation_key(model: nn.Module, X: torch.Tensor, labels: torch.Tensor, qro
     return h.hexdigest()
 
 
-def _read_evaluation(path: Path, key: str, n_attacked: int, dim: int, n_eps: int) -> dict:
+def _read_evaluation(path: Path, key: str, n_attacked: int, n_queries: int, dim: int, n_eps: int) -> dict:
     """An evaluation's saved progress (``done`` budgets of ``n_eps``, in increasing order), checked:
     CheckpointError naming ``path`` when damaged or written for another evaluation."""
     state = _load_verified(path, torch.device("cpu"), kind=_EVAL_FORMAT)
@@ -219,6 +219,6 @@ def _read_evaluation(path: Path, key: str, n_attacked: int, dim: int, n_eps: int
     if not (isinstance(per_eps, list) and len(per_eps) == done and all(
             isinstance(r, list) and len(r) == 5 and isinstance(r[0], int) and 0 <= r[0] < n_eps
             and all(isinstance(v, float) for v in r[1:4]) and isinstance(r[4], torch.Tensor)
-            and r[4].dtype == torch.bool for r in per_eps)):
+            and r[4].dtype == torch.bool and r[4].shape == (n_queries,) for r in per_eps)):
         raise damaged("its per-budget results are missing or malformed")
     return state

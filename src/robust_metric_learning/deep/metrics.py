@@ -31,7 +31,6 @@ from .._validation import (
     paired_label_codes,
 )
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
-from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .checkpoints import (
     _EVAL_FORMAT,
     _check_checkpoint_path,
@@ -40,6 +39,7 @@ from .checkpoints import (
     _resume,
     _save,
 )
+from .lipschitz import _body, certified_input_radius, lipschitz_bound
 from .training import _inputs, embed
 
 __all__ = ["neighbor_lists", "retrieval_metrics", "adversarial_retrieval", "certified_retrieval",
@@ -169,18 +169,18 @@ def _checked_attack_output(attack: Any, result: Any, x: torch.Tensor, eps: float
     return out
 
 
-def _evaluation_checkpoint(checkpoint: Any, resume: Any) -> tuple[Path | None, None, int]:
-    """``checkpoint`` and ``resume`` checked: (path or None, no key yet, no budget done)."""
+def _evaluation_checkpoint(checkpoint: Any, resume: Any) -> Path | None:
+    """``checkpoint`` (None or a file path) and ``resume`` checked."""
     if resume not in (True, False, "compatible"):
         raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
     if checkpoint is None:
-        return None, None, 0
+        return None
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got {type(checkpoint).__name__}")
     path = Path(checkpoint)
     if path.is_dir():
         raise ValueError(f"checkpoint must be a file path, got the folder {path}")
-    return path, None, 0
+    return path
 
 
 def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
@@ -266,11 +266,12 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     broken = torch.zeros(len(rows), dtype=torch.bool)  # by some smaller budget so far
     broken_emb = gallery[rows].clone()  # per query: the perturbation that broke it, else the latest try
     order = sorted(range(len(eps_list)), key=lambda i: eps_list[i])
-    path, key, done = _evaluation_checkpoint(checkpoint, resume)
+    path, key, done = _evaluation_checkpoint(checkpoint, resume), None, 0
     if path is not None:
         key = _evaluation_key(model, X, labels, qrows, eps_list, attack)
-        state = (_resume(lambda: _read_evaluation(path, key, len(rows), gallery.shape[1], len(order)), resume,
-                         "the evaluation") if resume and path.exists() else None)
+        shape = (len(rows), len(qrows), gallery.shape[1], len(order))
+        state = (_resume(lambda: _read_evaluation(path, key, *shape), resume, "the evaluation")
+                 if resume and path.exists() else None)
         if state is not None:
             done, broken, broken_emb = state["done"], state["broken"], state["broken_emb"]
             per_eps = {r[0]: (r[1], r[2], r[3], r[4].numpy()) for r in state["per_eps"]}
@@ -305,8 +306,8 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
                          "per_eps": [[j, *map(float, per_eps[j][:3]), torch.from_numpy(per_eps[j][3])]
                                      for j in order[:step + 1]]}, kind=_EVAL_FORMAT)
     for i in range(len(eps_list)):
-        for key, value in zip(("precision_at_1", "mean_average_precision_at_r", "success", "flipped"), per_eps[i]):
-            out[key].append(value)
+        for name, value in zip(("precision_at_1", "mean_average_precision_at_r", "success", "flipped"), per_eps[i]):
+            out[name].append(value)
     return out
 
 
