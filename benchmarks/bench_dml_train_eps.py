@@ -18,7 +18,8 @@ check: the full ensemble on all 1000 costs about three times as much). Each (dat
 defence, training ε, epochs, seed) result is cached in
 ``benchmarks/results/dml_train_eps.json`` (``--force`` recomputes; a result under another
 protocol or number of queries is rerun), each trained model in
-``results/dml_train_eps/checkpoints`` (a rerun evaluates it again without training); prints a Markdown table
+``results/dml_train_eps/checkpoints`` (a rerun evaluates it again without training; the evaluation's
+progress is checkpointed beside it after each ε); prints a Markdown table
 (with several seeds: mean ± standard deviation over them; a seed draws the training and
 evaluation images and the initial weights).
 Without the data files (``$RML_DATA``) it says so and exits with status 0.
@@ -63,6 +64,7 @@ def run_one(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed
 
     from robust_metric_learning.deep import adversarial_retrieval, embed, retrieval_metrics, train_embedding
     from robust_metric_learning.experiments import dml
+    from robust_metric_learning.experiments.cache import stage_checkpoint
 
     torch.set_num_threads(1)
     X_tr, y_tr, X_ev, y_ev = dml.load_task_data(dataset, seed)
@@ -77,7 +79,8 @@ def run_one(dataset: str, loss: str, defense: str, eps: float, epochs: int, seed
     emb = embed(model, X_ev)
     clean = retrieval_metrics(emb[queries], y_ev[queries], emb, y_ev, self_index=queries, seed=seed)
     t0 = time.perf_counter()
-    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=dml.eval_attack(seed), queries=queries)
+    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=dml.eval_attack(seed), queries=queries,
+                                checkpoint=stage_checkpoint(ckpt, "eval"), resume="compatible")
     return {"dataset": dataset, "loss": loss, "defense": defense, "train_eps": eps, "epochs": epochs, "seed": seed,
             "train_s": round(train_s, 1), "clean_r1": float(clean["precision_at_1"]),
             "adv_r1": [float(v) for v in adv["precision_at_1"]], "eval_eps": list(EVAL_EPS),
