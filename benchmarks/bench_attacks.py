@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _previous import positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "attacks.json"
@@ -124,8 +125,8 @@ def previous_structural(commit: str, data, components, repeats: int):
     """``StructuralAttack`` as it was at ``commit`` and as it is now, ``repeats`` runs each,
     alternately, each in its own process on the same points under the same metric
     (``components``: this run's fitted ``L``, None for Euclidean; :func:`_previous.alternate_with_commit`):
-    ``(the commit's radii, its wall and CPU seconds per run, the current ones per run)``, or None
-    if that fails."""
+    ``(the commit's radii, its wall and CPU seconds per run, the current radii, wall and CPU
+    seconds per run)``, or None if that fails."""
     from _previous import alternate_with_commit
 
     X_tr, y_tr, X_ev, y_ev = data
@@ -136,22 +137,22 @@ def previous_structural(commit: str, data, components, repeats: int):
         return None
     prev, cur = got
     return (prev[0]["radii"], [float(o["wall"]) for o in prev], [float(o["cpu"]) for o in prev],
-            [float(o["wall"]) for o in cur], [float(o["cpu"]) for o in cur])
+            cur[0]["radii"], [float(o["wall"]) for o in cur], [float(o["cpu"]) for o in cur])
 
 
-def previous_record(args, data, knn, radii: np.ndarray) -> dict | None:
-    """The comparison with ``args.previous`` (alternating runs in their own processes; see
-    :func:`previous_structural`), with this run's ``radii``; None if it cannot be run."""
+def previous_record(args, data, knn) -> dict | None:
+    """The comparison with ``args.previous`` (alternating runs in their own processes, the radii
+    of both sides compared; see :func:`previous_structural`); None if it cannot be run."""
     y_ev = data[3]
     got = previous_structural(args.previous, data, knn.components_ if knn.metric != "euclidean" else None,
                               args.previous_repeats)
     if got is None:
         return None
-    p_radii, p_walls, p_cpus, c_walls, c_cpus = got
+    p_radii, p_walls, p_cpus, radii, c_walls, c_cpus = got
     pos = radii > 0
     q = p_radii[pos] / radii[pos]
     n = len(y_ev)
-    previous = {"commit": args.previous, "repeats": args.previous_repeats,
+    previous = {"commit": args.previous, "repeats": args.previous_repeats, "current_code": git_head(),
                 "wall_per_point": float(np.median(p_walls)) / n, "cpu_per_point": float(np.median(p_cpus)) / n,
                 "current_wall_per_point": float(np.median(c_walls)) / n,
                 "runs_wall_per_point": {"previous": [w / n for w in p_walls], "current": [w / n for w in c_walls]},
@@ -179,10 +180,10 @@ def fitted_knn(metric_name: str, data):
     return MahalanobisKNN(K, metric=metric).fit(X_tr, y_tr), fit_s
 
 
-def _has_comparison(entry: dict, commit: str) -> bool:
-    """Whether a cached result holds an alternating comparison with ``commit``."""
+def _has_comparison(entry: dict, commit: str, repeats: int) -> bool:
+    """Whether a cached result holds an alternating comparison with ``commit``, of ``repeats`` runs."""
     prev = entry.get("previous_structural") or {}
-    return prev.get("commit") == commit and "current_wall_per_point" in prev
+    return prev.get("commit") == commit and prev.get("repeats") == repeats and "current_wall_per_point" in prev
 
 
 def run_one(dataset: str, metric_name: str, data, args) -> dict:
@@ -201,7 +202,7 @@ def run_one(dataset: str, metric_name: str, data, args) -> dict:
     print(f"  structural: {s_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
     previous = None
     if args.previous:
-        previous = previous_record(args, data, knn, s_res.radii)
+        previous = previous_record(args, data, knn)
     boundary = BoundaryAttack(steps=args.boundary_steps, chunk_size=args.boundary_chunk, random_state=0)
     b_res, b_wall, b_cpu = timed(lambda: boundary(knn, X_ev, y_ev))
     print(f"  boundary: {b_wall / len(y_ev) * 1e3:.1f} ms/point", flush=True)
@@ -283,7 +284,7 @@ def main() -> int:
     ap.add_argument("--boundary-chunk", type=int, default=64, help="points walking in lockstep (one batched predict)")
     ap.add_argument("--previous", metavar="COMMIT", default=None,
                     help="also time StructuralAttack as it was at this git commit, on the same points")
-    ap.add_argument("--previous-repeats", type=int, default=5,
+    ap.add_argument("--previous-repeats", type=positive_int, default=5,
                     help="runs of the old and of the current attack, alternating, each in its own process")
     ap.add_argument("--force", action="store_true", help="recompute cached results")
     ap.add_argument("--output", type=Path, default=RESULTS)
@@ -301,11 +302,12 @@ def main() -> int:
                 print(f"{key} ...", flush=True)
                 cache[key] = run_one(ds, metric, data, args)
                 atomic_write_text(args.output, json.dumps(cache, indent=1) + "\n")
-            elif args.previous and not _has_comparison(cache[key], args.previous):
+            elif args.previous and not _has_comparison(cache[key], args.previous, args.previous_repeats):
                 print(f"{key}: comparison with {args.previous} ...", flush=True)
-                cache[key]["previous_structural"] = previous_record(args, data, fitted_knn(metric, data)[0],
-                                                                    np.asarray(cache[key]["radii"]["structural"]))
-                atomic_write_text(args.output, json.dumps(cache, indent=1) + "\n")
+                got = previous_record(args, data, fitted_knn(metric, data)[0])
+                if got is not None:  # (a failed comparison keeps the cached one)
+                    cache[key]["previous_structural"] = got
+                    atomic_write_text(args.output, json.dumps(cache, indent=1) + "\n")
             print_table(cache[key])
             ok &= cache[key]["structural_at_least_as_strong_every_eps"]
     return 0 if ok else 1

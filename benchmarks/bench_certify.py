@@ -59,6 +59,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _previous import positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "certify.json"
@@ -467,7 +468,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mnist-part", choices=("exact", "bound"), help=argparse.SUPPRESS)
     ap.add_argument("--previous", default=None, metavar="COMMIT",
                     help="also time the USPS rows as the package was at COMMIT, on the same points (own process)")
-    ap.add_argument("--previous-repeats", type=int, default=5,
+    ap.add_argument("--previous-repeats", type=positive_int, default=5,
                     help="runs of the old and of the current package, alternating, each in its own process")
     args = ap.parse_args(argv)
     if args.n_eval < 1 or args.n_baseline < 1:

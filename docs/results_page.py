@@ -332,10 +332,11 @@ def attack_speed(page: Page, res: Results) -> None:
                 "Boundary radius ÷ structural, median", "points where Boundary's is shorter",
                 "failed: structural / Boundary"], rows)
     if prev:
-        page.para("The structural attack against its own earlier version (the whole package at that commit, "
-                  "timed in the same run on the same points under the same metric; where the JSON holds "
-                  "``runs_wall_per_point``, the medians of alternating runs of both, each in its own process, "
-                  "and the ratio is of those medians).")
+        page.para("The structural attack against its own earlier version (the whole package at that commit), "
+                  "on the same points under the same metric. Where the JSON holds ``runs_wall_per_point``, "
+                  "both versions ran alternately, each run in its own process (the code compared is in "
+                  "``current_code``), the times are the medians of those runs and the radii are compared "
+                  "between them; otherwise the earlier version was timed once beside the row's own run.")
         page.table("Structural attack against its earlier version",
                    ["data (points)", "metric", "K", "earlier commit", "earlier ms/pt", "now ms/pt",
                     "speed-up, wall (CPU)", "earlier radius ÷ now, largest deviation from 1",

@@ -248,6 +248,11 @@ def test_adversarial_retrieval_resumes_from_its_checkpoint_with_the_uninterrupte
     stop[0] = False
     res = adversarial_retrieval(model, X, y, eps=eps, attack=stopping, checkpoint=path)
     assert calls == [0.08]  # only the unfinished budget is attacked
+    # the cost of the budgets finished before the stop is read back: the totals of one run
+    assert res["cost"]["restored"] == [False, True, True]
+    assert res["cost"]["forward"][2] == ref["cost"]["forward"][2] > 0
+    assert res["cost"]["backward"][2] == ref["cost"]["backward"][2] > 0
+    assert res["cost"]["gallery_forward"] == len(X)
     for k in ("precision_at_1", "mean_average_precision_at_r", "success"):
         assert res[k] == pytest.approx(ref[k], abs=1e-12)
     for a, b in zip(res["flipped"], ref["flipped"]):
@@ -274,8 +279,22 @@ def test_adversarial_retrieval_resumes_from_its_checkpoint_with_the_uninterrupte
     with pytest.warns(UserWarning, match="damaged.*evaluation starts afresh"):
         fresh = adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=path, resume="compatible")
     assert fresh["precision_at_1"] == pytest.approx(ref["precision_at_1"], abs=1e-12)
-    with pytest.raises(ValueError, match="resume must be"):
-        adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=path, resume="yes")
+    for bad in ("yes", 1, 0.0):
+        with pytest.raises(ValueError, match="resume must be"):
+            adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=path, resume=bad)
+    # an attack whose repr holds a memory address differs in every process: refused, not resumed wrongly
+    with pytest.raises(ValueError, match="repr identifies it"):
+        adversarial_retrieval(model, X, y, eps=eps, attack=lambda m, x, o, *, eps: pgd(m, x, o, eps=eps),
+                              checkpoint=tmp_path / "fn.pt")
+    # a training checkpoint given as the evaluation's is never overwritten, even with "compatible"
+    from robust_metric_learning.deep import train_embedding
+
+    trained = tmp_path / "train.pt"
+    train_embedding(MLP(16, hidden=(8,), embedding_dim=4), X, y, epochs=1, checkpoint=trained, progress=False)
+    before = trained.read_bytes()
+    with pytest.raises(CheckpointError, match="train_embedding checkpoint, not a") as info:
+        adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=trained, resume="compatible")
+    assert info.value.reason == "kind" and trained.read_bytes() == before
     with pytest.raises(ValueError, match="folder"):
         adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=tmp_path)
     with pytest.raises(TypeError, match="checkpoint must be a file path"):
@@ -584,3 +603,12 @@ def test_conv_models_run_channels_last_with_the_channels_first_values(make):
     again = make()
     again.load_state_dict(first.state_dict())
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in again.parameters() if p.dim() == 4)
+
+
+def test_embedding_net_takes_layers_without_a_channels_last_layout():
+    from robust_metric_learning.deep import EmbeddingNet
+
+    for sn in (False, True):
+        body = nn.Sequential(nn.Unflatten(1, (1, 4, 4, 4)), nn.Conv3d(1, 2, 3, padding=1), nn.Flatten(),
+                             nn.Linear(128, 3))
+        assert EmbeddingNet(body, spectral_norm=sn)(torch.rand(2, 64)).shape == (2, 3)

@@ -1,5 +1,6 @@
-"""Checkpoints of :func:`~robust_metric_learning.deep.train_embedding`: written atomically with a
-SHA-256 of their content, verified on read (a damaged file is reported with its path)."""
+"""Checkpoints of :func:`~robust_metric_learning.deep.train_embedding` (after each epoch) and of
+:func:`~robust_metric_learning.deep.adversarial_retrieval` (after each budget): written atomically
+with a SHA-256 of their content, verified on read (a damaged file is reported with its path)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -31,14 +33,35 @@ _STATE_KEYS = ("model", "optimizer", "settings_key", "loss", "seconds", "n_adver
 
 
 class CheckpointError(ValueError):
-    """A training checkpoint that cannot be resumed from (damaged, unverifiable, other settings).
+    """A training or evaluation checkpoint that cannot be resumed from (damaged, unverifiable,
+    written with other settings, or a checkpoint of the other kind).
 
-    The message names the file. ``reason`` is ``"damaged"``, ``"unverified"`` or ``"settings"``.
+    The message names the file. ``reason`` is ``"damaged"``, ``"unverified"``, ``"settings"`` or
+    ``"kind"`` (a checkpoint of this package, but of the other function: never overwritten).
     """
 
     def __init__(self, message: str, *, reason: str):
         super().__init__(message)
         self.reason = reason
+
+
+def _damaged(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is damaged: {why}", reason="damaged")
+
+
+def _check_checkpoint_arguments(checkpoint: Any, resume: Any) -> Path | None:
+    """``checkpoint`` (None or a file path, not a folder) and ``resume`` (True, False or
+    "compatible") checked, as every function with a checkpoint takes them."""
+    if isinstance(resume, (int, float)) and not isinstance(resume, bool) or resume not in (True, False, "compatible"):
+        raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got {type(checkpoint).__name__}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
+    return path
 
 
 def _save(path: Path, state: dict, *, kind: str = _CKPT_FORMAT) -> None:
@@ -75,7 +98,7 @@ def _load_verified(path: Path, device: torch.device, *, kind: str = _CKPT_FORMAT
     raw = path.read_bytes()  # an unreadable file raises OSError (with the path) as it is
 
     def damaged(why: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {path} is damaged: {why}", reason="damaged")
+        return _damaged(path, why)
 
     try:
         outer = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
@@ -89,7 +112,10 @@ def _load_verified(path: Path, device: torch.device, *, kind: str = _CKPT_FORMAT
             raise CheckpointError(f"checkpoint {path} was written without a checksum (by an older version of "
                                   "this package) and cannot be verified", reason="unverified")
         found = outer.get("format")
-        raise damaged(f"it is not a {kind}" + (f" (it is a {found})" if isinstance(found, str)
+        if isinstance(found, str) and found.startswith("robust_metric_learning.") and found in _FORMATS:
+            raise CheckpointError(f"checkpoint {path} is a {found}, not a {kind}; pass another checkpoint path",
+                                  reason="kind")
+        raise damaged(f"it is not a {kind}" + (f" (it is a {found!r})" if isinstance(found, str)
                                                else f" (keys {sorted(map(str, outer))[:8]})"))
     if outer.get("version") != _CKPT_VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {outer.get('version')!r}; this version "
@@ -116,12 +142,10 @@ def _load(path: Path, device: torch.device) -> dict:
     """The training state saved in ``path``, verified; CheckpointError naming ``path`` otherwise."""
     state = _load_verified(path, device, legacy_keys=_STATE_KEYS)
     if any(k not in state for k in _STATE_KEYS):
-        raise CheckpointError(f"checkpoint {path} is damaged: its payload lacks the training state",
-                              reason="damaged")
+        raise _damaged(path, "its payload lacks the training state")
     n = len(state["loss"])
     if n < 1 or len(state["seconds"]) != n or len(state["n_adversarial"]) != n:
-        raise CheckpointError(f"checkpoint {path} is damaged: its history lists are empty or of different "
-                              "lengths", reason="damaged")
+        raise _damaged(path, "its history lists are empty or of different lengths")
     return state
 
 
@@ -131,11 +155,14 @@ def _resume(read: Callable[[], dict], resume: bool | str, what: str) -> dict | N
     ``read`` raises :class:`CheckpointError` for a file it cannot resume from. With
     ``resume=True`` that error propagates (a damaged or unverifiable file's message says how to
     start afresh); with ``"compatible"`` the result is None (start afresh), with a warning
-    naming the file unless it only holds other settings.
+    naming the file unless it only holds other settings. A checkpoint of the other kind is
+    never started over (that would overwrite it).
     """
     try:
         return read()
     except CheckpointError as exc:
+        if exc.reason == "kind":
+            raise
         if resume != "compatible":
             if exc.reason != "settings":
                 raise CheckpointError(f"{exc}; pass resume='compatible' to start afresh (overwriting it), "
@@ -164,9 +191,8 @@ def _model_signature(model: nn.Module) -> dict[str, Any]:
 
 
 def _check_checkpoint_path(path: Path) -> None:
-    """Fail before training when ``path`` cannot be written (a folder, an unwritable place)."""
-    if path.is_dir():
-        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
+    """Fail before the work starts when ``path`` (checked by :func:`_check_checkpoint_arguments`)
+    cannot be written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe-"):
@@ -178,21 +204,32 @@ def _check_checkpoint_path(path: Path) -> None:
 
 #: the format of :func:`~robust_metric_learning.deep.adversarial_retrieval`'s checkpoints
 _EVAL_FORMAT = "robust_metric_learning.adversarial_retrieval checkpoint"
+_FORMATS = (_CKPT_FORMAT, _EVAL_FORMAT)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 def _evaluation_key(model: nn.Module, X: torch.Tensor, labels: torch.Tensor, qrows: torch.Tensor,
                     eps: list[float], attack: Any) -> str:
     """What an adversarial evaluation depends on: the model's parameters and buffers, the inputs,
-    labels and query rows (their bytes), the budgets, and the attack by its ``repr``."""
+    labels and query rows (their bytes), the budgets, and the attack by its ``repr``. An attack
+    whose repr holds a memory address (a function, an object without its own repr) differs in
+    every process, so it cannot be checkpointed: ValueError."""
+    described = repr(attack)
+    if re.search(r" at 0x[0-9a-fA-F]+", described):
+        raise ValueError(f"checkpoint needs an attack whose repr identifies it (its settings, no memory address), "
+                         f"to recognise its own evaluation when resuming; got {described[:200]}")
     h = hashlib.sha256()
-    h.update(json.dumps({"model": type(model).__qualname__, "eps": eps, "attack": repr(attack),
+    h.update(json.dumps({"model": type(model).__qualname__, "eps": eps, "attack": described,
                          "shape": list(X.shape), "dtype": str(X.dtype)}, sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         if isinstance(t, torch.Tensor):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            h.update(_tensor_bytes(t))
     for t in (X, labels, qrows):
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(_tensor_bytes(t))
     return h.hexdigest()
 
 
@@ -202,7 +239,7 @@ def _read_evaluation(path: Path, key: str, n_attacked: int, n_queries: int, dim:
     state = _load_verified(path, torch.device("cpu"), kind=_EVAL_FORMAT)
 
     def damaged(why: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {path} is damaged: {why}", reason="damaged")
+        return _damaged(path, why)
 
     if state.get("key") != key:
         raise CheckpointError(f"checkpoint {path} was written for another evaluation (model, inputs, labels, "
@@ -217,8 +254,9 @@ def _read_evaluation(path: Path, key: str, n_attacked: int, n_queries: int, dim:
             and bool(torch.isfinite(emb).all())):
         raise damaged("its embeddings of the attacked queries are missing, of the wrong shape or not finite")
     if not (isinstance(per_eps, list) and len(per_eps) == done and all(
-            isinstance(r, list) and len(r) == 5 and isinstance(r[0], int) and 0 <= r[0] < n_eps
-            and all(isinstance(v, float) for v in r[1:4]) and isinstance(r[4], torch.Tensor)
-            and r[4].dtype == torch.bool and r[4].shape == (n_queries,) for r in per_eps)):
+            isinstance(r, list) and len(r) == 8 and isinstance(r[0], int) and 0 <= r[0] < n_eps
+            and all(isinstance(v, float) for v in (*r[1:4], r[5])) and isinstance(r[4], torch.Tensor)
+            and r[4].dtype == torch.bool and r[4].shape == (n_queries,)
+            and all(isinstance(v, int) and v >= 0 for v in r[6:]) for r in per_eps)):
         raise damaged("its per-budget results are missing or malformed")
     return state

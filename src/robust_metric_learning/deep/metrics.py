@@ -11,7 +11,7 @@ upper bound on the network's Lipschitz constant (:mod:`.lipschitz`).
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import time
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -33,6 +33,7 @@ from .._validation import (
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .checkpoints import (
     _EVAL_FORMAT,
+    _check_checkpoint_arguments,
     _check_checkpoint_path,
     _evaluation_key,
     _read_evaluation,
@@ -169,18 +170,25 @@ def _checked_attack_output(attack: Any, result: Any, x: torch.Tensor, eps: float
     return out
 
 
-def _evaluation_checkpoint(checkpoint: Any, resume: Any) -> Path | None:
-    """``checkpoint`` (None or a file path) and ``resume`` checked."""
-    if resume not in (True, False, "compatible"):
-        raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
-    if checkpoint is None:
-        return None
-    if not isinstance(checkpoint, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a file path (str or os.PathLike), got {type(checkpoint).__name__}")
-    path = Path(checkpoint)
-    if path.is_dir():
-        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
-    return path
+class _PassCounter:
+    """Counts the inputs ``model`` forwards (``forward``), and those forwarded with autograd on
+    (``backward``: an attack's gradient passes), while in a ``with`` block."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.forward = self.backward = 0
+
+    def _hook(self, module, inputs, output) -> None:
+        n = int(inputs[0].shape[0]) if inputs and hasattr(inputs[0], "shape") else 0
+        self.forward += n
+        self.backward += n if torch.is_grad_enabled() else 0
+
+    def __enter__(self) -> "_PassCounter":
+        self._handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
 
 
 def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | Sequence[float],
@@ -219,8 +227,9 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         Progress saved atomically, with its SHA-256, after each budget (budgets run in
         increasing order): a long evaluation that is stopped resumes at the first unfinished
         budget, with the same result (for a seeded attack) as one uninterrupted run. It is tied
-        to the model's parameters, ``X``, ``y``, ``queries``, ``eps`` and the attack's ``repr``.
-        Checked to be writable before attacking.
+        to the model's parameters, ``X``, ``y``, ``queries``, ``eps`` and the attack's ``repr``
+        (so the attack's repr must identify it: a function's or an object's default repr,
+        which holds a memory address, is refused). Checked to be writable before attacking.
     resume : bool or "compatible", default=True
         Continue from ``checkpoint`` if it exists. A checkpoint of another evaluation, a
         damaged one (truncated, corrupt, checksum mismatch) raises
@@ -234,7 +243,11 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         ``eps``, and per eps lists ``precision_at_1``, ``mean_average_precision_at_r``,
         ``success`` (fraction of attacked queries whose R@1 flipped), ``flipped`` (per query,
         whether the attack broke it), plus the clean values and ``attacked`` (per query,
-        whether it was attacked, i.e. correct at R@1).
+        whether it was attacked, i.e. correct at R@1), and ``cost``: per eps the ``seconds``
+        spent attacking and embedding the attacked queries, the inputs the model forwarded
+        (``forward``) and those with autograd on (``backward``), read from the checkpoint for
+        the budgets finished before a resume (``restored``, per eps); with ``gallery_forward``
+        (the rows embedded as the gallery), the totals are those of one uninterrupted run.
     """
     from ..attacks.embedding.ensemble import RetrievalEnsemble
     from ..attacks.embedding.retrieval import RetrievalObjective
@@ -242,6 +255,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     from .training import _check_module
 
     _check_module(model)
+    path = _check_checkpoint_arguments(checkpoint, resume)
     eps_list = [float(e) for e in check_eps(eps)]
     X = _inputs(model, X)
     labels = label_codes(y, n_samples=len(X))  # any label type
@@ -266,15 +280,15 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     broken = torch.zeros(len(rows), dtype=torch.bool)  # by some smaller budget so far
     broken_emb = gallery[rows].clone()  # per query: the perturbation that broke it, else the latest try
     order = sorted(range(len(eps_list)), key=lambda i: eps_list[i])
-    path, key, done = _evaluation_checkpoint(checkpoint, resume), None, 0
+    key, done = None, 0
     if path is not None:
-        key = _evaluation_key(model, X, labels, qrows, eps_list, attack)
+        key = _evaluation_key(model, X, labels, qrows, eps_list, attack)  # (refuses an unidentifiable attack)
         shape = (len(rows), len(qrows), gallery.shape[1], len(order))
         state = (_resume(lambda: _read_evaluation(path, key, *shape), resume, "the evaluation")
                  if resume and path.exists() else None)
         if state is not None:
             done, broken, broken_emb = state["done"], state["broken"], state["broken_emb"]
-            per_eps = {r[0]: (r[1], r[2], r[3], r[4].numpy()) for r in state["per_eps"]}
+            per_eps = {r[0]: (r[1], r[2], r[3], r[4].numpy(), *r[5:]) for r in state["per_eps"]}
         if done < len(order):
             _check_checkpoint_path(path)
     for step, i in enumerate(order):
@@ -284,14 +298,18 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
         q_emb = gallery[qrows].clone()
         flipped = torch.zeros(len(qrows), dtype=torch.bool)
         todo = torch.nonzero(~broken).flatten()  # broken within a smaller budget: broken here too
+        t0 = time.perf_counter()
+        with _PassCounter(model) as passes:
+            if e > 0 and len(todo):
+                sub = rows[todo]
+                objective = RetrievalObjective(gallery.float(), labels, labels[sub], query_in_gallery=sub)
+                result = attack(model, X[sub], objective, eps=e)
+                # the attack's perturbed inputs, checked (in its threat model) and embedded here: an
+                # attack that left the eps-ball or the box would report a robustness that is not there
+                adv_x = _checked_attack_output(attack, result, X[sub], e)
+                adv = embed(model, adv_x, batch_size=batch_size).double()
+        seconds = time.perf_counter() - t0
         if e > 0 and len(todo):
-            sub = rows[todo]
-            objective = RetrievalObjective(gallery.float(), labels, labels[sub], query_in_gallery=sub)
-            result = attack(model, X[sub], objective, eps=e)
-            # the attack's perturbed inputs, checked (in its threat model) and embedded here: an
-            # attack that left the eps-ball or the box would report a robustness that is not there
-            adv_x = _checked_attack_output(attack, result, X[sub], e)
-            adv = embed(model, adv_x, batch_size=batch_size).double()
             now = ~_recall_at_1_mask(adv, labels[sub], gallery, labels, sub)
             broken_emb[todo] = adv  # this eps's perturbation (kept at larger ones where it broke)
             broken[todo[now]] = True
@@ -300,14 +318,20 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
             flipped[hit] = broken
         m = retrieval_metrics(q_emb, q_labels, gallery, labels, self_index=qrows)
         per_eps[i] = (m["precision_at_1"], m["mean_average_precision_at_r"],
-                      float(flipped[hit].float().mean()) if len(rows) else 0.0, flipped.numpy())
+                      float(flipped[hit].float().mean()) if len(rows) else 0.0, flipped.numpy(),
+                      seconds, passes.forward, passes.backward)
         if path is not None:
             _save(path, {"key": key, "done": step + 1, "broken": broken, "broken_emb": broken_emb,
-                         "per_eps": [[j, *map(float, per_eps[j][:3]), torch.from_numpy(per_eps[j][3])]
+                         "per_eps": [[j, *map(float, per_eps[j][:3]), torch.from_numpy(per_eps[j][3]),
+                                      float(per_eps[j][4]), *map(int, per_eps[j][5:])]
                                      for j in order[:step + 1]]}, kind=_EVAL_FORMAT)
+    out["cost"] = {"seconds": [], "forward": [], "backward": [], "gallery_forward": int(len(X)),
+                   "restored": [order.index(i) < done for i in range(len(eps_list))]}
     for i in range(len(eps_list)):
         for name, value in zip(("precision_at_1", "mean_average_precision_at_r", "success", "flipped"), per_eps[i]):
             out[name].append(value)
+        for name, value in zip(("seconds", "forward", "backward"), per_eps[i][4:]):
+            out["cost"][name].append(value)
     return out
 
 

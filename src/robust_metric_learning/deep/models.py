@@ -44,7 +44,7 @@ class EmbeddingNet(nn.Module):
 
     Notes
     -----
-    Convolution weights are stored channels-last (``torch.channels_last``), so the feature maps
+    2-d convolution weights are stored channels-last (``torch.channels_last``), so the feature maps
     are too: on a CPU, max-pooling a channels-first map can cost more than the convolutions, and
     a SmallCNN's forward and backward pass runs 1.2 to 1.7 times faster this way (RC2F2's about
     as fast; ``benchmarks/bench_layout.py``). The values are the same up to rounding;
@@ -59,7 +59,9 @@ class EmbeddingNet(nn.Module):
                     body[i] = _spectral_norm(layer)
         self.body = body
         self.head = L2Normalize() if normalize else nn.Identity()
-        self.to(memory_format=torch.channels_last)  # 4-d weights only; see Notes
+        for module in self.modules():  # see Notes; other layers (Conv3d, ...) keep their layout
+            if isinstance(module, nn.Conv2d):
+                module.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

@@ -7,7 +7,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +18,7 @@ from .._parallel import eval_mode
 from .._validation import check_model_output, check_nonnegative_int, check_positive_int, check_real, check_unit_interval
 from .checkpoints import (
     CheckpointError,
+    _check_checkpoint_arguments,
     _check_checkpoint_path,
     _first_line,
     _load,
@@ -218,8 +218,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     seed = check_nonnegative_int(seed, name="seed")
     if batches_per_epoch is not None:
         check_positive_int(batches_per_epoch, name="batches_per_epoch")
-    if resume not in (True, False, "compatible") or isinstance(resume, (int, float)) and not isinstance(resume, bool):
-        raise ValueError(f"resume must be True, False or 'compatible', got {resume!r}")
+    path = _check_checkpoint_arguments(checkpoint, resume)
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be True, False or None, got {progress!r}")
     loss_fn = losses.TripletMarginLoss(margin=0.2) if loss is None else loss
@@ -248,10 +247,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 "weight_decay": weight_decay, "seed": seed, "n": len(X), "model": _model_signature(model),
                 **({} if pairs is None else {"pairs": pairs})}  # (absent by default: older checkpoints match)
     key = _settings_key({k: v for k, v in settings.items() if k != "epochs"})
-    path = Path(checkpoint) if checkpoint is not None else None
     start, state = 0, None
-    if path is not None and path.is_dir():
-        raise ValueError(f"checkpoint must be a file path, got the folder {path}")
     if path is not None and resume and path.exists():
         def read() -> dict:
             state = _load(path, device)

@@ -51,7 +51,7 @@ from .plugin import Task, row_label, split_row_label
 
 __all__ = ["DATASETS", "DEFENSES", "EXTRA_DEFENSES", "ALL_DEFENSES", "LOSSES", "EVAL_EPS", "protocol",
            "load_task_data", "run_task", "report", "eval_attack", "decay_pgd", "make_loss", "make_defense",
-           "make_model", "PassCounter", "plan"]
+           "make_model", "plan"]
 
 DATASETS = ("mnist", "fashion-mnist")
 DEFENSES = ("natural", "naive", "est", "ours")
@@ -217,29 +217,6 @@ def load_task_data(dataset: str, seed: int, data_home=None) -> tuple[np.ndarray,
     return (X_tr[tr].astype(np.float32), y_tr[tr], X_te[te].astype(np.float32), y_te[te])
 
 
-class PassCounter:
-    """Counts the inputs ``model`` forwards (``forward``), and those forwarded with autograd on
-    (``backward``: an attack's gradient passes), while in a ``with`` block."""
-
-    def __init__(self, model):
-        self.model = model
-        self.forward = self.backward = 0
-
-    def _hook(self, module, inputs, output) -> None:
-        import torch
-
-        n = int(inputs[0].shape[0]) if inputs and hasattr(inputs[0], "shape") else 0
-        self.forward += n
-        self.backward += n if torch.is_grad_enabled() else 0
-
-    def __enter__(self) -> "PassCounter":
-        self._handle = self.model.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-
 def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, seed: int,
                    checkpoint=None) -> dict[str, Any]:
     """The evaluation against the doubled ensemble and the decaying-step PGD at ``TRAIN_EPS`` on the
@@ -268,6 +245,10 @@ def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, s
                                   checkpoint=stage_checkpoint(checkpoint, label), resume="compatible")
         out[label] = r["precision_at_1"][0]
         out[f"{label}_extra"] = int((np.asarray(r["flipped"][0], dtype=bool) & ~broken)[valid].sum())
+        # its attack's seconds, and those of them spent before a resume (read from its checkpoint)
+        out[f"{label}_s"] = float(sum(r["cost"]["seconds"]))
+        out[f"{label}_restored_s"] = float(sum(s for s, old in zip(r["cost"]["seconds"], r["cost"]["restored"])
+                                               if old))
     # points of R@1 the doubled ensemble's extra breaks take off the evaluation's figure
     out["doubled_drop_points"] = 100 * out["doubled_extra"] / n
     out["beats_decay_pgd"] = bool(out["ensemble"] <= out["decay_pgd"] + 1e-12)
@@ -297,16 +278,17 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     t0 = time.perf_counter()
     emb = embed(model, X_ev)
     clean = retrieval_metrics(emb, y_ev, emb, y_ev, self_index=np.arange(len(y_ev)), nmi=True, seed=seed)
-    t1 = time.perf_counter()
-    with PassCounter(model) as passes:
-        adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=eval_attack(seed),
-                                    checkpoint=stage_checkpoint(checkpoint, "eval"), resume="compatible")
-    adv_s = time.perf_counter() - t1
+    adv = adversarial_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), attack=eval_attack(seed),
+                                checkpoint=stage_checkpoint(checkpoint, "eval"), resume="compatible")
+    # the attack's cost over every eps, also the budgets finished before a resume (from the checkpoint)
+    cost = adv["cost"]
+    adv_s = float(sum(cost["seconds"]))
+    restored_s = float(sum(sec for sec, old in zip(cost["seconds"], cost["restored"]) if old))
     cert = certified_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), norm="linf")
     cert_l2 = certified_retrieval(model, X_ev, y_ev, eps=list(CERT_L2_EPS), norm="l2")
     # soundness: a query certified at eps is never broken by the attack at eps
     check_certified_unbroken(f"dml {dataset}/{loss}/{defense}", cert["radii"], EVAL_EPS, adv["flipped"])
-    eval_s = time.perf_counter() - t0
+    eval_s = time.perf_counter() - t0 + restored_s
     # attack strength at the training eps
     t0 = time.perf_counter()
     subset = np.arange(min(N_STRENGTH, len(y_ev)))
@@ -317,7 +299,7 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
     s_pgd = pgd(model, xq, objective, eps=TRAIN_EPS).scores
     s_rs = RandomSearch(norm="linf", n_queries=pgd.n_forward, random_state=seed)(model, xq, objective,
                                                                                 eps=TRAIN_EPS).scores
-    check_s = time.perf_counter() - t0
+    check_s = time.perf_counter() - t0 + stronger["doubled_restored_s"] + stronger["decay_pgd_restored_s"]
     return {
         "dataset": dataset, "loss": loss, "defense": defense, "seed": seed,
         "n_train": int(len(y_tr)), "n_eval": int(len(y_ev)),
@@ -334,7 +316,8 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
         "train_s": train_s, "eval_s": eval_s, "check_s": check_s, "adv_s": adv_s,
         # the adversarial evaluation's cost (every eps): inputs forwarded per query, with gradient
         # (each then has one backward pass) and without
-        "adv_passes_per_query": {"forward": passes.forward / len(y_ev), "backward": passes.backward / len(y_ev)},
+        "adv_passes_per_query": {"forward": (cost["gallery_forward"] + sum(cost["forward"])) / len(y_ev),
+                                 "backward": sum(cost["backward"]) / len(y_ev)},
     }
 
 
