@@ -21,11 +21,17 @@ def label_codes(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") -> 
     """Check ``y`` as :func:`check_labels` does; each label's class as an int64 code ``0..C-1``
     (the classes in sorted order), for labels of any type."""
     arr = check_labels(y, n_samples=n_samples, name=name, rows=rows)
+    return _sorted_codes(arr, name)[1]
+
+
+def _sorted_codes(labels: np.ndarray, what: str) -> tuple[np.ndarray, torch.Tensor]:
+    """The sorted classes of ``labels`` and each label's index among them (int64 tensor);
+    ValueError naming ``what`` for labels that cannot be sorted (mixed types)."""
     try:
-        codes = np.unique(arr, return_inverse=True)[1]
+        classes, codes = np.unique(labels, return_inverse=True)
     except TypeError as exc:
-        raise ValueError(f"{name} must be labels that can be compared and sorted (one type): {exc}") from None
-    return torch.as_tensor(codes.reshape(-1).astype(np.int64))
+        raise ValueError(f"{what} must be labels that can be compared and sorted (one type): {exc}") from None
+    return classes, torch.as_tensor(codes.reshape(-1).astype(np.int64))
 
 
 def paired_label_codes(query_labels: Any, gallery_labels: Any, *, n_query: int, n_gallery: int,
@@ -40,12 +46,7 @@ def paired_label_codes(query_labels: Any, gallery_labels: Any, *, n_query: int, 
     if (ql.dtype.kind in "USO") != (gl.dtype.kind in "USO"):
         raise ValueError(f"{query_name} and {gallery_name} must be labels of one kind, got dtypes {ql.dtype} and "
                          f"{gl.dtype}")
-    try:
-        classes, codes = np.unique(np.concatenate([gl, ql]), return_inverse=True)
-    except TypeError as exc:
-        raise ValueError(f"{query_name} and {gallery_name} must be labels that can be compared and sorted: "
-                         f"{exc}") from None
-    codes = torch.as_tensor(codes.reshape(-1).astype(np.int64))
+    classes, codes = _sorted_codes(np.concatenate([gl, ql]), f"{query_name} and {gallery_name}")
     return codes[n_gallery:], codes[:n_gallery], classes
 
 
