@@ -135,6 +135,22 @@ def test_atomic_open_text_and_bad_mode(tmp_path):
             pass
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_atomic_open_never_replaces_what_is_not_a_regular_file(tmp_path):
+    pipe, folder = tmp_path / "pipe", tmp_path / "folder"
+    os.mkfifo(pipe)
+    folder.mkdir()
+    for target in (pipe, folder):
+        with pytest.raises(ValueError, match="not a regular file"):
+            atomic_write_bytes(target, b"x")
+    assert stat.S_ISFIFO(pipe.stat().st_mode) and folder.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "pipe"]  # no temporary file left
+    if Path("/dev/null").exists():
+        with pytest.raises(ValueError, match="not a regular file"):
+            atomic_write_text("/dev/null", "x")
+        assert stat.S_ISCHR(Path("/dev/null").stat().st_mode)
+
+
 def test_md5_file(tmp_path):
     data = b"some bytes\n" * 1000
     plain, gz, bz = tmp_path / "f", tmp_path / "f.gz", tmp_path / "f.bz2"

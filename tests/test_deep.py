@@ -1,6 +1,7 @@
 """deep/: models, Lipschitz bounds, the batch sampler and the retrieval metrics."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -299,6 +300,9 @@ def test_adversarial_retrieval_resumes_from_its_checkpoint_with_the_uninterrupte
         adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=tmp_path)
     with pytest.raises(TypeError, match="checkpoint must be a file path"):
         adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint=3)
+    if os.path.exists("/dev/null"):  # never replaced by a checkpoint, whatever resume says
+        with pytest.raises(ValueError, match="not a regular file"):
+            adversarial_retrieval(model, X, y, eps=eps, attack=pgd, checkpoint="/dev/null", resume="compatible")
 
 
 # ------------------------------------------------------------------ issue 16: no silent wrong answer

@@ -1,5 +1,7 @@
 """deep/: the training loop and the defences (robust training for mini-batch metric losses)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -394,6 +396,9 @@ def test_checkpoint_path_is_checked_before_training(digits01, tmp_path):
         train_embedding(_fresh(), X, y, loss=loss, checkpoint=tmp_path, **_KW)
     with pytest.raises(ValueError, match=r"checkpoint .*file.*cannot be written"):
         train_embedding(_fresh(), X, y, loss=loss, checkpoint=tmp_path / "file" / "ck.pt", **_KW)
+    if Path("/dev/null").exists():  # a device is never replaced by a checkpoint
+        with pytest.raises(ValueError, match="not a regular file"):
+            train_embedding(_fresh(), X, y, loss=loss, checkpoint="/dev/null", resume="compatible", **_KW)
     assert loss.calls == 0
 
 

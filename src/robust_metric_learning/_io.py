@@ -73,7 +73,9 @@ def atomic_open(
         temporary path (e.g. to check the content before the rename). On a
         normal exit it is flushed, synced to disk and renamed onto ``path``,
         replacing any old file. If the block raises, the temporary file is
-        removed, ``path`` is left as it was, and the exception propagates.
+        removed, ``path`` is left as it was, and the exception propagates. A
+        ``path`` that exists and is not a regular file (a folder, ``/dev/null``,
+        a pipe) is refused with a ValueError before anything is written.
 
     Examples
     --------
@@ -83,6 +85,8 @@ def atomic_open(
     if mode not in _WRITE_MODES:
         raise ValueError(f"mode must be one of {_WRITE_MODES}, got {mode!r}")
     target = Path(path)
+    if target.exists() and not target.is_file():  # os.replace would put a file in its place
+        raise ValueError(f"{target} exists and is not a regular file (a folder, device or pipe); it is not replaced")
     target.parent.mkdir(parents=True, exist_ok=True)
     file_mode = _final_mode(target)
     fd, tmp_name = tempfile.mkstemp(

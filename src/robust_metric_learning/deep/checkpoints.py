@@ -61,6 +61,8 @@ def _check_checkpoint_arguments(checkpoint: Any, resume: Any) -> Path | None:
     path = Path(checkpoint)
     if path.is_dir():
         raise ValueError(f"checkpoint must be a file path, got the folder {path}")
+    if path.exists() and not path.is_file():  # a device or a pipe: writing would replace it
+        raise ValueError(f"checkpoint must be a regular file path, got {path}, which is not a regular file")
     return path
 
 
