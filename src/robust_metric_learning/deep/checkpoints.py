@@ -114,7 +114,7 @@ def _load_verified(path: Path, device: torch.device, *, kind: str = _CKPT_FORMAT
             raise CheckpointError(f"checkpoint {path} was written without a checksum (by an older version of "
                                   "this package) and cannot be verified", reason="unverified")
         found = outer.get("format")
-        if isinstance(found, str) and found.startswith("robust_metric_learning.") and found in _FORMATS:
+        if found in _FORMATS:  # this package's, of the other function
             raise CheckpointError(f"checkpoint {path} is a {found}, not a {kind}; pass another checkpoint path",
                                   reason="kind")
         raise damaged(f"it is not a {kind}" + (f" (it is a {found!r})" if isinstance(found, str)
