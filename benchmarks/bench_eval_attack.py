@@ -85,6 +85,8 @@ def run_one(defense: str, seed: int, attack_seeds: list[int]) -> dict:
             out["clean_r1"] = float(r["clean"]["precision_at_1"])
             out["runs"][f"{name}/seed={s}"] = {
                 "attack": repr(_attack(name, s)), "r1": float(r["precision_at_1"][0]),
+                # which queries it broke: attacks compared query by query (what one finds and another misses)
+                "broken": [int(i) for i in np.flatnonzero(r["flipped"][0])],
                 "seconds": round(time.perf_counter() - t0, 1),
                 "forward_per_query": (cost["gallery_forward"] + sum(cost["forward"])) / N_EVAL,
                 "backward_per_query": sum(cost["backward"]) / N_EVAL}
