@@ -27,8 +27,8 @@ margin and on the gallery cross-entropy at each of ``EVAL_TEMPERATURES`` (``EVAL
 APGD member (margin and cross-entropies) on the near misses, and up to ``EVAL_ROUNDS`` more
 runs of the last stage with twice the steps until one breaks nothing; certified Recall@1 at the
 same l_inf radii and at ``CERT_L2_EPS`` (l2), from the embedding margin bound and the network's
-Lipschitz bound. Checks on every model, failing loudly: certified-robust queries are never broken by the attack (soundness); and, at the
-training eps, recorded for the report (:func:`strength_check`): on the first ``N_STRENGTH``
+Lipschitz bound. Checks on every model, failing loudly: certified-robust queries are never
+broken by the attack (soundness); and, at the training eps, recorded for the report (:func:`strength_check`): on the first ``N_STRENGTH``
 queries, the evaluation's own figure against the ensemble with doubled steps, restarts, focus
 restarts and rounds (the queries only it breaks: the points they would take off show whether
 the evaluation converged) and against a plain PGD with a decaying step (``DECAY_PGD``; the
@@ -217,6 +217,13 @@ def load_task_data(dataset: str, seed: int, data_home=None) -> tuple[np.ndarray,
     return (X_tr[tr].astype(np.float32), y_tr[tr], X_te[te].astype(np.float32), y_te[te])
 
 
+def _attack_seconds(cost: dict[str, Any]) -> tuple[float, float]:
+    """Seconds an ``adversarial_retrieval`` call spent attacking (its ``cost``), over every eps, and
+    the part of them spent before a resume (read from its checkpoint, not in this process)."""
+    return (float(sum(cost["seconds"])),
+            float(sum(sec for sec, old in zip(cost["seconds"], cost["restored"]) if old)))
+
+
 def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, seed: int,
                    checkpoint=None) -> dict[str, Any]:
     """The evaluation against the doubled ensemble and the decaying-step PGD at ``TRAIN_EPS`` on the
@@ -246,9 +253,7 @@ def strength_check(model, X_ev, y_ev, adv: dict[str, Any], subset: np.ndarray, s
         out[label] = r["precision_at_1"][0]
         out[f"{label}_extra"] = int((np.asarray(r["flipped"][0], dtype=bool) & ~broken)[valid].sum())
         # its attack's seconds, and those of them spent before a resume (read from its checkpoint)
-        out[f"{label}_s"] = float(sum(r["cost"]["seconds"]))
-        out[f"{label}_restored_s"] = float(sum(s for s, old in zip(r["cost"]["seconds"], r["cost"]["restored"])
-                                               if old))
+        out[f"{label}_s"], out[f"{label}_restored_s"] = _attack_seconds(r["cost"])
     # points of R@1 the doubled ensemble's extra breaks take off the evaluation's figure
     out["doubled_drop_points"] = 100 * out["doubled_extra"] / n
     out["beats_decay_pgd"] = bool(out["ensemble"] <= out["decay_pgd"] + 1e-12)
@@ -282,8 +287,7 @@ def run_task(dataset: str, loss: str, defense: str, seed: int, data, *, checkpoi
                                 checkpoint=stage_checkpoint(checkpoint, "eval"), resume="compatible")
     # the attack's cost over every eps, also the budgets finished before a resume (from the checkpoint)
     cost = adv["cost"]
-    adv_s = float(sum(cost["seconds"]))
-    restored_s = float(sum(sec for sec, old in zip(cost["seconds"], cost["restored"]) if old))
+    adv_s, restored_s = _attack_seconds(cost)
     cert = certified_retrieval(model, X_ev, y_ev, eps=list(EVAL_EPS), norm="linf")
     cert_l2 = certified_retrieval(model, X_ev, y_ev, eps=list(CERT_L2_EPS), norm="l2")
     # soundness: a query certified at eps is never broken by the attack at eps
