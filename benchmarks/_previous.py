@@ -31,23 +31,14 @@ def positive_int(text: str) -> int:
     return value
 
 
-def run_at_commit(commit: str, script: str, arrays: dict, argv: list[str] = (), *, tag: str = "bench",
-                  timeout: float = 24 * 3600) -> dict | None:
-    """Run ``script`` (Python source; ``sys.argv[1]`` is the input ``.npz`` holding ``arrays``,
-    ``sys.argv[2]`` the ``.npz`` it must write, then ``argv``) against the package at ``commit``.
-    Returns the arrays it wrote, or None if that fails (and says why on stderr)."""
-    got = alternate_with_commit(commit, script, arrays, argv, repeats=1, current=False, tag=tag, timeout=timeout)
-    return None if got is None else got[0][0]
-
-
 def alternate_with_commit(commit: str, script: str, arrays: dict, argv: list[str] = (), *, repeats: int = 5,
-                          current: bool = True, tag: str = "bench",
-                          timeout: float = 24 * 3600) -> tuple[list[dict], list[dict]] | None:
-    """``script`` run ``repeats`` times against the package at ``commit`` and (``current``) as many
-    times against this tree's package, alternately (which side goes first alternates too), each
-    run in its own process on the same inputs: a machine whose speed drifts slows both sides
-    alike. Returns (the commit's outputs, the current outputs), or None if a run fails (saying
-    why on stderr)."""
+                          tag: str = "bench", timeout: float = 24 * 3600) -> tuple[list[dict], list[dict]] | None:
+    """``script`` (Python source; ``sys.argv[1]`` is the input ``.npz`` holding ``arrays``,
+    ``sys.argv[2]`` the ``.npz`` it must write, then ``argv``) run ``repeats`` times against the
+    package at ``commit`` and as many times against this tree's package, alternately (which side
+    goes first alternates too), each run in its own process on the same inputs: a machine whose
+    speed drifts slows both sides alike. Returns (the commit's outputs, the current outputs), or
+    None if a run fails (saying why on stderr)."""
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     tmp = Path(tempfile.mkdtemp(prefix=f"{tag}_prev_"))
@@ -57,7 +48,7 @@ def alternate_with_commit(commit: str, script: str, arrays: dict, argv: list[str
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit],
                        capture_output=True, text=True, timeout=120, check=True)
         np.savez(tmp / "in.npz", **arrays)
-        sides = [("previous", tree / "src")] + ([("current", REPO / "src")] if current else [])
+        sides = [("previous", tree / "src"), ("current", REPO / "src")]
         outs: dict[str, list[dict]] = {"previous": [], "current": []}
         for r in range(repeats):
             for name, src in sides[::-1] if r % 2 else sides:
