@@ -141,34 +141,41 @@ class _BatchLoss:
         return torch.zeros(len(index), dtype=torch.bool, device=emb_adv.device)
 
 
-class NaiveAdversarial(Defense):
+class _PerturbedBatch(Defense):
+    """A defence that mines the tuples on the clean batch, perturbs every input to maximise
+    :meth:`_objective` and takes the loss on the perturbed batch with the clean-mined tuples."""
+
+    def _objective(self, clean, loss_fn, y, triplets):
+        """The attack's objective, from the clean embeddings and the mined tuples."""
+        raise NotImplementedError
+
+    def step_loss(self, model, x, y, loss_fn, miner, generator):
+        _check_batch(y)
+        with torch.no_grad():
+            clean = model(x)
+        triplets = mine_triplets(clean, y, miner)
+        x_adv = self._perturb(model, x, self._objective(clean, loss_fn, y, triplets), generator)
+        return loss_fn(model(x_adv), y, triplets), len(x_adv)
+
+
+class NaiveAdversarial(_PerturbedBatch):
     """Classifier-style adversarial training: the whole batch perturbed to maximise its loss
     (clean-mined tuples), then the loss on the perturbed batch."""
 
     name = "naive"
 
-    def step_loss(self, model, x, y, loss_fn, miner, generator):
-        _check_batch(y)
-        with torch.no_grad():
-            clean = model(x)
-        triplets = mine_triplets(clean, y, miner)
-        x_adv = self._perturb(model, x, _BatchLoss(loss_fn, y, triplets), generator)
-        return loss_fn(model(x_adv), y, triplets), len(x_adv)
+    def _objective(self, clean, loss_fn, y, triplets):
+        return _BatchLoss(loss_fn, y, triplets)
 
 
-class EmbeddingShiftTriplets(Defense):
+class EmbeddingShiftTriplets(_PerturbedBatch):
     """EST: every input perturbed to maximise its own embedding shift; loss on the perturbed
     batch with the clean-mined tuples."""
 
     name = "est"
 
-    def step_loss(self, model, x, y, loss_fn, miner, generator):
-        _check_batch(y)
-        with torch.no_grad():
-            clean = model(x)
-        triplets = mine_triplets(clean, y, miner)
-        x_adv = self._perturb(model, x, EmbeddingShift(clean), generator)
-        return loss_fn(model(x_adv), y, triplets), len(x_adv)
+    def _objective(self, clean, loss_fn, y, triplets):
+        return EmbeddingShift(clean)
 
 
 class GaussianAugmentation(Defense):
