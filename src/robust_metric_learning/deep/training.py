@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,9 +11,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .._parallel import eval_mode
+from .._parallel import eval_mode, progress_bar
 from .._validation import check_model_output, check_nonnegative_int, check_positive_int, check_real, check_unit_interval
 from .checkpoints import (
     CheckpointError,
@@ -279,7 +277,6 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
         start = history.resumed_from = len(history.loss)
     if path is not None and start < epochs:
         _check_checkpoint_path(path)
-    show = sys.stderr.isatty() if progress is None else progress
     buffers = [b for b in model.buffers() if b.is_floating_point()]
     flags: list[torch.Tensor] = []  # per forward call of the current batch: all outputs finite
 
@@ -296,8 +293,8 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
             sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             total, n_adv, n_batches = 0.0, 0, 0
-            bar = tqdm(sampler, disable=not show, desc=f"epoch {epoch + 1}/{epochs} ({defense.name})", leave=False)
-            for batch in bar:
+            bar = progress_bar(progress, len(sampler), f"epoch {epoch + 1}/{epochs} ({defense.name})", unit="batch")
+            for batch in sampler:
                 idx = torch.as_tensor(batch)
                 xb, yb = X[idx].to(device), y_t[idx].to(device)
                 kept = [b.clone() for b in buffers]  # batch-norm statistics, restored if the batch fails
@@ -325,7 +322,9 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 total += float(value.detach())
                 n_adv += made
                 n_batches += 1
+                bar.update(1)
                 bar.set_postfix(loss=f"{total / n_batches:.4f}")
+            bar.close()
             history.loss.append(total / max(n_batches, 1))
             history.seconds.append(time.perf_counter() - t0)
             history.n_adversarial.append(n_adv)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from typing import Callable
 
 import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
+
+from .._parallel import progress_bar
 
 __all__ = ["minimize"]
 
@@ -78,8 +79,6 @@ def minimize(
         loss moved: the steps diverged (lower ``learning_rate``); the initial parameter is then
         returned.
     """
-    from tqdm.auto import tqdm
-
     param = torch.tensor(np.asarray(param0), dtype=dtype, requires_grad=True)
     if solver == "adam":
         opt = torch.optim.Adam([param], lr=learning_rate)
@@ -91,7 +90,7 @@ def minimize(
     else:
         raise ValueError(f"solver must be 'adam', 'lbfgs' or 'sgd', got {solver!r}")
 
-    bar = tqdm(total=max_iter, desc=desc, disable=not (verbose and sys.stderr.isatty()), leave=False)
+    bar = progress_bar(None if verbose else False, max_iter, desc, unit="it")  # verbose: on a terminal
     if keep_best is None:
         keep_best = tol > 0
     ref, stall, n_iter = np.inf, 0, 0  # ref: the loss early stopping measures improvement against
