@@ -57,7 +57,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     data = dml.load_task_data(args.dataset, 0)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    rows = []
+    rows = {}
     for sigma in args.sigmas:
         r = smoothing.run_task(args.dataset, names[sigma], 0, data, n_eval=args.queries, n_samples=args.samples,
                                n_attack=args.attack)
@@ -70,18 +70,9 @@ def main() -> int:
                  "attack": r["attack"], "attack_s": r["attack_s"], "threads": args.threads,
                  "machine": platform.processor() or platform.machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         results[f"{args.dataset}/sigma{sigma:g}"] = entry
-        rows.append(entry)
+        rows[f"{args.dataset} sigma {sigma:g}"] = r
         atomic_write_text(RESULTS, json.dumps(results, indent=1))
-    radii = smoothing.RADII
-    print("| dataset | sigma | R@1 | smoothed R@1 | " + " | ".join(f"cert R@1 l2 {r:g}" for r in radii)
-          + " | Lipschitz cert R@1 (same radii) | certify s (per query) | attack: queries, broken at scale |")
-    print("|---|---|---|---|" + "---|" * len(radii) + "---|---|---|")
-    for e in rows:
-        print(f"| {e['dataset']} | {e['sigma']:g} | {e['recall_at_1']:.3f} | {e['smoothed_recall_at_1']:.3f} | "
-              + " | ".join(f"{v:.3f}" for v in e["certified_recall_at_1"]) + " | "
-              + " / ".join(f"{v:.3f}" for v in e["lipschitz_certified_recall_at_1"])
-              + f" | {e['certify_s']:.0f} ({e['certify_s_per_query']:.2f}) | "
-              + smoothing.attack_summary(e["attack"]) + " |")
+    print("\n".join(smoothing.markdown_table(rows)))
     print(f"\nwrote {RESULTS}")
     return 0
 

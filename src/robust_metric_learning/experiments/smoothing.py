@@ -121,6 +121,23 @@ def attack_summary(attack: dict | None) -> str:
                                                    for s in attack["scales"])
 
 
+def markdown_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The lines of the results table of one dataset: a row per model (label -> :func:`run_task`
+    payload, all with the same radii)."""
+    radii = next(iter(rows.values()))["radii"]
+    lines = ["| model | samples, alpha | R@1 (network) | smoothed R@1 | "
+             + " | ".join(f"cert R@1 l2 {r:g}" for r in radii)
+             + " | Lipschitz cert R@1 (same radii) | attack: queries, broken at scale | certify s per query |",
+             "|---|---|---|---|" + "---|" * len(radii) + "---|---|---|"]
+    for label, p in rows.items():
+        lines.append(f"| {label} | {p['n_samples']}, {p['alpha']:g} | {p['recall_at_1']:.3f} | "
+                     f"{p['smoothed_recall_at_1']:.3f} | "
+                     + " | ".join(f"{v:.3f}" for v in p["certified_recall_at_1"]) + " | "
+                     + " / ".join(f"{v:.3f}" for v in p["lipschitz_certified_recall_at_1"])
+                     + f" | {attack_summary(p['attack'])} | {p['certify_s_per_query']:.2f} |")
+    return lines
+
+
 def report(name: str, out, results: dict, context: dict | None = None) -> dict[str, Any]:
     """``report.md``, ``results.json`` and one plot per dataset: certified Recall@1 against the radius."""
     import io
@@ -140,17 +157,7 @@ def report(name: str, out, results: dict, context: dict | None = None) -> dict[s
     for ds, rows in results.items():
         first = next(iter(rows.values()))
         lines += [f"## {ds} ({first['n_train']} training images, {first['n_queries']} queries)", "",
-                  "| model | samples, alpha | R@1 (network) | smoothed R@1 | "
-                  + " | ".join(f"cert R@1 l2 {r:g}" for r in first["radii"])
-                  + " | Lipschitz cert R@1 (same radii) | attack: queries, broken at scale | certify s per query |",
-                  "|---|---|---|---|" + "---|" * len(first["radii"]) + "---|---|---|"]
-        for label, p in rows.items():
-            lines.append(f"| {label} | {p['n_samples']}, {p['alpha']:g} | {p['recall_at_1']:.3f} | "
-                         f"{p['smoothed_recall_at_1']:.3f} | "
-                         + " | ".join(f"{v:.3f}" for v in p["certified_recall_at_1"]) + " | "
-                         + " / ".join(f"{v:.3f}" for v in p["lipschitz_certified_recall_at_1"])
-                         + f" | {attack_summary(p['attack'])} | {p['certify_s_per_query']:.2f} |")
-        lines.append("")
+                  *markdown_table(rows), ""]
         fig = Figure(figsize=(5, 3.5))
         ax = fig.add_subplot()
         for label, p in rows.items():
