@@ -181,3 +181,18 @@ def test_formats() -> None:
     assert (rp.ratio(240.1), rp.ratio(29.57), rp.ratio(0.4515)) == ("240×", "29.6×", "0.45×")
     assert (rp.secs(650.19), rp.secs(2.76), rp.secs(0.5816), rp.secs(float("nan"))) == ("650", "2.8", "0.58", "nan")
     assert rp.text("a_b *c* `d` |e|") == "a\\_b \\*c\\* \\`d\\` \\|e\\|"
+
+
+def test_the_doubling_drop_of_each_evaluated_model_is_judged_against_the_standard(results: Path) -> None:
+    def run(r1: float) -> dict:
+        return {"r1": r1, "seconds": 1.0, "forward_per_query": 10.0, "attack": "RetrievalEnsemble()"}
+
+    data = {"naive/seed=0": {"defense": "naive", "seed": 0, "clean_r1": 0.9,
+                             "runs": {"ensemble/seed=0": run(0.2233), "doubled/seed=0": run(0.2167)}},
+            "ours/seed=0": {"defense": "ours", "seed": 0, "clean_r1": 0.9,
+                            "runs": {"ensemble/seed=0": run(0.05), "doubled/seed=0": run(0.05)}},
+            "natural/seed=0": {"defense": "natural", "seed": 0, "clean_r1": 0.9, "runs": {"pgd20/seed=0": run(0.1)}}}
+    (results / "eval_attack.json").write_text(json.dumps(data))
+    page = " ".join(render(results).split())
+    assert "naive 0.66 (above the standard); ours 0.00 (within the standard)." in page
+    assert "natural 0" not in page  # no doubled run: no verdict
