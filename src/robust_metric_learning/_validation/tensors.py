@@ -134,9 +134,12 @@ def check_unit_interval(x: Any, *, name: str = "inputs") -> torch.Tensor:
     return t
 
 
-def check_model_output(emb: Any, *, n_rows: int, name: str = "model", dim: int | None = None) -> None:
+def check_model_output(emb: Any, *, n_rows: int, name: str = "model", dim: int | None = None, finite: bool = True,
+                       what: str = "its inputs", first_row: int = 0) -> None:
     """Raise unless ``emb`` (a model's output on ``n_rows`` inputs) is a 2-D tensor with one row
-    per input (and ``dim`` columns when given)."""
+    per input (and ``dim`` columns when given); with ``finite``, FloatingPointError unless every
+    row is finite with a norm that float32 can hold (``what`` and ``first_row`` name the inputs
+    in the message)."""
     if not isinstance(emb, torch.Tensor):
         raise ValueError(f"{name} must return a tensor of embeddings (n_inputs, dim), got {type(emb).__name__}")
     if emb.ndim != 2 or emb.shape[0] != n_rows:
@@ -145,6 +148,14 @@ def check_model_output(emb: Any, *, n_rows: int, name: str = "model", dim: int |
     if dim is not None and emb.shape[1] != dim:
         raise ValueError(f"{name} returned embeddings of dimension {emb.shape[1]}, "
                          f"the objective's embeddings have dimension {dim}")
+    if finite:
+        bad = ~torch.isfinite(emb.detach().float().norm(dim=1))  # NaN, infinity, or beyond float32
+        if bool(bad.any()):
+            rows = (torch.nonzero(bad).flatten() + first_row).tolist()
+            raise FloatingPointError(
+                f"{name} returned NaN or infinite embeddings for {what}: first at row {rows[0]} ({len(rows)} of "
+                f"rows {first_row}..{first_row + n_rows - 1}); are its parameters finite? (a row whose norm "
+                "overflows float32 counts as infinite)")
 
 
 def check_index(index: Any, *, n_rows: int, size: int | None, name: str = "index") -> torch.Tensor:

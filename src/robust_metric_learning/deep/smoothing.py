@@ -227,7 +227,9 @@ def _top1_labels(model, x: torch.Tensor, gallery: torch.Tensor, g_codes: torch.T
     counts = torch.zeros(int(g_codes.max()) + 1, dtype=torch.long)
     device = _device_of(model)
     for noisy in _noisy_batches(x, sigma, n, rng, batch_size):
-        emb = model(noisy.to(device)).double().cpu()
+        emb = model(noisy.to(device))
+        check_model_output(emb, n_rows=len(noisy), what="noisy copies of a query")
+        emb = emb.double().cpu()
         if normalize:
             emb = torch.nn.functional.normalize(emb, dim=1)
         d = torch.cdist(emb, gallery)

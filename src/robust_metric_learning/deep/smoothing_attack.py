@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .._parallel import eval_mode
-from .._validation import check_bool, check_eps, check_nonnegative_int, check_positive_int, check_real, label_codes
+from .._validation import check_bool, check_model_output, check_eps, check_nonnegative_int, check_positive_int, check_real, label_codes
 from .smoothing import _clean_gallery, _top1_labels
 from .training import _check_module, _device_of, _inputs
 
@@ -38,7 +38,9 @@ def _noisy_sq_distances(model, x, gallery, own, sigma, m, gen, normalize) -> tor
     """Squared distances from the embeddings of ``m`` noisy copies ``x + sigma Z`` to the gallery,
     the query's own row at infinity (differentiable in ``x``)."""
     noise = torch.randn((m, *x.shape), generator=gen, dtype=x.dtype)
-    emb = model((x + sigma * noise).to(_device_of(model))).double().cpu()
+    emb = model((x + sigma * noise).to(_device_of(model)))
+    check_model_output(emb, n_rows=m, what="noisy copies of an attacked query")
+    emb = emb.double().cpu()
     if normalize:
         emb = torch.nn.functional.normalize(emb, dim=1)
     d2 = torch.cdist(emb, gallery).square()

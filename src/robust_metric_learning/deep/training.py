@@ -78,15 +78,6 @@ def _apply(fn, xb: torch.Tensor, model: nn.Module, *, what: str = "X") -> torch.
                          f"({type(exc).__name__}: {exc})") from exc
 
 
-def _check_finite_output(out: torch.Tensor, *, what: str, first_row: int = 0) -> None:
-    bad = ~torch.isfinite(out).all(dim=1)
-    if bool(bad.any()):
-        rows = (torch.nonzero(bad).flatten() + first_row).tolist()
-        raise FloatingPointError(f"model returned NaN or infinite embeddings for {what}: first at row {rows[0]} "
-                                 f"({len(rows)} of rows {first_row}..{first_row + len(out) - 1}); are its "
-                                 "parameters finite?")
-
-
 @torch.no_grad()
 def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = False) -> torch.Tensor:
     """Embeddings of ``X`` (eval mode, batched, on the model's device; returned on CPU).
@@ -107,8 +98,7 @@ def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = Fals
             if body and hasattr(model, "input_shape"):
                 xb = xb.reshape(len(xb), -1)
             out = _apply(fn, xb, model) if i == 0 else fn(xb)
-            check_model_output(out, n_rows=len(xb))
-            _check_finite_output(out, what="X", first_row=i)
+            check_model_output(out, n_rows=len(xb), what="X", first_row=i)
             outs.append(out.float().cpu())
         return torch.cat(outs)
 
@@ -236,8 +226,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
         with torch.no_grad():
             probe = X[:2].to(device)
             out = _apply(model, probe, model)
-        check_model_output(out, n_rows=len(probe))
-        _check_finite_output(out, what="X (before training)")
+        check_model_output(out, n_rows=len(probe), what="X (before training)")
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     history = TrainHistory()
     settings = {"defense": repr(defense), "loss": hyperparameters(loss_fn), "miner": hyperparameters(miner),
@@ -301,7 +290,12 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 kept_defense = defense.state_dict()
                 flags.clear()
                 opt.zero_grad(set_to_none=True)
-                value, made = defense.step_loss(model, xb, yb, loss_fn, miner, generator)
+                try:
+                    value, made = defense.step_loss(model, xb, yb, loss_fn, miner, generator)
+                except FloatingPointError:  # a forward pass inside the step (an attack's) was not finite
+                    _restore(buffers, kept, defense, kept_defense)
+                    _raise_not_finite(None, [torch.tensor(False)], [], epoch=epoch, epochs=epochs,
+                                      batch=n_batches, n_batches=len(sampler), lr=lr, path=path)
                 if not (isinstance(value, torch.Tensor) and value.numel() == 1):
                     raise TypeError(f"loss must return a scalar tensor, got {type(value).__name__}"
                                     + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""))
@@ -313,9 +307,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 grads = [(n, p.grad) for n, p in params if p.grad is not None]
                 checks = flags + [torch.isfinite(value.detach()).all()] + [torch.isfinite(g).all() for _, g in grads]
                 if not bool(torch.stack([c.to(device) for c in checks]).all()):
-                    for b, k in zip(buffers, kept):
-                        b.copy_(k)
-                    defense.load_state_dict(kept_defense)
+                    _restore(buffers, kept, defense, kept_defense)
                     _raise_not_finite(value, flags, grads, epoch=epoch, epochs=epochs, batch=n_batches,
                                       n_batches=len(sampler), lr=lr, path=path)
                 opt.step()
@@ -347,6 +339,13 @@ def _copy_state(state: Any) -> Any:
     if isinstance(state, (list, tuple)):
         return type(state)(_copy_state(v) for v in state)
     return state
+
+
+def _restore(buffers: list[torch.Tensor], kept: list[torch.Tensor], defense: Defense, kept_defense: dict) -> None:
+    """Put back the batch-norm statistics and the defence's state from before a failed batch."""
+    for b, k in zip(buffers, kept):
+        b.copy_(k)
+    defense.load_state_dict(kept_defense)
 
 
 def _raise_not_finite(value, flags, grads, *, epoch, epochs, batch, n_batches, lr, path) -> None:
