@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ from torch import nn
 
 from robust_metric_learning.certify import exact_radius_1nn
 from robust_metric_learning.deep import (
-    MLP, BalancedBatchSampler, L2Normalize, SmallCNN, certified_input_radius, embedding_radius_bound,
-    layer_bounds, lipschitz_bound, retrieval_metrics,
+    MLP, RC2F2, BalancedBatchSampler, L2Normalize, PairBatchSampler, PairedRandomTripletMiner,
+    PairedSoftHardTripletMiner, SmallCNN, certified_input_radius, embedding_radius_bound, layer_bounds,
+    lipschitz_bound, retrieval_metrics,
 )
 
 
@@ -522,7 +524,7 @@ def test_retrieval_functions_refuse_what_would_give_a_silently_wrong_answer():
             retrieval_metrics(G, lab, G, lab, self_index=index)
     with pytest.raises(ValueError, match="nmi must be True or False"):
         retrieval_metrics(G, lab, G, lab, nmi="yes")
-    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+    with pytest.raises(ValueError, match="seed must be an integer (>= 0|seed in)"):  # (metrics.py's check_seed)
         retrieval_metrics(G, lab, G, lab, nmi=True, seed=-1)
     # reversed views and labels of any kind give the same figures
     assert retrieval_metrics(G[::-1], lab[::-1].astype(str), G, lab.astype(str), self_index=own[::-1]) == \
@@ -616,3 +618,72 @@ def test_embedding_net_takes_layers_without_a_channels_last_layout():
         body = nn.Sequential(nn.Unflatten(1, (1, 4, 4, 4)), nn.Conv3d(1, 2, 3, padding=1), nn.Flatten(),
                              nn.Linear(128, 3))
         assert EmbeddingNet(body, spectral_norm=sn)(torch.rand(2, 64)).shape == (2, 3)
+
+
+# ------------------------------------------------------------------ hostile18: P12, P13, P15
+
+
+def test_samplers_refuse_non_finite_labels_and_bad_epochs():
+    for make in (lambda y: PairBatchSampler(y, pairs=2), lambda y: BalancedBatchSampler(y, m=2)):
+        with pytest.raises(ValueError, match="labels contains NaN or infinity"):
+            make([0.0, np.nan, 1.0, 1.0])
+        with pytest.raises(ValueError, match="labels contains NaN or infinity"):
+            make([0.0, 0.0, np.inf, np.inf])
+        s = make([0, 0, 1, 1])
+        for epoch in ("x", -1, 1.5):
+            with pytest.raises(ValueError, match=f"epoch must be an integer >= 0, got {epoch!r}"):
+                s.set_epoch(epoch)
+        s.set_epoch(np.int64(2))
+        assert s.epoch == 2 and len(list(s)) == len(s)
+
+
+def test_pair_miners_check_embeddings_and_labels():
+    for miner in (PairedRandomTripletMiner(), PairedSoftHardTripletMiner()):
+        emb = torch.rand(6, 2)
+        torch.manual_seed(0)
+        ref = miner(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
+        for labels in (np.array(["a", "a", "b", "b", "c", "c"]), [0.0, 0.0, 1.0, 1.0, 2.0, 2.0]):
+            torch.manual_seed(0)  # any class labels: the same triplets as their integer codes
+            assert all(torch.equal(u, v) for u, v in zip(miner(emb, labels), ref))
+        with pytest.raises(ValueError, match=r"embeddings must be a 2-D tensor of embeddings \(batch, dim\), got None"):
+            miner(None, torch.tensor([0, 0, 1, 1]))
+        with pytest.raises(ValueError, match=r"embeddings must be a 2-D tensor .*got shape \(4,\)"):
+            miner(torch.zeros(4), torch.tensor([0, 0, 1, 1]))
+        with pytest.raises(ValueError, match="even length .*at least one.*, got 0 for 0 embeddings"):
+            miner(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))
+        with pytest.raises(ValueError, match="labels contains NaN or infinity"):
+            miner(torch.zeros(4, 2), torch.tensor([0.0, 0.0, np.nan, np.nan]))
+        with pytest.raises(ValueError, match="labels has 3 labels, embeddings has 4 samples"):
+            miner(torch.zeros(4, 2), torch.tensor([0, 0, 1]))
+
+
+def test_pair_sampler_says_when_the_labels_cannot_give_every_batch_two_classes():
+    y = np.array([0, 0] + [1] * 10)
+    with pytest.raises(ValueError, match=r"pairs=2 makes 6 batches per epoch of the 12 samples of y, .* only 2 "
+                                         r"samples are outside it: pass pairs >= 6"):
+        PairBatchSampler(y, pairs=2).require_two_classes(name="y")
+    s = PairBatchSampler(y, pairs=6)
+    s.require_two_classes()
+    for epoch in range(10):
+        s.set_epoch(epoch)
+        assert all(len(set(y[b])) == 2 for b in s)
+
+
+def test_models_refuse_non_bool_flags_and_bad_layer_widths():
+    for make in (lambda **kw: MLP(4, hidden=(8,), embedding_dim=3, **kw), lambda **kw: RC2F2(4, **kw),
+                 lambda **kw: SmallCNN(4, **kw)):
+        for flag in ("normalize", "spectral_norm"):
+            with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'no'"):
+                make(**{flag: "no"})
+            with pytest.raises(ValueError, match=f"{flag} must be True or False, got 1"):
+                make(**{flag: 1})
+        assert isinstance(make(normalize=np.bool_(False)).head, nn.Identity)
+    for hidden in (8, (8, 0), (8, 2.0), "8", (True,)):
+        with pytest.raises(ValueError, match=f"The 'hidden' parameter of MLP must be a sequence of an int in "
+                                             rf"\[1, inf\]; got {re.escape(repr(hidden))}"):
+            MLP(4, hidden=hidden)
+    assert MLP(4, hidden=[np.int64(5), 6], embedding_dim=3)(torch.rand(2, 4)).shape == (2, 3)
+    assert MLP(4, hidden=(), embedding_dim=3)(torch.rand(2, 4)).shape == (2, 3)
+    for channels in (8, (8,), (8, 0), (8, 16, 32)):
+        with pytest.raises(ValueError, match="The 'channels' parameter of SmallCNN must be"):
+            SmallCNN(4, channels=channels)

@@ -9,8 +9,8 @@ from pytorch_metric_learning import losses, miners
 from sklearn.datasets import load_digits
 
 from robust_metric_learning.deep import (
-    MLP, EmbeddingShiftTriplets, NaiveAdversarial, Natural, RobustTriplets, SmallCNN, hyperparameters,
-    train_embedding,
+    MLP, EmbeddingShiftTriplets, NaiveAdversarial, Natural, PairedRandomTripletMiner, RobustTriplets, SmallCNN,
+    hyperparameters, train_embedding,
 )
 from robust_metric_learning.deep.checkpoints import CheckpointError, load_checkpoint
 
@@ -299,6 +299,43 @@ def test_exploding_lr_is_stopped_before_parameters_become_nan(digits01):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_lr_or_weight_decay_too_large_for_adams_float32_steps_is_refused(digits01):
+    import re
+
+    X, y = digits01
+    for lr in (1e200, 3.5e38, 1e37):
+        with pytest.raises(ValueError, match=r"lr must be a finite positive number whose Adam steps \(up to 10 lr\) "
+                                             rf"float32 can hold, at most 3.40282e\+36, got {re.escape(repr(lr))}"):
+            train_embedding(_fresh(), X, y, lr=lr, **_KW)
+    with pytest.raises(ValueError, match=r"weight_decay must be a finite number >= 0 that float32 can hold "
+                                         r"\(Adam's\), at most 3.40282e\+38, got 1e\+39"):
+        train_embedding(_fresh(), X, y, weight_decay=1e39, **_KW)
+    model = _fresh(normalize=False)  # the largest lr: Adam steps, and the next batch's output stops training
+    with pytest.raises(FloatingPointError, match=r"epoch 1/3, batch 2/4"):
+        train_embedding(model, X, y, lr=float(np.finfo(np.float32).max) / 100, **_KW)
+
+
+def test_pair_batches_the_labels_cannot_give_two_classes_are_refused_before_training(digits01):
+    X, y = digits01[0][:12], np.array([0, 0] + [1] * 10)
+    model = _fresh()
+    before = [p.detach().clone() for p in model.parameters()]
+    kw = dict(loss=losses.TripletMarginLoss(margin=0.2), miner=PairedRandomTripletMiner(), progress=False)
+    with pytest.raises(ValueError, match=r"pairs=2 makes 6 batches per epoch of the 12 samples of y, and each batch "
+                                         r"needs an anchor outside the largest class of y .* only 2 samples are "
+                                         r"outside it: pass pairs >= 6"):
+        train_embedding(model, X, y, pairs=2, **kw)
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert train_embedding(model, X, y, pairs=6, epochs=3, **kw).epochs == 3
+
+
+@pytest.mark.parametrize("defense", [{}, ["act"], {"act": {}}])
+def test_unhashable_defense_is_refused_naming_it(digits01, defense):
+    X, y = digits01
+    with pytest.raises(ValueError, match=rf"defense must be one of \[.*\] or a Defense object .*, got "
+                                         rf"{type(defense).__name__} "):
+        train_embedding(_fresh(), X, y, defense=defense, **_KW)
+
+
 def _tensor_record(path, member_suffix="/data/0"):
     """(offset, size) in the bytes of ``path`` of the uncompressed zip member ending with the suffix."""
     import struct
@@ -416,8 +453,9 @@ def _nan_weight_mlp():
     (dict(lr="1e-3"), TypeError, "lr must be a finite number"),
     (dict(weight_decay=-1.0), ValueError, "weight_decay must be a finite number >= 0"),
     (dict(weight_decay=float("nan")), ValueError, "weight_decay must be"),
-    (dict(seed=-1), ValueError, "seed must be an integer >= 0, got -1"),
-    (dict(seed=1.5), ValueError, "seed must be an integer >= 0"),
+    (dict(seed=-1), ValueError, r"seed must be an integer seed in \[0, 2\*\*32 - 1\], got -1"),
+    (dict(seed=1.5), ValueError, "seed must be an integer seed"),
+    (dict(seed=2**32), ValueError, "seed must be an integer seed"),
     (dict(epochs=0), ValueError, "epochs must be a positive integer, got 0"),
     (dict(batches_per_epoch=-3), ValueError, "batches_per_epoch must be a positive integer, got -3"),
     (dict(m=-1), ValueError, "m must be a positive integer"),

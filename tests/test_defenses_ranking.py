@@ -471,3 +471,40 @@ def test_distance_lookup_matrix_and_rows_agree(loss):
     from_matrix = defense_base.distance_lookup(dist, e1, e2, n_pairs=30)(i, j)  # 28 <= 30 * 5: the matrix
     from_rows = defense_base.distance_lookup(dist, e1, e2, n_pairs=1)(i, j)  # 28 > 5: the rows
     assert torch.allclose(from_matrix, from_rows, atol=1e-5)
+
+
+# ------------------------------------------------------------------ hostile18: P11, P12
+
+
+def test_get_defense_refuses_params_for_an_object_and_names_that_are_not_names():
+    act = AntiCollapseTriplets(eps=0.1)
+    assert get_defense(act) is act
+    with pytest.raises(ValueError, match=r"params \['eps', 'steps'\] cannot be applied to a defense object; set "
+                                         "them on it"):
+        get_defense(act, eps=0.5, steps=3)
+    for name in (["act"], {"act": {}}, ("act",), None, AntiCollapseTriplets):
+        with pytest.raises(ValueError, match=r"defense must be one of \['act', .*\] or a Defense object "
+                                             rf"\(see get_defense\), got {type(name).__name__} "):
+            get_defense(name)
+
+
+@pytest.mark.parametrize("name", ["act", "natural", "ours", "naive", "est", "noise"])
+def test_step_loss_takes_any_class_labels_and_refuses_bad_ones(batch, name):
+    x, y = batch
+    defense = get_defense(name) if name in ("natural", "noise") else get_defense(name, eps=EPS, steps=2)
+    model = _model()
+
+    def loss_of(labels):
+        torch.manual_seed(0)
+        return defense.step_loss(model, x, labels, _triplet_loss(), None, torch.Generator().manual_seed(0))
+
+    ref, made = loss_of(y)
+    for labels in (y.numpy(), y.tolist(), np.array(["a", "b", "c"])[y.numpy()], y.double()):
+        value, n = loss_of(labels)
+        assert torch.equal(value, ref) and n == made
+    with pytest.raises(ValueError, match="y contains NaN or infinity"):
+        loss_of(torch.where(torch.arange(len(y)) == 0, torch.nan, y.double()))
+    with pytest.raises(ValueError, match="y has 17 labels, x has 18 samples"):
+        loss_of(y[:-1])
+    with pytest.raises(ValueError, match=r"y must be a 1-D array of labels, got shape \(2, 9\)"):
+        loss_of(y.reshape(2, 9))

@@ -265,6 +265,18 @@ def test_lmnn_pl_bad_arguments(tmp_path):
     assert main(["reproduce", "lmnn-pl", "--methods", "NCA", "--out", str(tmp_path)]) == 2
 
 
+def test_seeds_and_n_jobs_are_checked_before_any_task(tmp_path):
+    with pytest.raises(ValueError, match=r"seeds must be .*at most 2\*\*32 - 1"):
+        reproduce("lmnn-pl", tmp_path, seeds=[2**40])
+    for name in ("dml", "robrank", "smoothing"):  # one torch process: n_jobs would be silently ignored
+        with pytest.raises(ValueError, match=f"n_jobs applies to .*not '{name}'"):
+            reproduce(name, tmp_path, n_jobs=2)
+    for bad in (0, "2", True):
+        with pytest.raises(ValueError, match="n_jobs must be a non-zero integer"):
+            reproduce("arml", tmp_path, n_jobs=bad)
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.fixture
 def tiny_dml(monkeypatch):
     from robust_metric_learning.experiments import dml
@@ -482,3 +494,7 @@ def test_smoothing_plugin_certifies_attacks_caches_and_reports(tmp_path, monkeyp
         reproduce("smoothing", tmp_path, methods=["sigma1"])
     with pytest.raises(ValueError, match="n_eval must be an integer >= 1"):
         reproduce("smoothing", tmp_path, n_eval=0)
+    # refused up front, not when a model built for 28x28 (or 8x8) images meets iris's 4 features
+    with pytest.raises(ValueError, match=r"datasets must be among \['mnist', 'fashion-mnist', 'digits'\] for "
+                                         r"smoothing \(the dml protocol's models\), got \['iris'\]"):
+        reproduce("smoothing", tmp_path, datasets=["digits", "iris"])

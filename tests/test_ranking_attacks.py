@@ -4,6 +4,7 @@ the attacks against a hand-written sign-gradient loop, ERS of published rows, ba
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -273,8 +274,15 @@ def test_ers_of_the_published_fashion_mnist_rows():
     assert ers["act"] == pytest.approx(63.285, abs=1e-9)
     with pytest.raises(ValueError, match=r"lacks the columns \['GTT'\]"):
         empirical_robustness_score(dict(zip(ERS_COLUMNS[:-1], rows["act"])))
-    with pytest.raises(ValueError, match="non-finite values in"):
+    with pytest.raises(ValueError, match=r"scores\['CA\+'\] must be a finite number"):
         empirical_robustness_score(dict(zip(ERS_COLUMNS, (float("nan"),) * 10)))
+    act = dict(zip(ERS_COLUMNS, rows["act"]))
+    for column, value in (("CA+", 500.0), ("TMA", -5.0), ("ES:D", 50.0), ("GTT", -1.0)):  # outside the units
+        with pytest.raises(ValueError, match=f"scores\\['{re.escape(column)}'\\] must be a finite number in"):
+            empirical_robustness_score({**act, column: value})
+    for value in ("0.2", True, None, np.ones(2)):
+        with pytest.raises((TypeError, ValueError), match=r"scores\['CA\+'\] must be a finite number"):
+            empirical_robustness_score({**act, "CA+": value})
 
 
 def test_ranking_robustness_rejects_bad_input():
@@ -337,13 +345,48 @@ def test_query_rows_and_attacks_are_checked_not_truncated_or_called_blindly():
             fn(net, X, y, queries=[0.7, 1.2], **kw)
         with pytest.raises(ValueError, match="queries must be a non-empty 1-D array of rows of X.*dtype"):
             fn(net, X, y, queries=np.ones(14, dtype=bool), **kw)
-    with pytest.raises(ValueError, match="attack must be None, an embedding attack object"):
+    with pytest.raises(ValueError, match="'attack' parameter of ranking_robustness must be an embedding attack"):
         ranking_robustness(net, X, y, attack="pgd", attacks=["TMA"])
+    with pytest.raises(ValueError, match=r"an instance \(e.g. PGD\(\)\), got the class PGD"):
+        ranking_robustness(net, X, y, attack=PGD, attacks=["TMA"])
+    with pytest.raises(ValueError, match="could not be read"):  # an attack that returns no inputs
+        ranking_robustness(net, X, y, attack=lambda *a, **k: 3, attacks=["TMA"])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        ranking_robustness(lambda x: x, X, y, attacks=["TMA"])
+    with pytest.raises(ValueError, match=r"QA- cannot pick its targets with y and n_targets=1000"):
+        ranking_robustness(net, X, y, n_targets=1000, attacks=["QA-"])
+    with pytest.raises(ValueError, match=r"random_state must be an integer seed in \[0, 2\*\*32 - 1\]"):
+        ranking_robustness(net, X, y, random_state=2**70, attacks=["TMA"])
     with pytest.raises(ValueError, match="attack must be None, an embedding attack object"):
         ranking_robustness(net, X, y, attack=[], attacks=["TMA"])
     with pytest.raises(ValueError, match="n_targets must be a positive integer"):
         ranking_robustness(net, X, y, n_targets=0, attacks=["TMA"])
-    with pytest.raises(ValueError, match="random_state must be an integer >= 0"):
+    with pytest.raises(ValueError, match="random_state must be an integer seed"):
         ranking_robustness(net, X, y, random_state=None, attacks=["TMA"])
     with pytest.raises(ValueError, match="normalize must be True or False"):
         ranking_robustness(net, X, y, normalize="yes", attacks=["TMA"])
+
+
+def test_ranking_objectives_check_what_their_metrics_and_targets_are_given():
+    gen = torch.Generator().manual_seed(0)
+    g = torch.nn.functional.normalize(torch.randn(6, 3, generator=gen, dtype=torch.float64), dim=1)
+    gl = np.array([0, 0, 0, 1, 1, 1])
+    ltm = LearningToMisrank(g, gl, gl[:2], self_index=[0, 1])
+    with pytest.raises(ValueError, match="emb_adv must have the gallery's dimension 3, got 4"):
+        ltm.top1_correct(torch.zeros(2, 4, dtype=torch.float64), torch.arange(2))
+    with pytest.raises(ValueError, match=r"index must hold row numbers in \[0, 2\)"):
+        ltm.top1_correct(g[:2], torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="index must hold integer row numbers"):
+        ltm.top1_correct(g[:2], torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="labels must be a non-empty 1-D array"):
+        LearningToMisrank(g, gl, [])
+    gtt = TopOneTranslocation(g, gl, gl[:2], [3, 4], self_index=[0, 1])
+    for k in (-1, "x", 0):
+        with pytest.raises(ValueError, match="k must be a positive integer"):
+            gtt.retained(g[:2], torch.arange(2), k=k)
+    with pytest.raises(ValueError, match="targets must not be an input's own gallery row"):
+        TopOneTranslocation(g, gl, gl[:2], [0, 4], self_index=[0, 1])
+    with pytest.raises(ValueError, match=r"index must hold row numbers in \[0, 2\)"):
+        CandidateRank(g, [[1], [2]]).rank(g[:2], torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="generator must be a torch.Generator or None, got int"):
+        select_targets("CA+", g[:2], g, gl, generator=0)

@@ -245,9 +245,25 @@ def test_the_attack_refuses_what_does_not_fit_its_certificate():
     kw = dict(scales=[1.0], steps=2, n_grad_samples=4, n_check=200)
     cases = [
         (dict(certificate={"radius": cert["radius"]}), "certificate must be the dict smoothed_top1_certificate"),
-        (dict(X=X[:2], y=y[:2]), "certificate does not fit X"),
+        (dict(X=X[:3], y=y[:3]), (r"certificate\['queries'\] must be a non-empty 1-D array of rows of X "
+                                  r"\(0..2\), got values in \[0, 3\]")),
         (dict(y=1 - y), "certificate does not fit y: 4 queries with a positive radius have a decision"),
-        (dict(certificate={**cert, "radius": np.full(4, np.inf)}), "radii that are NaN or infinite"),
+        (dict(certificate={**cert, "radius": np.full(4, np.inf)}),
+         r"certificate\['radius'\] must hold finite radii >= 0, got inf for query row 0 \(4 of 4 radii\)"),
+        (dict(certificate={**cert, "radius": np.array([0.1, -0.1, 0.1, 0.1])}),
+         r"finite radii >= 0, got -0.1 for query row 1 \(1 of 4 radii\)"),
+        (dict(certificate={**cert, "radius": cert["radius"][:3]}),
+         r"certificate\['radius'\] must hold one radius per query \(4\), got shape \(3,\)"),
+        (dict(certificate={**cert, "radius": ["a"] * 4}), r"certificate\['radius'\] must be an array of one radius"),
+        (dict(certificate={**cert, "queries": cert["queries"] + 0.5}),
+         r"certificate\['queries'\] must be .* rows of X \(0..3\), got dtype torch.float64"),
+        (dict(certificate={**cert, "queries": np.array(["a", "b", "c", "d"])}), r"certificate\['queries'\] must be"),
+        (dict(certificate={**cert, "queries": np.arange(3)}), r"one radius per query \(3\), got shape \(4,\)"),
+        (dict(certificate={**cert, "decision": cert["decision"] + 0.0}),
+         r"certificate\['decision'\] must be an integer array of shape \(4,\) .* got torch.float64 of shape"),
+        (dict(certificate={**cert, "decision": np.array([0, 0, 1, 2])}),
+         r"label codes of y in \[0, 2\) or -1 \(abstained\), got values in \[0, 2\]"),
+        (dict(y=np.zeros(4, dtype=int)), "y must hold at least 2 classes for retrieval, got 1"),
         (dict(sigma=0.05), "sigma=0.05 differs from the certificate's 0.2"),
         (dict(normalize=True), "normalize=True differs from the certificate's False"),
         (dict(scales=[2.0, 2.0]), "scales must be distinct positive numbers"),
@@ -257,5 +273,41 @@ def test_the_attack_refuses_what_does_not_fit_its_certificate():
         args = {"X": X, "y": y, "certificate": cert, **kw, **change}
         with pytest.raises(ValueError, match=message):
             attack_smoothed_top1(model, args.pop("X"), args.pop("y"), args.pop("certificate"), **args)
-    big = attack_smoothed_top1(model, X, y, cert, random_state=2**60, **kw)  # any seed the certificate takes
+    big = attack_smoothed_top1(model, X, y, cert, random_state=2**32 - 1, **kw)  # any seed the package takes
     assert big["n_attacked"] == 4
+    # nothing certified, nothing attacked: no mean probabilities (None, not NaN)
+    none = attack_smoothed_top1(model, X, y, {**cert, "radius": np.zeros(4), "decision": np.full(4, -1)}, **kw)
+    assert none == {"n_attacked": 0, "scales": [1.0],
+                    "scale_1": {"broken": 0, "flipped": 0, "p_clean": None, "p_attacked": None}}
+
+
+def test_a_model_that_cannot_take_the_rows_of_x_gets_a_clear_error():
+    from robust_metric_learning.deep import MLP
+
+    torch.manual_seed(0)
+    model = MLP(4, hidden=(8,), embedding_dim=3)
+    X, y = np.random.default_rng(0).random((12, 4)).astype(np.float32), np.arange(12) % 3
+    with pytest.raises(ValueError, match=r"model cannot be applied to X: rows of shape \(9,\) \(RuntimeError"):
+        SmoothedEmbedding(model, 0.1, n_samples=10).estimate(np.random.default_rng(0).random((2, 9)))
+    with pytest.raises(ValueError, match=r"model cannot be applied to X: rows of shape \(\) \(IndexError"):
+        smoothed_certified_retrieval(model, X[:, 0], y, sigma=0.25, n_samples=100, alpha=0.1)
+    assert SmoothedEmbedding(model, 0.1, n_samples=10).estimate(X).shape == (12, 3)
+
+
+def test_one_class_is_refused_as_for_the_other_retrieval_functions():
+    from robust_metric_learning.deep.smoothing import smoothed_top1_certificate
+
+    X = torch.tensor([[0.1, 0.5], [0.12, 0.5], [0.9, 0.5], [0.88, 0.5]], dtype=torch.float64)
+    for y in (np.zeros(4, dtype=int), np.array(["a"] * 4)):
+        with pytest.raises(ValueError, match="y must hold at least 2 classes for retrieval, got 1"):
+            smoothed_certified_retrieval(Identity2(), X, y, sigma=0.2, n_samples=2000, normalize=True)
+        with pytest.raises(ValueError, match="y must hold at least 2 classes for retrieval, got 1"):
+            smoothed_top1_certificate(Identity2(), X, y, sigma=0.2, n_samples=2000)
+
+
+def test_the_monte_carlo_bound_is_finite_for_tiny_alpha_and_huge_n():
+    # about 12.46, not inf (1e-320 is subnormal: stored to about 4 digits)
+    assert monte_carlo_error(10, 1e-320) == pytest.approx((1 + math.sqrt(2 * 320 * math.log(10))) / math.sqrt(10),
+                                                          rel=1e-6)
+    assert monte_carlo_error(10**400, 0.1) == pytest.approx((1 + math.sqrt(2 * math.log(10))) * 1e-200, rel=1e-12)
+    assert monte_carlo_error(10000, 0.001) == pytest.approx((1 + math.sqrt(2 * math.log(1000))) / 100, rel=1e-14)

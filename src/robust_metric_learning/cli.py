@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                         "robrank, smoothing: training and data seeds (default: 0)")
     r.add_argument("--n-eval", type=int, default=None, help="arml and robrank: test points evaluated (default: each dataset's, 1000 unless "
                         "experiments/arml.py states otherwise); smoothing: queries certified (default: all)")
-    r.add_argument("--n-jobs", type=int, default=None, help="joblib workers")
+    r.add_argument("--n-jobs", type=int, default=None,
+                   help="joblib workers (arml, lmnn-pl; the torch experiments run in one process)")
     r.add_argument("--profile", default=None,
                    help="robrank only: full, cpu (default), cpu+images, cpu+epochs, cpu+steps (training budget)")
     r.add_argument("--data-home", default=None)

@@ -320,6 +320,17 @@ def check_nonnegative_int(value: Any, *, name: str) -> int:
     return int(value)
 
 
+#: the largest seed: every random stream of the package (numpy, torch, derived per-epoch seeds) takes it
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(value: Any, *, name: str) -> int:
+    """Return ``value`` as a seed, an int in ``[0, MAX_SEED]``, or raise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer seed in [0, 2**32 - 1], got {value!r}")
+    return int(value)
+
+
 def check_metric_array(mat: Any, *, entry: str, source: str, n_features: int | None = None) -> np.ndarray:
     """Check a metric read from a file and return what ``metric=`` takes (M, or L).
 

@@ -34,6 +34,27 @@ def _sorted_codes(labels: np.ndarray, what: str) -> tuple[np.ndarray, torch.Tens
     return classes, torch.as_tensor(codes.reshape(-1).astype(np.int64))
 
 
+def batch_labels(labels: Any, n_rows: int, *, name: str = "labels", rows: str = "embeddings",
+                 device: torch.device | None = None) -> torch.Tensor:
+    """The labels of a mini-batch of ``n_rows`` rows (named ``rows`` in messages) as a 1-D integer
+    tensor (on ``device`` when given): an integer tensor of shape ``(n_rows,)`` as it is, any other
+    labels (arrays, lists, strings, floats) checked by :func:`label_codes` (finite,
+    one per row) and replaced by their int64 class codes."""
+    if not (isinstance(labels, torch.Tensor) and labels.shape == (n_rows,) and not labels.is_floating_point()
+            and not labels.is_complex() and labels.dtype != torch.bool):
+        labels = label_codes(labels, n_samples=n_rows, name=name, rows=rows)
+    return labels if device is None else labels.to(device)
+
+
+def retrieval_label_codes(y: Any, n_samples: int) -> torch.Tensor:
+    """:func:`label_codes` of ``y`` for retrieval: refused with fewer than 2 classes (no query has
+    another class to be confused with; every figure and certificate would be vacuous)."""
+    codes = label_codes(y, n_samples=n_samples)
+    if n_samples and int(codes.max()) < 1:
+        raise ValueError("y must hold at least 2 classes for retrieval, got 1")
+    return codes
+
+
 def paired_label_codes(query_labels: Any, gallery_labels: Any, *, n_query: int, n_gallery: int,
                        query_name: str = "query_labels", gallery_name: str = "gallery_labels",
                        query_rows: str = "query", gallery_rows: str = "gallery"

@@ -97,7 +97,7 @@ class AntiCollapseTriplets(Defense):
         self.max_triplets = None if max_triplets is None else int(max_triplets)
 
     def step_loss(self, model, x, y, loss_fn, miner, generator) -> tuple[torch.Tensor, int]:
-        check_batch(y)
+        y = check_batch(x, y)
         emb = model(x)
         check_embeddings(emb, len(x))
         triplets = select_triplets(mine_triplets(emb.detach(), y, miner), self.max_triplets, generator)

@@ -19,7 +19,7 @@ import torch
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from .._parallel import eval_mode
-from .._validation import Interval, Options, check_model_output, check_params
+from .._validation import Interval, Options, batch_labels, check_model_output, check_params
 from ..attacks.embedding.norms import NORMS, Norm, get_norm
 from ..attacks.embedding.objectives import _Distance
 from ..attacks.embedding.pgd import perturb
@@ -105,10 +105,15 @@ def distance_lookup(dist: _Distance, e1: torch.Tensor, e2: torch.Tensor,
     return lambda i, j: dist.pairs(e1[i], e2[j])
 
 
-def check_batch(y: torch.Tensor) -> None:
+def check_batch(x: torch.Tensor, y: Any) -> torch.Tensor:
+    """``y``, the labels of the mini-batch ``x``, as a 1-D integer tensor on ``x``'s device
+    (:func:`~robust_metric_learning._validation.batch_labels`: any class labels, one per row)
+    holding at least 2 classes, or a clear error naming ``y``."""
+    y = batch_labels(y, len(x), name="y", rows="x", device=getattr(x, "device", None))
     n_classes = int(torch.unique(y).numel())
     if n_classes < 2:
         raise ValueError(f"a mini-batch needs at least 2 classes for a metric loss, got {n_classes}")
+    return y
 
 
 def check_embeddings(emb: Any, n_rows: int) -> None:

@@ -202,7 +202,7 @@ class HardnessManipulation(Defense):
 
     # ------------------------------------------------------------ the step
     def step_loss(self, model, x, y, loss_fn, miner, generator) -> tuple[torch.Tensor, int]:
-        check_batch(y)
+        y = check_batch(x, y)
         with torch.set_grad_enabled(self.ics_weight > 0 and torch.is_grad_enabled()):
             emb = model(x)
         check_embeddings(emb, len(x))

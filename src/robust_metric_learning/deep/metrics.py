@@ -24,8 +24,8 @@ from .._validation import (
     check_bool,
     check_embeddings,
     check_eps,
-    check_nonnegative_int,
     check_query_rows,
+    check_seed,
     check_self_rows,
     label_codes,
     paired_label_codes,
@@ -127,7 +127,7 @@ def retrieval_metrics(query, query_labels, gallery, gallery_labels, *, self_inde
         k-means seed.
     """
     nmi = check_bool(nmi, name="nmi")
-    seed = check_nonnegative_int(seed, name="seed")
+    seed = check_seed(seed, name="seed")
     q, ql, g, gl, self_index = _prepare(query, query_labels, gallery, gallery_labels, self_index)
     same = (ql[:, None] == gl[None, :]).sum(1)
     if self_index is not None:
@@ -145,6 +145,16 @@ def retrieval_metrics(query, query_labels, gallery, gallery_labels, *, self_inde
 
 def _recall_at_1_mask(q, ql, g, gl, self_index) -> torch.Tensor:
     return gl[neighbor_lists(q, g, 1, self_index=self_index)[:, 0]] == ql
+
+
+def _check_attack_object(attack: Any, where: str) -> None:
+    """Raise unless ``attack`` is an embedding attack object (an instance, callable), naming ``where``."""
+    if isinstance(attack, type):
+        raise ValueError(f"The 'attack' parameter of {where} must be an attack object, an instance "
+                         f"(e.g. {attack.__name__}()), got the class {attack.__name__}")
+    if not callable(attack) or isinstance(attack, (str, bytes)):
+        raise ValueError(f"The 'attack' parameter of {where} must be an embedding attack object "
+                         f"(e.g. RetrievalEnsemble(), PGD()); got {attack!r}")
 
 
 def _checked_attack_output(attack: Any, result: Any, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -251,7 +261,6 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     """
     from ..attacks.embedding.ensemble import RetrievalEnsemble
     from ..attacks.embedding.retrieval import RetrievalObjective
-
     from .training import _check_module
 
     _check_module(model)
@@ -260,12 +269,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     X = _inputs(model, X)
     labels = label_codes(y, n_samples=len(X))  # any label type
     attack = RetrievalEnsemble(norm="linf", random_state=0) if attack is None else attack
-    if isinstance(attack, type):
-        raise ValueError(f"The 'attack' parameter of adversarial_retrieval must be an attack object, an instance "
-                         f"(e.g. {attack.__name__}()), got the class {attack.__name__}")
-    if not callable(attack) or isinstance(attack, (str, bytes)):
-        raise ValueError(f"The 'attack' parameter of adversarial_retrieval must be an embedding attack object "
-                         f"(e.g. RetrievalEnsemble(), PGD()); got {attack!r}")
+    _check_attack_object(attack, "adversarial_retrieval")
     gallery = embed(model, X, batch_size=batch_size).double()
     qrows = check_query_rows(queries, len(X))
     q_labels = labels[qrows]

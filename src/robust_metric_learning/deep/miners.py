@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from .._validation import batch_labels, real_tensor
 
 __all__ = ["PairedRandomTripletMiner", "PairedSoftHardTripletMiner"]
 
@@ -13,6 +17,8 @@ class PairedRandomTripletMiner:
     (RobRank's "spc2-random"). Called as pytorch-metric-learning miners are, ``miner(embeddings,
     labels)``; draws from torch's global generator (which :func:`~.training.train_embedding`
     seeds per epoch). Pairs whose anchor has no other-label row in the batch are left out.
+    ``labels`` may be any class labels (integer tensors are used as they are; others, strings
+    included, are coded by :func:`~robust_metric_learning._validation.batch_labels`).
 
     Examples
     --------
@@ -22,16 +28,32 @@ class PairedRandomTripletMiner:
     ([0, 2, 4], [1, 3, 5], True)
     """
 
-    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        y = torch.as_tensor(labels)
-        if y.ndim != 1 or len(y) != len(embeddings) or len(y) % 2:
-            raise ValueError(f"labels must be 1-D, one per embedding and of even length (anchor-positive pairs), "
-                             f"got shape {tuple(y.shape)} for {len(embeddings)} embeddings")
+    @staticmethod
+    def _check(embeddings: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The embeddings (a 2-D floating tensor), the labels (integer, on their device) and the
+        anchors (rows ``0, 2, 4, ...``) of a pair batch, or a clear error."""
+        emb = real_tensor(embeddings, name="embeddings", what="a 2-D tensor of embeddings (batch, dim)")
+        if emb.ndim != 2:
+            raise ValueError(f"embeddings must be a 2-D tensor of embeddings (batch, dim), "
+                             f"got shape {tuple(emb.shape)}")
+        y = batch_labels(labels, len(emb), device=emb.device)
+        if len(y) == 0 or len(y) % 2:
+            raise ValueError(f"labels must be 1-D, one per embedding and of even length (anchor-positive pairs, "
+                             f"at least one), got {len(y)} for {len(emb)} embeddings")
         a = torch.arange(0, len(y), 2, device=y.device)
-        p = a + 1
-        if not bool((y[a] == y[p]).all()):
+        if not bool((y[a] == y[a + 1]).all()):
             raise ValueError("labels of each anchor-positive pair (rows 2i, 2i + 1) must agree; the batch is not "
                              "one of PairBatchSampler")
+        return emb, y, a
+
+    def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        _, y, a = self._check(embeddings, labels)
+        return self._draw(y, a)
+
+    @staticmethod
+    def _draw(y: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The triplets of the checked labels ``y`` and anchors ``a``."""
+        p = a + 1
         other = y[a][:, None] != y[None, :]
         keep = other.any(1)
         a, p, other = a[keep], p[keep], other[keep]
@@ -61,9 +83,8 @@ class PairedSoftHardTripletMiner(PairedRandomTripletMiner):
     """
 
     def __call__(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        a, _, _ = super().__call__(embeddings, labels)  # the checks, and the anchors kept
-        y = torch.as_tensor(labels).to(embeddings.device)
-        a = a.to(embeddings.device)
+        embeddings, y, a = self._check(embeddings, labels)
+        a, _, _ = self._draw(y, a)  # the anchors kept (and the random miner's draws, as before)
         with torch.no_grad():
             d = torch.cdist(embeddings[a].double(), embeddings.double())  # (A, n)
         same = y[a][:, None] == y[None, :]

@@ -8,11 +8,20 @@ Every model here is ``body`` (an ``nn.Sequential`` of layers whose Lipschitz con
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from .._validation import check_positive_int
+from .._validation import (
+    Interval,
+    SequenceOf,
+    TupleOf,
+    check_bool,
+    check_params,
+    check_positive_int,
+)
 
 __all__ = ["L2Normalize", "EmbeddingNet", "SmallCNN", "MLP", "RC2F2"]
 
@@ -53,7 +62,8 @@ class EmbeddingNet(nn.Module):
 
     def __init__(self, body: nn.Sequential, *, normalize: bool = True, spectral_norm: bool = False):
         super().__init__()
-        if spectral_norm:
+        normalize = check_bool(normalize, name="normalize")
+        if check_bool(spectral_norm, name="spectral_norm"):
             for i, layer in enumerate(body):
                 if isinstance(layer, (nn.Linear, nn.Conv2d)):
                     body[i] = _spectral_norm(layer)
@@ -69,6 +79,16 @@ class EmbeddingNet(nn.Module):
 
 def _dims(embedding_dim, name: str = "embedding_dim") -> int:
     return check_positive_int(embedding_dim, name=name)
+
+
+#: layer widths: MLP's ``hidden`` (any number of layers, none included) and SmallCNN's ``channels``
+_WIDTHS = {"hidden": [SequenceOf(Interval(Integral, 1, None), allow_empty=True)],
+           "channels": [TupleOf(Interval(Integral, 1, None), Interval(Integral, 1, None))]}
+
+
+def _check_widths(owner: str, **widths) -> None:
+    """Check layer widths declared in :data:`_WIDTHS` (the error names the parameter and ``owner``)."""
+    check_params(owner, widths, {k: _WIDTHS[k] for k in widths})
 
 
 class SmallCNN(EmbeddingNet):
@@ -98,9 +118,8 @@ class SmallCNN(EmbeddingNet):
     def __init__(self, embedding_dim: int = 64, *, channels: tuple[int, int] = (32, 64), hidden: int = 128,
                  in_channels: int = 1, image_size: int = 28, normalize: bool = True, spectral_norm: bool = False):
         dim = _dims(embedding_dim)
-        if len(channels) != 2:
-            raise ValueError(f"channels must be a pair of ints, got {channels!r}")
-        c1, c2 = (check_positive_int(v, name="channels") for v in channels)
+        _check_widths("SmallCNN", channels=channels)
+        c1, c2 = (int(v) for v in channels)
         h = check_positive_int(hidden, name="hidden")
         c = check_positive_int(in_channels, name="in_channels")
         size = check_positive_int(image_size, name="image_size")
@@ -165,7 +184,9 @@ class MLP(EmbeddingNet):
     Parameters
     ----------
     in_features : int
-    hidden : tuple of int, default=(256,)
+    hidden : sequence of int, default=(256,)
+        Widths of the hidden layers, one positive int per layer (``()``: none); a bare int
+        is refused (write ``(8,)`` for one layer of 8).
     embedding_dim : int, default=64
     normalize, spectral_norm : bool
         See :class:`EmbeddingNet`.
@@ -174,7 +195,8 @@ class MLP(EmbeddingNet):
     def __init__(self, in_features: int, *, hidden: tuple[int, ...] = (256,), embedding_dim: int = 64,
                  normalize: bool = True, spectral_norm: bool = False):
         sizes = [check_positive_int(in_features, name="in_features")]
-        sizes += [check_positive_int(h, name="hidden") for h in hidden]
+        _check_widths("MLP", hidden=hidden)
+        sizes += [int(h) for h in hidden]
         layers: list[nn.Module] = [nn.Flatten()]
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]

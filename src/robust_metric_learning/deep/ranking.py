@@ -26,14 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._parallel import eval_mode
 from .._validation import (
     check_bool,
     check_eps,
     check_labels,
     check_model_output,
-    check_nonnegative_int,
     check_positive_int,
     check_query_rows,
+    check_real,
+    check_seed,
+    retrieval_label_codes,
 )
 from ..attacks.embedding.objectives import EmbeddingShift
 from ..attacks.embedding.ranking import (
@@ -45,7 +48,8 @@ from ..attacks.embedding.ranking import (
     TopOneTranslocation,
     select_targets,
 )
-from .training import _inputs, embed
+from .metrics import _check_attack_object, _checked_attack_output
+from .training import _check_module, _device_of, _inputs, embed
 
 __all__ = ["ERS_COLUMNS", "RANKING_ATTACKS", "ROBRANK_EPS", "ROBRANK_STEP", "empirical_robustness_score",
            "ranking_attack", "ranking_robustness"]
@@ -62,6 +66,14 @@ ROBRANK_STEPS = 32
 #: ES's reference is the clean embedding moved by this much along a random sign vector (the
 #: shift's gradient vanishes at the clean input, where the attack starts)
 _ES_NUDGE = 1e-4
+# each column's range in the published units (the others are percentages, [0, 100])
+_RANGES = {"TMA": (-1.0, 1.0), "ES:D": (0.0, 2.0)}
+
+
+def _range(column: str) -> tuple[float, float]:
+    """A column's range with a margin of 1e-6 of its width for rounding (a mean cosine of 1 + 1e-16)."""
+    lo, hi = _RANGES.get(column, (0.0, 100.0))
+    return lo - 1e-6 * (hi - lo), hi + 1e-6 * (hi - lo)
 # each column: +1 where the attacker raises the value, -1 where it lowers it
 _ATTACKER = {"CA+": -1, "CA-": 1, "QA+": -1, "QA-": 1, "TMA": 1, "ES:D": 1, "ES:R": -1, "LTM": -1, "GTM": -1,
              "GTT": -1}
@@ -87,10 +99,7 @@ def empirical_robustness_score(scores: Mapping[str, float]) -> float:
     missing = [c for c in ERS_COLUMNS if c not in scores]
     if missing:
         raise ValueError(f"scores lacks the columns {missing}")
-    v = {c: float(scores[c]) for c in ERS_COLUMNS}
-    bad = [c for c, x in v.items() if not np.isfinite(x)]
-    if bad:
-        raise ValueError(f"scores has non-finite values in {bad}")
+    v = {c: check_real(scores[c], name=f"scores[{c!r}]", low=_range(c)[0], high=_range(c)[1]) for c in ERS_COLUMNS}
     terms = [2 * v["CA+"], 100 - v["CA-"], 2 * v["QA+"], 100 - v["QA-"], 100 * (1 - v["TMA"]),
              50 * (2 - v["ES:D"]), v["ES:R"], v["LTM"], v["GTM"], v["GTT"]]
     return float(np.mean(terms))
@@ -114,6 +123,19 @@ class _Normalized(torch.nn.Module):
         emb = self.model(x)
         check_model_output(emb, n_rows=x.shape[0])
         return torch.nn.functional.normalize(emb, dim=1)
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``net``'s embeddings of ``x`` in its own dtype (as an attack measures its result), eval
+    mode, batched, on CPU; each batch's output checked."""
+    device = _device_of(net)
+    with torch.no_grad(), eval_mode(net):
+        outs = []
+        for s in range(0, len(x), batch_size):
+            out = net(x[s:s + batch_size].to(device))
+            check_model_output(out, n_rows=len(x[s:s + batch_size]), what="the attacked inputs", first_row=s)
+            outs.append(out.cpu())
+    return torch.cat(outs) if outs else torch.zeros(0, 0)
 
 
 def _objective(kind: str, gallery, labels, rows, targets, *, self_index):
@@ -178,9 +200,9 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
     -------
     dict
         ``clean`` and ``adversarial`` (column -> value in the published units), ``ERS`` (of the
-        adversarial columns when all ten were run, else None), ``recall_at_1`` (clean, leave-one-
-        out), ``per_input`` (column -> per-input adversarial values, numpy), ``eps``,
-        ``n_queries``.
+        adversarial columns when all ten were run and ES:D lies in [0, 2], as it does on
+        embeddings of norm at most 1; else None), ``recall_at_1`` (clean, leave-one-out),
+        ``per_input`` (column -> per-input adversarial values, numpy), ``eps``, ``n_queries``.
     """
     unknown = [a for a in (attacks if isinstance(attacks, (list, tuple)) else [attacks]) if a not in RANKING_ATTACKS]
     if unknown or not isinstance(attacks, (list, tuple)) or not attacks:
@@ -189,19 +211,19 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
     if np.ndim(eps) != 0:
         raise ValueError(f"eps must be one number, got {eps!r}")
     e = float(e[0])
-    X = _inputs(model, X)
+    X = _inputs(_check_module(model), X)
     labels = check_labels(y, n_samples=len(X), name="y")
-    if np.unique(labels).size < 2:
-        raise ValueError("y must hold at least 2 classes for retrieval, got 1")
+    retrieval_label_codes(labels, len(X))  # at least 2 classes
     attack_list = [ranking_attack()] if attack is None else list(attack) if isinstance(attack, (list, tuple)) \
         else [attack]
-    bad = [a for a in attack_list if isinstance(a, (str, bytes)) or not callable(a)]
-    if bad or not attack_list:
-        raise ValueError(f"attack must be None, an embedding attack object (e.g. PGD(), APGD()) or a non-empty "
+    if not attack_list:
+        raise ValueError("attack must be None, an embedding attack object (e.g. PGD(), APGD()) or a non-empty "
                          f"list of them, got {attack!r}")
+    for a in attack_list:
+        _check_attack_object(a, "ranking_robustness")
     n_targets = check_positive_int(n_targets, name="n_targets")
     normalize = check_bool(normalize, name="normalize")
-    random_state = check_nonnegative_int(random_state, name="random_state")
+    random_state = check_seed(random_state, name="random_state")
     net = _Normalized(model) if normalize else model
     gallery = embed(net, X, batch_size=batch_size).detach()
     rows = check_query_rows(queries, len(X))
@@ -216,13 +238,20 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
         if kind == "ES":
             targets = _ES_NUDGE * (2 * torch.randint(2, clean.shape, generator=gen) - 1).to(clean.dtype)
         elif kind != "LTM":
-            targets = select_targets(kind, clean, gallery, labels, self_index=rows, n=n_targets, generator=gen)
+            try:
+                targets = select_targets(kind, clean, gallery, labels, self_index=rows, n=n_targets, generator=gen)
+            except ValueError as exc:  # the data (y) or n_targets leave the attack no target
+                raise ValueError(f"{kind} cannot pick its targets with y and n_targets={n_targets} as given: "
+                                 f"{exc}") from None
         obj = _objective(kind, gallery, labels, rows.numpy(), targets, self_index=rows)
         for col, v in _metrics(kind, obj, clean, clean, idx, judge).items():
             out["clean"][col] = float(v.mean())
         per: dict[str, list[torch.Tensor]] = {}
         for a in attack_list:
-            emb = a(net, X[rows], obj, eps=e).embeddings
+            # the attack's perturbed inputs, checked (box, eps-ball) and embedded here, as for
+            # adversarial_retrieval: an attack cannot report a robustness that is not there
+            adv_x = _checked_attack_output(a, a(net, X[rows], obj, eps=e), X[rows], e)
+            emb = _forward(net, adv_x, batch_size)
             for col, v in _metrics(kind, obj, emb, clean, idx, judge).items():
                 per.setdefault(col, []).append(v.double().cpu())
         for col, vs in per.items():
@@ -231,5 +260,6 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
             out["per_input"][col] = worst.numpy()
             out["adversarial"][col] = float(worst.mean())
     full = all(c in out["adversarial"] for c in ERS_COLUMNS)
-    out["ERS"] = empirical_robustness_score(out["adversarial"]) if full else None
+    unit = full and out["adversarial"]["ES:D"] <= _range("ES:D")[1]  # ERS's ES:D term assumes unit embeddings
+    out["ERS"] = empirical_robustness_score(out["adversarial"]) if unit else None
     return out

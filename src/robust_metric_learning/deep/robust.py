@@ -50,7 +50,7 @@ class Natural(Defense):
         super().__init__(eps=0.0, steps=1)
 
     def step_loss(self, model, x, y, loss_fn, miner, generator):
-        _check_batch(y)
+        y = _check_batch(x, y)
         emb = model(x)
         return loss_fn(emb, y, None if miner is None else miner(emb, y)), 0
 
@@ -109,7 +109,7 @@ class RobustTriplets(Defense):
         return picked, copy_of, member
 
     def step_loss(self, model, x, y, loss_fn, miner, generator):
-        _check_batch(y)
+        y = _check_batch(x, y)
         emb = model(x)
         triplets = mine_triplets(emb.detach(), y, miner)
         if len(triplets[0]) == 0:
@@ -150,7 +150,7 @@ class _PerturbedBatch(Defense):
         raise NotImplementedError
 
     def step_loss(self, model, x, y, loss_fn, miner, generator):
-        _check_batch(y)
+        y = _check_batch(x, y)
         with torch.no_grad():
             clean = model(x)
         triplets = mine_triplets(clean, y, miner)
@@ -207,7 +207,7 @@ class GaussianAugmentation(Defense):
         return x + self.sigma * noise.to(x.device)
 
     def step_loss(self, model, x, y, loss_fn, miner, generator):
-        _check_batch(y)
+        y = _check_batch(x, y)
         emb = model(self._noisy(x, generator))
         loss = loss_fn(emb, y, None if miner is None else miner(emb, y))
         if self.consistency > 0:
@@ -227,9 +227,12 @@ DEFENSES: dict[str, type[Defense]] = {
 
 def get_defense(name: str | Defense, **params: Any) -> Defense:
     """A defence by name (``natural``, ``ours``, ``naive``, ``est``, ``act``, ``hm``, ``noise``)
-    with its parameters."""
+    with its parameters; a defence object is returned as it is (then ``params`` must be empty)."""
     if isinstance(name, Defense):
+        if params:
+            raise ValueError(f"params {sorted(params)} cannot be applied to a defense object; set them on it")
         return name
-    if name not in DEFENSES:
-        raise ValueError(f"defense must be one of {sorted(DEFENSES)}, got {name!r}")
+    if not isinstance(name, str) or name not in DEFENSES:
+        raise ValueError(f"defense must be one of {sorted(DEFENSES)} or a Defense object (see get_defense), "
+                         f"got {type(name).__name__} {name!r}")
     return DEFENSES[name](**params)

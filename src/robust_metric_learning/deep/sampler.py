@@ -8,7 +8,12 @@ from typing import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
-from .._validation import check_nonnegative_int, check_positive_int
+from .._validation import (
+    check_nonnegative_int,
+    check_positive_int,
+    check_seed,
+    label_codes,
+)
 
 __all__ = ["BalancedBatchSampler", "PairBatchSampler"]
 
@@ -42,13 +47,10 @@ class BalancedBatchSampler(Sampler[list[int]]):
 
     def __init__(self, labels, *, m: int = 4, classes_per_batch: int | None = None,
                  n_batches: int | None = None, seed: int = 0):
-        y = np.asarray(labels)
-        if y.ndim != 1 or y.size == 0:
-            raise ValueError(f"labels must be a non-empty 1-D array, got shape {y.shape}")
+        classes, codes = _classes(labels)
         self.m = check_positive_int(m, name="m")
         if self.m < 2:
             raise ValueError(f"m must be >= 2 (each sample needs a positive), got {m}")
-        classes, codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"labels must contain at least 2 classes, got {len(classes)}")
         c = len(classes) if classes_per_batch is None else check_positive_int(classes_per_batch,
@@ -62,14 +64,14 @@ class BalancedBatchSampler(Sampler[list[int]]):
                              f"has {counts.min()}")
         self.classes_per_batch = c
         self.members = [np.flatnonzero(codes == k) for k in range(len(classes))]
-        self.n_batches = (max(1, len(y) // (self.m * c)) if n_batches is None
+        self.n_batches = (max(1, len(codes) // (self.m * c)) if n_batches is None
                           else check_positive_int(n_batches, name="n_batches"))
-        self.seed = int(seed)
+        self.seed = check_seed(seed, name="seed")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields."""
-        self.epoch = int(epoch)
+        """Select the epoch (an integer >= 0) whose batches the next iteration yields."""
+        self.epoch = check_nonnegative_int(epoch, name="epoch")
 
     def __len__(self) -> int:
         return self.n_batches
@@ -106,7 +108,8 @@ class PairBatchSampler(Sampler[list[int]]):
         Pairs per batch (>= 2; the last batch of an epoch may hold fewer; a single pair left
         over joins the batch before it, since one pair is one class and no metric loss). A
         batch whose anchors all fall in one class swaps its last anchor with the nearest later
-        (for the last batch, earlier) one of another class, so every batch has two classes.
+        (for the last batch, earlier) one of another class, so every batch has two classes
+        where the labels allow it (:meth:`require_two_classes` checks that they do).
     seed : int, default=0
 
     Examples
@@ -117,10 +120,7 @@ class PairBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, labels, *, pairs: int = 128, seed: int = 0):
-        y = np.asarray(labels)
-        if y.ndim != 1 or y.size == 0:
-            raise ValueError(f"labels must be a non-empty 1-D array, got shape {y.shape}")
-        classes, codes = np.unique(y, return_inverse=True)
+        classes, codes = _classes(labels)
         if len(classes) < 2:
             raise ValueError(f"labels must contain at least 2 classes, got {len(classes)}")
         self.pairs = check_positive_int(pairs, name="pairs")
@@ -128,22 +128,33 @@ class PairBatchSampler(Sampler[list[int]]):
             raise ValueError(f"pairs must be >= 2 (a batch of one pair has one class), got {pairs}")
         self.codes = codes
         self.members = [np.flatnonzero(codes == k) for k in range(len(classes))]
-        self.seed = check_nonnegative_int(seed, name="seed")
+        self.seed = check_seed(seed, name="seed")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next iteration yields."""
-        self.epoch = int(epoch)
+        """Select the epoch (an integer >= 0) whose batches the next iteration yields."""
+        self.epoch = check_nonnegative_int(epoch, name="epoch")
 
     def _starts(self) -> list[int]:
-        n = len(self.codes)
-        starts = list(range(0, n, self.pairs))
-        if len(starts) > 1 and n - starts[-1] == 1:
-            starts.pop()  # a lone pair (one class) joins the batch before it
-        return starts
+        return _pair_batch_starts(len(self.codes), self.pairs)
 
     def __len__(self) -> int:
         return len(self._starts())
+
+    def require_two_classes(self, *, name: str = "labels") -> None:
+        """Raise unless every batch can hold two classes, as a metric loss needs: each batch needs
+        an anchor outside the largest class, so at least :func:`len` samples must be outside it
+        (then :meth:`__iter__` gives every batch two classes). The message names ``pairs`` and
+        the labels (``name``) and says which ``pairs`` would do."""
+        n, n_batches = len(self.codes), len(self)
+        outside = n - int(np.bincount(self.codes).max())
+        if outside >= n_batches:
+            return
+        fits = next(p for p in range(max(2, n // (outside + 1)), n + 1) if len(_pair_batch_starts(n, p)) <= outside)
+        raise ValueError(
+            f"pairs={self.pairs} makes {n_batches} batches per epoch of the {n} samples of {name}, and each batch "
+            f"needs an anchor outside the largest class of {name} to hold two classes, but only {outside} samples "
+            f"are outside it: pass pairs >= {fits}, or {name} with more samples outside its largest class")
 
     def _swap_in_another_class(self, anchors: np.ndarray, s: int, e: int, starts: list[int], ends: list[int]) -> None:
         """Batch ``[s, e)`` has one class: swap its last anchor with the nearest later one of
@@ -181,3 +192,21 @@ class PairBatchSampler(Sampler[list[int]]):
         positives = np.array([self.members[k][i] for k, i in zip(c, (draw * sizes[c]).astype(np.int64))])
         for s, e in zip(starts, ends):
             yield np.stack([anchors[s:e], positives[s:e]], 1).reshape(-1).tolist()
+
+
+def _classes(labels) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted classes of ``labels`` (a non-empty 1-D array of finite class labels) and each
+    label's index among them, or a clear error naming ``labels``."""
+    y = np.asarray(labels)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D array of class labels, got shape {y.shape}")
+    codes = label_codes(y, n_samples=len(y), name="labels", rows="labels").numpy()
+    return np.unique(y), codes
+
+
+def _pair_batch_starts(n: int, pairs: int) -> list[int]:
+    """The first anchor of each batch of ``pairs`` pairs over ``n`` anchors."""
+    starts = list(range(0, n, pairs))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()  # a lone pair (one class) joins the batch before it
+    return starts

@@ -47,12 +47,12 @@ from .._validation import (
     check_bool,
     check_eps,
     check_model_output,
-    check_nonnegative_int,
     check_positive_int,
     check_real,
-    label_codes,
+    check_seed,
+    retrieval_label_codes,
 )
-from .training import _check_module, _device_of, _inputs
+from .training import _apply, _check_module, _device_of, _inputs
 
 __all__ = ["SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retrieval", "smoothed_lipschitz",
            "smoothed_top1_certificate"]
@@ -60,7 +60,8 @@ __all__ = ["SmoothedEmbedding", "monte_carlo_error", "smoothed_certified_retriev
 
 def monte_carlo_error(n_samples: int, alpha: float) -> float:
     """A bound ``e`` with ``P(||mean - E f|| > e) <= alpha`` for the mean of ``n_samples`` i.i.d.
-    vectors of norm at most 1: ``(1 + sqrt(2 ln(1 / alpha))) / sqrt(n_samples)``.
+    vectors of norm at most 1: ``(1 + sqrt(2 ln(1 / alpha))) / sqrt(n_samples)``, computed in
+    logarithms (any positive float ``alpha``, any int ``n_samples``).
 
     Examples
     --------
@@ -69,7 +70,9 @@ def monte_carlo_error(n_samples: int, alpha: float) -> float:
     """
     n = check_positive_int(n_samples, name="n_samples")
     a = check_real(alpha, name="alpha", low=0.0, low_open=True, high=1.0, high_open=True)
-    return (1.0 + math.sqrt(2.0 * math.log(1.0 / a))) / math.sqrt(n)
+    # -log(a), not log(1 / a): 1 / a overflows for a subnormal alpha; exp(-log(n) / 2), not 1 / sqrt(n): n may
+    # be an int beyond the float range
+    return (1.0 + math.sqrt(-2.0 * math.log(a))) * math.exp(-0.5 * math.log(n))
 
 
 def smoothed_lipschitz(sigma: float) -> float:
@@ -115,7 +118,7 @@ class SmoothedEmbedding:
         self.sigma = check_real(sigma, name="sigma", low=0.0, low_open=True)
         self.n_samples = check_positive_int(n_samples, name="n_samples")
         self.batch_size = check_positive_int(batch_size, name="batch_size")
-        self.random_state = check_nonnegative_int(random_state, name="random_state")
+        self.random_state = check_seed(random_state, name="random_state")
         self.normalize = check_bool(normalize, name="normalize")
 
     @property
@@ -123,8 +126,10 @@ class SmoothedEmbedding:
         """:func:`smoothed_lipschitz` of ``sigma``."""
         return smoothed_lipschitz(self.sigma)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
+    def _forward(self, x: torch.Tensor, *, first: bool = False) -> torch.Tensor:
+        """The model's embeddings of the noisy copies ``x``, checked (``first``: the first batch, where a
+        model that cannot take ``X``'s rows gets a clear error)."""
+        out = _apply(self.model, x, self.model) if first else self.model(x)
         check_model_output(out, n_rows=x.shape[0])
         if self.normalize:
             return torch.nn.functional.normalize(out, dim=1)
@@ -145,7 +150,7 @@ class SmoothedEmbedding:
                     rng = np.random.default_rng([self.random_state, i])  # one stream per row, split freely
                     total = None
                     for noisy in _noisy_batches(X[i], self.sigma, self.n_samples, rng, self.batch_size):
-                        emb = self._forward(noisy.to(device)).double().sum(0)
+                        emb = self._forward(noisy.to(device), first=total is None and i == 0).double().sum(0)
                         total = emb if total is None else total + emb
                     out.append((total / self.n_samples).cpu())
         return torch.stack(out)
@@ -163,6 +168,7 @@ def smoothed_certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, sigm
     X : array or tensor of shape (n, ...), values in [0, 1], n >= 2
         Queries and gallery.
     y : array of shape (n,)
+        Labels of at least 2 classes.
     sigma : float
         Noise level (> 0).
     radii : float or sequence of float, default=(0.1, 0.25, 0.5, 1.0)
@@ -187,12 +193,12 @@ def smoothed_certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, sigm
     smoother = SmoothedEmbedding(model, sigma, n_samples=n_samples, batch_size=batch_size,
                                  random_state=random_state, normalize=normalize)
     X = _inputs(model, X)
-    codes = label_codes(y, n_samples=len(X))
     if len(X) < 2:
         raise ValueError(f"X must have at least 2 rows (each query needs a gallery), got {len(X)}")
+    codes = retrieval_label_codes(y, len(X))
     e = monte_carlo_error(smoother.n_samples, a / len(X))  # one estimate per row, all at once
     if e >= 0.5:
-        need = math.ceil(4 * (1 + math.sqrt(2 * math.log(len(X) / a))) ** 2)
+        need = math.ceil(4 * (1 + math.sqrt(2 * (math.log(len(X)) - math.log(a)))) ** 2)
         raise ValueError(f"n_samples={smoother.n_samples} is too few for alpha={a:g} over {len(X)} estimates: the "
                          f"Monte Carlo error bound is {e:.3g} (>= 0.5, nothing can be certified); use more than "
                          f"{need} samples")
@@ -204,7 +210,7 @@ def smoothed_certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, sigm
     near_other = torch.where(same, torch.inf, d).amin(1)
     L = smoother.lipschitz
     radius = ((near_other - near_same - 4 * e) / (2 * L)).clamp_min(0.0)
-    radius = torch.where(torch.isfinite(radius), radius, torch.zeros_like(radius))  # a class of one, or one class
+    radius = torch.where(torch.isfinite(radius), radius, torch.zeros_like(radius))  # a class of one
     return {"radius": radius.numpy(), "radii": radii_list,
             "certified_recall_at_1": [float((radius > r).double().mean()) for r in radii_list],
             "recall_at_1": float((near_same < near_other).double().mean()), "error": e, "lipschitz": L,
@@ -262,6 +268,7 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     model : torch.nn.Module
     X : array or tensor of shape (n, ...), values in [0, 1]
     y : array of shape (n,)
+        Labels of at least 2 classes.
     sigma : float
     radii : float or sequence of float, default=(0.1, 0.25, 0.5, 1.0)
     n_samples, n_select : int
@@ -296,13 +303,13 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
         raise ValueError(f"n_samples={n} is too few for alpha={a:g}: even {n} hits of {n} give a lower bound "
                          f"of at most 1/2, so no query can be certified")
     batch_size = check_positive_int(batch_size, name="batch_size")
-    seed = check_nonnegative_int(random_state, name="random_state")
+    seed = check_seed(random_state, name="random_state")
     normalize = check_bool(normalize, name="normalize")
     _check_module(model)
     X = _inputs(model, X)
-    codes = label_codes(y, n_samples=len(X))
     if len(X) < 2:
         raise ValueError(f"X must have at least 2 rows (each query needs a gallery), got {len(X)}")
+    codes = retrieval_label_codes(y, len(X))
     rows = check_query_rows(queries, len(X))
     with eval_mode(model):
         gallery = _clean_gallery(model, X, batch_size, normalize)

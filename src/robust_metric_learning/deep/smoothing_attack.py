@@ -27,7 +27,18 @@ import numpy as np
 import torch
 
 from .._parallel import eval_mode
-from .._validation import check_bool, check_model_output, check_eps, check_nonnegative_int, check_positive_int, check_real, label_codes
+from .._validation import (
+    as_tensor,
+    check_bool,
+    check_eps,
+    check_model_output,
+    check_positive_int,
+    check_query_rows,
+    check_real,
+    check_seed,
+    real_tensor,
+    retrieval_label_codes,
+)
 from .smoothing import _clean_gallery, _top1_labels
 from .training import _check_module, _device_of, _inputs
 
@@ -79,8 +90,9 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     model, X, y, batch_size
         As given to :func:`~robust_metric_learning.deep.smoothed_top1_certificate`.
     certificate : dict
-        Its result (``queries``, ``radius``, ``decision``, ``sigma``, ``normalize``); the queries
-        with a positive radius (certified and right) are attacked.
+        Its result (``queries``: rows of ``X``; ``radius``: one finite radius >= 0 per query;
+        ``decision``: one label code or -1 per query; ``sigma``, ``normalize``); the queries with a
+        positive radius (certified and right) are attacked.
     sigma, normalize : default=None
         The certificate's (given values must agree with it).
     scales : float or sequence of float, default=(1.0, 2.0, 4.0)
@@ -102,7 +114,8 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     dict
         ``n_attacked``, ``scales``, and per scale: ``broken`` (queries whose decision is
         significantly changed), ``flipped`` (whose majority label changed), ``p_clean`` and
-        ``p_attacked`` (mean estimated probability of the certified label before and after).
+        ``p_attacked`` (mean estimated probability of the certified label before and after; None
+        when no query was attacked, ``n_attacked`` 0: no radius is positive).
     """
     from scipy.stats import beta
 
@@ -126,20 +139,34 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     if 0.5 ** n_check > a:  # even 0 hits of n_check give an upper bound of at least 1/2
         raise ValueError(f"n_check={n_check} is too few for alpha={a:g}: no estimate could show the decision "
                          "changed (it needs 0.5 ** n_check <= alpha)")
-    seed = check_nonnegative_int(random_state, name="random_state")
+    seed = check_seed(random_state, name="random_state")
     batch_size = check_positive_int(batch_size, name="batch_size")
     _check_module(model)
     X = _inputs(model, X)
-    codes = label_codes(y, n_samples=len(X))
-    rows = np.asarray(certificate["queries"], dtype=np.int64)
-    radius = np.asarray(certificate["radius"], dtype=np.float64)
-    decision = np.asarray(certificate["decision"], dtype=np.int64)
-    if not (rows.shape == radius.shape == decision.shape) or rows.ndim != 1 or (len(rows) and (
-            rows.min() < 0 or rows.max() >= len(X))):
-        raise ValueError(f"certificate does not fit X: {len(rows)} queries, {len(radius)} radii, "
-                         f"{len(decision)} decisions, for {len(X)} rows")
-    if np.isnan(radius).any() or np.isinf(radius).any():
-        raise ValueError("certificate has radii that are NaN or infinite")
+    codes = retrieval_label_codes(y, len(X))
+    rows = check_query_rows(certificate["queries"], len(X), name="certificate['queries']").numpy()
+    radius = real_tensor(certificate["radius"], name="certificate['radius']",
+                         what=f"an array of one radius per query ({len(rows)})").double().numpy()
+    if radius.shape != rows.shape:
+        raise ValueError(f"certificate['radius'] must hold one radius per query ({len(rows)}), got shape "
+                         f"{radius.shape}")
+    bad = np.flatnonzero(~np.isfinite(radius) | (radius < 0))
+    if len(bad):
+        raise ValueError(f"certificate['radius'] must hold finite radii >= 0, got {float(radius[bad[0]])!r} for "
+                         f"query row {int(rows[bad[0]])} ({len(bad)} of {len(rows)} radii)")
+    n_classes = int(codes.max()) + 1
+    what = (f"certificate['decision'] must be an integer array of shape ({len(rows)},) (one per query) of label "
+            f"codes of y in [0, {n_classes}) or -1 (abstained)")
+    try:
+        decision = as_tensor(certificate["decision"]).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:  # strings, ragged lists
+        raise ValueError(f"{what}: {exc}") from None
+    if decision.dtype == torch.bool or decision.is_floating_point() or decision.is_complex() or \
+            tuple(decision.shape) != rows.shape:
+        raise ValueError(f"{what}, got {decision.dtype} of shape {tuple(decision.shape)}")
+    decision = decision.to(torch.int64).numpy()
+    if int(decision.min()) < -1 or int(decision.max()) >= n_classes:
+        raise ValueError(f"{what}, got values in [{int(decision.min())}, {int(decision.max())}]")
     chosen = np.flatnonzero(radius > 0)
     wrong = chosen[decision[chosen] != codes.numpy()[rows[chosen]]]
     if len(wrong):
@@ -181,6 +208,6 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
                 out[s]["p_attacked"].append(hits / n_check)
     return {"n_attacked": len(chosen), "scales": scale_list,
             **{f"scale_{s:g}": {"broken": v["broken"], "flipped": v["flipped"],
-                                "p_clean": float(np.mean(v["p_clean"])) if v["p_clean"] else float("nan"),
-                                "p_attacked": float(np.mean(v["p_attacked"])) if v["p_attacked"] else float("nan")}
+                                "p_clean": float(np.mean(v["p_clean"])) if v["p_clean"] else None,
+                                "p_attacked": float(np.mean(v["p_attacked"])) if v["p_attacked"] else None}
                for s, v in out.items()}}

@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from .._parallel import eval_mode, progress_bar
-from .._validation import check_model_output, check_nonnegative_int, check_positive_int, check_real, check_unit_interval
+from .._validation import (
+    check_model_output,
+    check_positive_int,
+    check_real,
+    check_seed,
+    check_unit_interval,
+)
 from .checkpoints import (
     CheckpointError,
     _check_checkpoint_arguments,
@@ -31,6 +37,11 @@ from .robust import Defense, get_defense
 from .sampler import BalancedBatchSampler, PairBatchSampler
 
 __all__ = ["TrainHistory", "train_embedding", "embed", "hyperparameters"]
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The largest ``lr``: Adam's steps (up to ``lr / (1 - beta1) = 10 lr``, the first) must be float32
+#: numbers, with room for rounding.
+_MAX_LR = _FLOAT32_MAX / 100
 
 
 @dataclass
@@ -155,9 +166,13 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
         (:class:`~robust_metric_learning.deep.sampler.PairBatchSampler`: every sample an anchor
         once per epoch), as the ranking-attack literature trains; use a miner for such batches
         (:class:`~robust_metric_learning.deep.miners.PairedRandomTripletMiner`). ``m``,
-        ``classes_per_batch`` and ``batches_per_epoch`` are then unused.
+        ``classes_per_batch`` and ``batches_per_epoch`` are then unused. Every batch needs two
+        classes, so ``y`` must have at least as many samples outside its largest class as there
+        are batches (about ``n / pairs``); else a ValueError before training says which ``pairs``
+        would do.
     lr, weight_decay : float
-        Adam's (finite; ``lr > 0``, ``weight_decay >= 0``).
+        Adam's (finite; ``0 < lr <= 3.4e36``, so that Adam's float32 steps (up to 10 lr) are
+        finite; ``0 <= weight_decay <=`` the largest float32).
     seed : int, default=0
         Seeds the batches, the attacks' random starts and torch's global generator at each
         epoch, so a run (and a resumed run) is deterministic on a given device.
@@ -202,8 +217,14 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
     y_t = torch.as_tensor(codes, dtype=torch.long)
     epochs = check_positive_int(epochs, name="epochs")
     lr = check_real(lr, name="lr", low=0.0, low_open=True)
+    if lr > _MAX_LR:
+        raise ValueError(f"lr must be a finite positive number whose Adam steps (up to 10 lr) float32 can hold, "
+                         f"at most {_MAX_LR:.6g}, got {lr!r}")
     weight_decay = check_real(weight_decay, name="weight_decay", low=0.0)
-    seed = check_nonnegative_int(seed, name="seed")
+    if weight_decay > _FLOAT32_MAX:
+        raise ValueError(f"weight_decay must be a finite number >= 0 that float32 can hold (Adam's), at most "
+                         f"{_FLOAT32_MAX:.6g}, got {weight_decay!r}")
+    seed = check_seed(seed, name="seed")
     if batches_per_epoch is not None:
         check_positive_int(batches_per_epoch, name="batches_per_epoch")
     path = _check_checkpoint_arguments(checkpoint, resume)
@@ -221,6 +242,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                                        n_batches=batches_per_epoch, seed=seed)
     else:
         sampler = PairBatchSampler(codes, pairs=check_positive_int(pairs, name="pairs"), seed=seed)
+        sampler.require_two_classes(name="y")  # else a batch of one class fails part-way through training
     device = _device_of(model)
     with eval_mode(model):  # the model takes X's rows and returns finite (n, dim) embeddings, before any training
         with torch.no_grad():

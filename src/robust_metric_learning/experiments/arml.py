@@ -69,6 +69,8 @@ def _methods() -> dict[str, Callable[[int], BaseEstimator]]:
 
 #: method name -> factory(seed) of an unfitted learner (published settings)
 METHODS = _methods()
+#: its per-point work runs in joblib workers: ``n_jobs`` applies (runner.reproduce)
+TAKES_N_JOBS = True
 
 
 #: Seed of the stratified training subsamples (``n_train``, ``fit_n_train``)

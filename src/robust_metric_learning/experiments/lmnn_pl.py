@@ -61,6 +61,8 @@ __all__ = ["DATASETS", "GRID", "LEARNER", "METHODS", "NOISE_EPS", "protocol", "r
 #: datasets of the experiment: the bundled ones, then splice when its file is present
 DATASETS = ("wine", "breast_cancer", "iris", "splice")
 METHODS = ("Euclidean", "LMNN", "LMNN-PL")
+#: its per-point work runs in joblib workers: ``n_jobs`` applies (runner.reproduce)
+TAKES_N_JOBS = True
 #: split seeds of the published protocol (20 random 70/30 splits)
 DEFAULT_SEEDS = tuple(range(20))
 K = 3

@@ -4,6 +4,8 @@ that :func:`~.runner.reproduce` is one generic, cached, resumable loop.
 An experiment module exposes:
 
 - ``METHODS``: the names ``--methods`` may take;
+- ``TAKES_N_JOBS = True`` where its per-point work runs in joblib workers (``n_jobs`` is refused
+  for the others, which run in one torch process);
 - ``plan(name, out, *, datasets, methods, seeds, n_eval, shuffle_seed, n_jobs, data_home,
   verbose) -> (tasks, context)``: the :class:`Task` list (arguments it does not take raise a
   clear error) and whatever its report needs besides the results;

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .._validation import MAX_SEED
 from .cache import ResultCache, fingerprint
 
 __all__ = ["reproduce", "EXPERIMENTS"]
@@ -57,9 +58,17 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
         raise ValueError(f"experiment must be one of {list(EXPERIMENTS)}, got {name!r}")
     if seeds is not None:
         seeds = list(seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
-            raise ValueError(f"seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_SEED
+                            for s in seeds):
+            raise ValueError(f"seeds must be a non-empty list of non-negative integers (seeds, at most 2**32 - 1), "
+                             f"got {seeds!r}")
     plugin = importlib.import_module(f".{EXPERIMENTS[name]}", __package__)
+    if n_jobs is not None:
+        if not getattr(plugin, "TAKES_N_JOBS", False):
+            raise ValueError(f"n_jobs applies to the experiments whose per-point work runs in joblib workers "
+                             f"(arml, lmnn-pl), not {name!r}, which runs in one torch process; got {n_jobs!r}")
+        if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0:
+            raise ValueError(f"n_jobs must be a non-zero integer (-1: all cores) or None, got {n_jobs!r}")
     out = Path(out)
     extra = {}
     if profile is not None:

@@ -27,7 +27,10 @@ import numpy as np
 
 from .plugin import Task, row_label
 
-__all__ = ["METHODS", "SIGMAS", "RADII", "attack_summary", "plan", "report", "run_task", "protocol"]
+__all__ = ["DATASETS", "METHODS", "SIGMAS", "RADII", "attack_summary", "plan", "report", "run_task", "protocol"]
+
+#: the datasets the dml protocol's models take: its 28x28 images, and the bundled 8x8 digits
+DATASETS = ("mnist", "fashion-mnist", "digits")
 
 SIGMAS = {"sigma0.12": 0.12, "sigma0.25": 0.25, "sigma0.5": 0.5}
 METHODS = tuple(SIGMAS)
@@ -178,7 +181,8 @@ def report(name: str, out, results: dict, context: dict | None = None) -> dict[s
 
 def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed, n_jobs, data_home,
          verbose) -> tuple[list[Task], dict]:
-    """One task per (dataset, sigma, seed); ``n_eval`` limits the queries certified (default all)."""
+    """One task per (dataset, sigma, seed) for ``datasets`` among :data:`DATASETS` (default: MNIST and
+    Fashion-MNIST where available, else digits); ``n_eval`` limits the queries certified (default all)."""
     from ..datasets import dataset_status
     from ..deep import hyperparameters
     from . import dml
@@ -190,6 +194,10 @@ def plan(name: str, out: Path, *, datasets, methods, seeds, n_eval, shuffle_seed
         raise ValueError(f"n_eval must be an integer >= 1 (queries certified; default: all), got {n_eval!r}")
     if datasets:
         dsets = list(datasets)
+        bad = sorted(set(dsets) - set(DATASETS))
+        if bad:
+            raise ValueError(f"datasets must be among {list(DATASETS)} for smoothing (the dml protocol's models), "
+                             f"got {bad}")
     else:
         status = dataset_status(data_home=data_home)
         dsets = [d for d in dml.DATASETS if status[d]["available"]] or ["digits"]

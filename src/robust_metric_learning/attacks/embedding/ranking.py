@@ -34,7 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..._validation import as_tensor, check_positive_int, check_real, check_self_rows, label_codes, paired_label_codes
+from ..._validation import (
+    as_tensor,
+    check_index,
+    check_positive_int,
+    check_real,
+    check_self_rows,
+    label_codes,
+    paired_label_codes,
+)
 from .objectives import Objective, _embeddings, _safe_sqrt, _sq_matrix
 
 __all__ = ["RANKING_KINDS", "CandidateRank", "LearningToMisrank", "QueryRank", "TargetedMismatch",
@@ -74,6 +82,15 @@ class _GalleryObjective(Objective):
         """Rank attacks have no success event; never stops an attack early."""
         return torch.zeros(len(index), dtype=torch.bool, device=emb_adv.device)
 
+    def _measured(self, emb_adv: Any, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs of a metric (:meth:`rank`, :meth:`retained`, ``top1_correct``), checked:
+        embeddings of the gallery's dimension, one context row per embedding."""
+        emb = _embeddings(emb_adv, name="emb_adv")
+        if emb.shape[1] != self.embedding_dim:
+            raise ValueError(f"emb_adv must have the gallery's dimension {self.embedding_dim}, got {emb.shape[1]}")
+        idx = check_index(index, n_rows=emb.shape[0], size=self.n_samples).to(emb.device)
+        return emb, idx
+
 
 class _RankObjective(_GalleryObjective):
     """A hinge on distance pairs ``(a, b)`` (:meth:`_terms`): score ``-mean relu(s (a - b))``,
@@ -94,6 +111,7 @@ class _RankObjective(_GalleryObjective):
 
     def rank(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The rank percentile of each input (CA) or of its targets (QA), in [0, 1]."""
+        emb_adv, index = self._measured(emb_adv, index)
         with torch.no_grad():
             a, b = self._terms(emb_adv.double(), index)
             return (a > b).double().mean((1, 2))
@@ -179,6 +197,7 @@ class _LabelledObjective(_GalleryObjective):
     def top1_correct(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Whether the nearest gallery row (its own excluded; ties to the smaller row) has the
         input's label: the R@1 indicator."""
+        emb_adv, index = self._measured(emb_adv, index)
         with torch.no_grad():
             d, same = self._masked(emb_adv, index, dtype=torch.float64)
             return torch.gather(same, 1, d.argmin(1, keepdim=True)).flatten()
@@ -200,8 +219,11 @@ class LearningToMisrank(_LabelledObjective):
 
     def __init__(self, gallery: Any, gallery_labels: Any, labels: Any, *, self_index: Any = None):
         # no targets: a placeholder row per input (the labels give the count)
-        super().__init__(gallery, gallery_labels, labels, np.zeros(max(len(np.asarray(labels)), 1), dtype=np.int64),
-                         self_index=self_index)
+        n = int(np.asarray(labels).reshape(-1).shape[0]) if np.ndim(labels) <= 1 else -1
+        if n < 1:
+            raise ValueError(f"labels must be a non-empty 1-D array (one per attacked input), got shape "
+                             f"{np.shape(labels)}")
+        super().__init__(gallery, gallery_labels, labels, np.zeros(n, dtype=np.int64), self_index=self_index)
 
     def __call__(self, emb_adv, index):
         d, same = self._masked(emb_adv, index)
@@ -226,6 +248,15 @@ class TopOneTranslocation(_LabelledObjective):
     ``-mean_x relu(d(q', X_x) - d(q', X_t))`` over the gallery rows other than its own.
     Metric: :meth:`retained`."""
 
+    def __init__(self, gallery: Any, gallery_labels: Any, labels: Any, targets: Any, *, self_index: Any):
+        super().__init__(gallery, gallery_labels, labels, targets, self_index=self_index)
+        t, own = self._context["targets"], self._context["self_rows"]
+        clash = torch.nonzero((own >= 0) & (t == own)).flatten()
+        if len(clash):  # the own row is never ranked: such a target would count as lost at once
+            i = int(clash[0])
+            raise ValueError(f"targets must not be an input's own gallery row (self_index); input {i} has "
+                             f"target {int(t[i])}, its own row ({len(clash)} such inputs)")
+
     def __call__(self, emb_adv, index):
         d, _ = self._masked(emb_adv, index)
         t = torch.gather(d, 1, self._ctx("targets", emb_adv)[index][:, None])
@@ -234,6 +265,8 @@ class TopOneTranslocation(_LabelledObjective):
 
     def retained(self, emb_adv: torch.Tensor, index: torch.Tensor, *, k: int = 4) -> torch.Tensor:
         """Whether the target is still among the ``k`` nearest rows (own row excluded)."""
+        k = check_positive_int(k, name="k")
+        emb_adv, index = self._measured(emb_adv, index)
         with torch.no_grad():
             d, _ = self._masked(emb_adv, index, dtype=torch.float64)
             top = d.topk(min(k, d.shape[1]), dim=1, largest=False).indices
@@ -271,6 +304,8 @@ def select_targets(kind: str, queries: torch.Tensor, gallery: torch.Tensor, gall
         raise ValueError(f"kind must be one of {list(RANKING_KINDS)}, got {kind!r}")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     near_fraction = check_real(near_fraction, name="near_fraction", low=0.0, low_open=True, high=1.0)
     block = check_positive_int(block, name="block")
     q, g = _embeddings(queries, name="queries").double(), _embeddings(gallery, name="gallery").double()
