@@ -473,7 +473,7 @@ def test_distance_lookup_matrix_and_rows_agree(loss):
     assert torch.allclose(from_matrix, from_rows, atol=1e-5)
 
 
-# ------------------------------------------------------------------ hostile18: P11, P12
+# ------------------------------------------------------------------ bad defence names and labels
 
 
 def test_get_defense_refuses_params_for_an_object_and_names_that_are_not_names():
