@@ -75,7 +75,8 @@ def run_one(defense: str, seed: int, attack_seeds: list[int]) -> dict:
     t0 = time.perf_counter()
     train_embedding(model, X_tr[tr].astype(np.float32), y_tr[tr], defense=defense, seed=seed, epochs=EPOCHS,
                     progress=False)
-    out = {"defense": defense, "seed": seed, "train_s": round(time.perf_counter() - t0, 1), "runs": {}}
+    out = {"defense": defense, "seed": seed, "n_queries": N_EVAL, "train_s": round(time.perf_counter() - t0, 1),
+           "runs": {}}
     X, y = X_te[te].astype(np.float32), y_te[te]
     for name in ATTACKS:
         for s in attack_seeds:

@@ -731,21 +731,39 @@ def eval_attack(page: Page, res: Results) -> None:
     page.para(_doubling_verdict(entries))
 
 
+#: the convergence standard: doubling the evaluation's steps and restarts may take at most this
+#: many points off an adversarial R@1
+DOUBLING_STANDARD = 0.5
+
+
 def _doubling_verdict(entries: list[dict]) -> str:
     """A sentence per model: the points of R@1 the doubled ensemble takes off the ensemble's
-    figure (same attack seeds), against the 0.5-point convergence standard."""
-    parts = []
+    figure, as ``dml.strength_check`` counts them (the queries only the doubled run breaks) where
+    both runs record their broken queries, else the difference of the two figures (marked), the
+    largest over the attack seeds; judged against :data:`DOUBLING_STANDARD`."""
+    parts, net = [], False
     for e in entries:
-        ens = {k.split("/", 1)[1]: r["r1"] for k, r in e["runs"].items() if k.startswith("ensemble/")}
-        dbl = {k.split("/", 1)[1]: r["r1"] for k, r in e["runs"].items() if k.startswith("doubled/")}
-        seeds = sorted(set(ens) & set(dbl))
-        if seeds:
-            drop = max(100 * (ens[s] - dbl[s]) for s in seeds)
-            parts.append(f"{text(e['defense'])} {drop:.2f} ({'above' if drop > 0.5 + 1e-9 else 'within'} the standard)")
+        ens = {k.split("/", 1)[1]: r for k, r in e["runs"].items() if k.startswith("ensemble/")}
+        dbl = {k.split("/", 1)[1]: r for k, r in e["runs"].items() if k.startswith("doubled/")}
+        drops = []
+        for seed in sorted(set(ens) & set(dbl)):
+            a, b = ens[seed], dbl[seed]
+            if "broken" in a and "broken" in b and e.get("n_queries"):
+                drops.append(100 * len(set(b["broken"]) - set(a["broken"])) / e["n_queries"])
+            else:
+                drops.append(max(0.0, 100 * (a["r1"] - b["r1"])))
+                net = True
+        if drops:
+            drop = max(drops)
+            verdict = "above" if drop > DOUBLING_STANDARD + 1e-9 else "within"
+            parts.append(f"{text(e['defense'])} {drop:.2f} ({verdict} the standard)")
     if not parts:
         return "No model here has both the ensemble and the doubled ensemble run."
-    return ("Points of R@1 the doubled ensemble takes off the ensemble's figure (the largest over the attack "
-            "seeds; the convergence standard is at most 0.5): " + "; ".join(parts) + ".")
+    how = (" (where a run does not record its broken queries, the difference of the two figures, which "
+           "extra breaks on both sides could hide)" if net else "")
+    return (f"Points of R@1 the queries only the doubled ensemble breaks take off the ensemble's figure{how}, "
+            f"the largest over the attack seeds; the convergence standard is at most {DOUBLING_STANDARD:g}: "
+            + "; ".join(parts) + ".")
 
 
 def _smoothing_command(entries: list[dict]) -> str:

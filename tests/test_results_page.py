@@ -195,4 +195,15 @@ def test_the_doubling_drop_of_each_evaluated_model_is_judged_against_the_standar
     (results / "eval_attack.json").write_text(json.dumps(data))
     page = " ".join(render(results).split())
     assert "naive 0.66 (above the standard); ours 0.00 (within the standard)." in page
+    assert "difference of the two figures" in page  # these runs record no broken queries
     assert "natural 0" not in page  # no doubled run: no verdict
+    # with the broken queries recorded: the queries only the doubled run breaks (a net difference
+    # of 0 hides one extra break on each side)
+    data["naive/seed=0"].update(n_queries=300, runs={"ensemble/seed=0": {**run(0.2), "broken": [1, 2, 3]},
+                                                    "doubled/seed=0": {**run(0.2), "broken": [1, 2, 4]}})
+    data["ours/seed=0"]["runs"] = {k: {**r, "broken": [5]} for k, r in data["ours/seed=0"]["runs"].items()}
+    data["ours/seed=0"]["n_queries"] = 300
+    (results / "eval_attack.json").write_text(json.dumps(data))
+    page = " ".join(render(results).split())
+    assert "naive 0.33 (within the standard); ours 0.00 (within the standard)." in page
+    assert "difference of the two figures" not in page
