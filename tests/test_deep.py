@@ -332,7 +332,7 @@ def test_certified_retrieval_and_input_radius_refuse_bad_lipschitz(lipschitz, er
 
 
 def test_certified_retrieval_is_never_above_the_clean_recall_and_checks_its_other_arguments():
-    from robust_metric_learning.deep import certified_retrieval, embed
+    from robust_metric_learning.deep import adversarial_retrieval, certified_retrieval, embed
 
     model, X, y = _retrieval_problem()
     emb = embed(model, X).double()
@@ -369,11 +369,13 @@ def test_certified_retrieval_is_never_above_the_clean_recall_and_checks_its_othe
     with pytest.raises(ValueError, match=r"model cannot be applied to X: rows of shape \(16,\); the model takes "
                                          r"inputs of shape \(1, 28, 28\)"):
         certified_retrieval(SmallCNN(4), X, y, eps=0.1)
-    # string labels work like their codes; one class: nothing can change R@1 (radius inf)
+    # string labels work like their codes; one class is refused, as by every retrieval evaluation
+    # (a certificate that nothing can change R@1 would be vacuous)
     named = certified_retrieval(model, X, np.array(["a", "b", "c"])[y], eps=0.01)
     assert named["certified_recall_at_1"] == certified_retrieval(model, X, y, eps=0.01)["certified_recall_at_1"]
-    one = certified_retrieval(model, X, np.zeros(len(y)), eps=0.5)
-    assert one["certified_recall_at_1"] == [1.0] and np.isinf(one["radii"]).all()
+    for fn in (certified_retrieval, adversarial_retrieval):
+        with pytest.raises(ValueError, match="y must hold at least 2 classes for retrieval, got 1"):
+            fn(model, X, np.zeros(len(y)), eps=0.5)
 
 
 def test_embedding_radius_bound_does_not_depend_on_the_block_with_small_classes():

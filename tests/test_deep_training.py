@@ -250,6 +250,7 @@ def test_non_finite_model_output_stops_and_restores_batch_norm_statistics(digits
         train_embedding(net, X, y, **_KW)
     bn = net[3]
     assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+    assert int(bn.num_batches_tracked) == 2  # the counter too: the two batches before the failed one
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
@@ -270,8 +271,10 @@ def test_non_finite_output_of_an_adversarial_forward_is_caught(digits01):
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), EvalPoison())
-    with pytest.raises(FloatingPointError, match=r"epoch 1/3, batch 1/4 .*model's output"):
+    with pytest.raises(FloatingPointError, match=r"epoch 1/3, batch 1/4 .*inside the step: model returned NaN or "
+                                                 r"infinite embeddings") as info:
         train_embedding(net, X, y, defense=RobustTriplets(eps=0.05, steps=2), **_KW)
+    assert isinstance(info.value.__cause__, FloatingPointError)
     assert net[2].calls > 1
     net[2].calls = 1  # the probe before training runs in eval mode too: it reports a NaN model at once
     with pytest.raises(FloatingPointError, match=r"NaN or infinite embeddings .*X \(before training\)"):

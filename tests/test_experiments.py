@@ -260,14 +260,16 @@ def test_lmnn_pl_bad_arguments(tmp_path):
         reproduce("lmnn-pl", tmp_path, n_eval=10)
     with pytest.raises(ValueError, match=r"methods must be among \['Euclidean', 'LMNN', 'LMNN-PL'\]"):
         reproduce("lmnn-pl", tmp_path, methods=["ARML"])
-    with pytest.raises(ValueError, match="seeds must be a non-empty list of non-negative integers"):
+    with pytest.raises(ValueError, match=r"seeds must be an integer seed in \[0, 2\*\*32 - 1\], got -1"):
         reproduce("lmnn-pl", tmp_path, seeds=[-1])
     assert main(["reproduce", "lmnn-pl", "--methods", "NCA", "--out", str(tmp_path)]) == 2
 
 
 def test_seeds_and_n_jobs_are_checked_before_any_task(tmp_path):
-    with pytest.raises(ValueError, match=r"seeds must be .*at most 2\*\*32 - 1"):
+    with pytest.raises(ValueError, match=r"seeds must be an integer seed in \[0, 2\*\*32 - 1\]"):
         reproduce("lmnn-pl", tmp_path, seeds=[2**40])
+    with pytest.raises(ValueError, match="seeds must be a non-empty list"):
+        reproduce("lmnn-pl", tmp_path, seeds=[])
     for name in ("dml", "robrank", "smoothing"):  # one torch process: n_jobs would be silently ignored
         with pytest.raises(ValueError, match=f"n_jobs applies to .*not '{name}'"):
             reproduce(name, tmp_path, n_jobs=2)

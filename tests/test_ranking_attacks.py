@@ -357,7 +357,7 @@ def test_query_rows_and_attacks_are_checked_not_truncated_or_called_blindly():
         ranking_robustness(net, X, y, n_targets=1000, attacks=["QA-"])
     with pytest.raises(ValueError, match=r"random_state must be an integer seed in \[0, 2\*\*32 - 1\]"):
         ranking_robustness(net, X, y, random_state=2**70, attacks=["TMA"])
-    with pytest.raises(ValueError, match="attack must be None, an embedding attack object"):
+    with pytest.raises(ValueError, match="'attack' parameter of ranking_robustness must be None, an embedding"):
         ranking_robustness(net, X, y, attack=[], attacks=["TMA"])
     with pytest.raises(ValueError, match="n_targets must be a positive integer"):
         ranking_robustness(net, X, y, n_targets=0, attacks=["TMA"])

@@ -159,8 +159,9 @@ def check_model_output(emb: Any, *, n_rows: int, name: str = "model", dim: int |
                        what: str = "its inputs", first_row: int = 0) -> None:
     """Raise unless ``emb`` (a model's output on ``n_rows`` inputs) is a 2-D tensor with one row
     per input (and ``dim`` columns when given); with ``finite``, FloatingPointError unless every
-    row is finite with a norm that float32 can hold (``what`` and ``first_row`` name the inputs
-    in the message)."""
+    row is finite and float32 can compute its norm (its squared norm fits: entries up to about
+    1e19; beyond, normalising would give zeros); ``what`` and ``first_row`` name the inputs in
+    the message."""
     if not isinstance(emb, torch.Tensor):
         raise ValueError(f"{name} must return a tensor of embeddings (n_inputs, dim), got {type(emb).__name__}")
     if emb.ndim != 2 or emb.shape[0] != n_rows:
@@ -175,8 +176,8 @@ def check_model_output(emb: Any, *, n_rows: int, name: str = "model", dim: int |
             rows = (torch.nonzero(bad).flatten() + first_row).tolist()
             raise FloatingPointError(
                 f"{name} returned NaN or infinite embeddings for {what}: first at row {rows[0]} ({len(rows)} of "
-                f"rows {first_row}..{first_row + n_rows - 1}); are its parameters finite? (a row whose norm "
-                "overflows float32 counts as infinite)")
+                f"rows {first_row}..{first_row + n_rows - 1}); are its parameters finite? (a row whose squared "
+                "norm overflows float32, entries beyond about 1e19, counts as infinite)")
 
 
 def check_index(index: Any, *, n_rows: int, size: int | None, name: str = "index") -> torch.Tensor:

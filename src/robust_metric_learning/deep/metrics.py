@@ -29,6 +29,7 @@ from .._validation import (
     check_self_rows,
     label_codes,
     paired_label_codes,
+    retrieval_label_codes,
 )
 from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
 from .checkpoints import (
@@ -147,14 +148,15 @@ def _recall_at_1_mask(q, ql, g, gl, self_index) -> torch.Tensor:
     return gl[neighbor_lists(q, g, 1, self_index=self_index)[:, 0]] == ql
 
 
-def _check_attack_object(attack: Any, where: str) -> None:
-    """Raise unless ``attack`` is an embedding attack object (an instance, callable), naming ``where``."""
+def _check_attack_object(attack: Any, where: str, examples: str = "RetrievalEnsemble(), PGD()") -> None:
+    """Raise unless ``attack`` is an embedding attack object (an instance, callable), naming ``where``
+    and suggesting ``examples``."""
     if isinstance(attack, type):
         raise ValueError(f"The 'attack' parameter of {where} must be an attack object, an instance "
                          f"(e.g. {attack.__name__}()), got the class {attack.__name__}")
     if not callable(attack) or isinstance(attack, (str, bytes)):
         raise ValueError(f"The 'attack' parameter of {where} must be an embedding attack object "
-                         f"(e.g. RetrievalEnsemble(), PGD()); got {attack!r}")
+                         f"(e.g. {examples}); got {attack!r}")
 
 
 def _checked_attack_output(attack: Any, result: Any, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -267,7 +269,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     path = _check_checkpoint_arguments(checkpoint, resume)
     eps_list = [float(e) for e in check_eps(eps)]
     X = _inputs(model, X)
-    labels = label_codes(y, n_samples=len(X))  # any label type
+    labels = retrieval_label_codes(y, len(X))  # any label type, at least 2 classes
     attack = RetrievalEnsemble(norm="linf", random_state=0) if attack is None else attack
     _check_attack_object(attack, "adversarial_retrieval")
     gallery = embed(model, X, batch_size=batch_size).double()
@@ -437,9 +439,9 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
     n_positives = check_positive_int(n_positives, name="n_positives")
     batch_size = check_positive_int(batch_size, name="batch_size")
     X = _inputs(model, X)
-    labels = label_codes(y, n_samples=len(X))
     if len(X) < 2:
         raise ValueError(f"X must have at least 2 rows (leave-one-out: each query needs a gallery), got {len(X)}")
+    labels = retrieval_label_codes(y, len(X))  # one class: no certificate would mean anything
     qrows = check_query_rows(queries, len(X))
     _, normalized = _body(model)
     emb = embed(model, X, batch_size=batch_size).double()

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._parallel import eval_mode
 from .._validation import (
     check_bool,
     check_eps,
@@ -49,7 +48,7 @@ from ..attacks.embedding.ranking import (
     select_targets,
 )
 from .metrics import _check_attack_object, _checked_attack_output
-from .training import _check_module, _device_of, _inputs, embed
+from .training import _check_module, _inputs, embed
 
 __all__ = ["ERS_COLUMNS", "RANKING_ATTACKS", "ROBRANK_EPS", "ROBRANK_STEP", "empirical_robustness_score",
            "ranking_attack", "ranking_robustness"]
@@ -123,19 +122,6 @@ class _Normalized(torch.nn.Module):
         emb = self.model(x)
         check_model_output(emb, n_rows=x.shape[0])
         return torch.nn.functional.normalize(emb, dim=1)
-
-
-def _forward(net: torch.nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``net``'s embeddings of ``x`` in its own dtype (as an attack measures its result), eval
-    mode, batched, on CPU; each batch's output checked."""
-    device = _device_of(net)
-    with torch.no_grad(), eval_mode(net):
-        outs = []
-        for s in range(0, len(x), batch_size):
-            out = net(x[s:s + batch_size].to(device))
-            check_model_output(out, n_rows=len(x[s:s + batch_size]), what="the attacked inputs", first_row=s)
-            outs.append(out.cpu())
-    return torch.cat(outs) if outs else torch.zeros(0, 0)
 
 
 def _objective(kind: str, gallery, labels, rows, targets, *, self_index):
@@ -217,10 +203,10 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
     attack_list = [ranking_attack()] if attack is None else list(attack) if isinstance(attack, (list, tuple)) \
         else [attack]
     if not attack_list:
-        raise ValueError("attack must be None, an embedding attack object (e.g. PGD(), APGD()) or a non-empty "
-                         f"list of them, got {attack!r}")
+        raise ValueError("The 'attack' parameter of ranking_robustness must be None, an embedding attack object "
+                         f"(e.g. PGD(), APGD()) or a non-empty list of them, got {attack!r}")
     for a in attack_list:
-        _check_attack_object(a, "ranking_robustness")
+        _check_attack_object(a, "ranking_robustness", "PGD(), APGD()")
     n_targets = check_positive_int(n_targets, name="n_targets")
     normalize = check_bool(normalize, name="normalize")
     random_state = check_seed(random_state, name="random_state")
@@ -251,7 +237,7 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
             # the attack's perturbed inputs, checked (box, eps-ball) and embedded here, as for
             # adversarial_retrieval: an attack cannot report a robustness that is not there
             adv_x = _checked_attack_output(a, a(net, X[rows], obj, eps=e), X[rows], e)
-            emb = _forward(net, adv_x, batch_size)
+            emb = embed(net, adv_x, batch_size=batch_size, keep_dtype=True)
             for col, v in _metrics(kind, obj, emb, clean, idx, judge).items():
                 per.setdefault(col, []).append(v.double().cpu())
         for col, vs in per.items():

@@ -70,9 +70,10 @@ def monte_carlo_error(n_samples: int, alpha: float) -> float:
     """
     n = check_positive_int(n_samples, name="n_samples")
     a = check_real(alpha, name="alpha", low=0.0, low_open=True, high=1.0, high_open=True)
-    # -log(a), not log(1 / a): 1 / a overflows for a subnormal alpha; exp(-log(n) / 2), not 1 / sqrt(n): n may
-    # be an int beyond the float range
-    return (1.0 + math.sqrt(-2.0 * math.log(a))) * math.exp(-0.5 * math.log(n))
+    # -log(a), not log(1 / a): 1 / a overflows for a subnormal alpha; an int n beyond the float range
+    # takes exp(-log(n) / 2)
+    root = 1.0 / math.sqrt(n) if n < 2**1000 else math.exp(-0.5 * math.log(n))
+    return (1.0 + math.sqrt(-2.0 * math.log(a))) * root
 
 
 def smoothed_lipschitz(sigma: float) -> float:

@@ -90,8 +90,10 @@ def _apply(fn, xb: torch.Tensor, model: nn.Module, *, what: str = "X") -> torch.
 
 
 @torch.no_grad()
-def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = False) -> torch.Tensor:
-    """Embeddings of ``X`` (eval mode, batched, on the model's device; returned on CPU).
+def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = False,
+          keep_dtype: bool = False) -> torch.Tensor:
+    """Embeddings of ``X`` (eval mode, batched, on the model's device; returned on CPU, as
+    float32 unless ``keep_dtype``: in the model's dtype, as an attack measures its result).
 
     ``body=True`` returns the output before the final ``L2Normalize`` (if any). A model that
     cannot take ``X``'s rows raises ValueError; NaN or infinite embeddings raise
@@ -110,7 +112,7 @@ def embed(model: nn.Module, X: Any, *, batch_size: int = 1024, body: bool = Fals
                 xb = xb.reshape(len(xb), -1)
             out = _apply(fn, xb, model) if i == 0 else fn(xb)
             check_model_output(out, n_rows=len(xb), what="X", first_row=i)
-            outs.append(out.float().cpu())
+            outs.append((out if keep_dtype else out.float()).cpu())
         return torch.cat(outs)
 
 
@@ -288,7 +290,7 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
         start = history.resumed_from = len(history.loss)
     if path is not None and start < epochs:
         _check_checkpoint_path(path)
-    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    buffers = list(model.buffers())  # batch-norm statistics and counters, restored if a batch fails
     flags: list[torch.Tensor] = []  # per forward call of the current batch: all outputs finite
 
     def watch(module, inputs, output):
@@ -314,10 +316,10 @@ def train_embedding(model: nn.Module, X: Any, y: Any, *, loss: Any = None, miner
                 opt.zero_grad(set_to_none=True)
                 try:
                     value, made = defense.step_loss(model, xb, yb, loss_fn, miner, generator)
-                except FloatingPointError:  # a forward pass inside the step (an attack's) was not finite
+                except FloatingPointError as exc:  # inside the step (an attack's forward pass, the loss)
                     _restore(buffers, kept, defense, kept_defense)
-                    _raise_not_finite(None, [torch.tensor(False)], [], epoch=epoch, epochs=epochs,
-                                      batch=n_batches, n_batches=len(sampler), lr=lr, path=path)
+                    _raise_not_finite(None, [], [], epoch=epoch, epochs=epochs, batch=n_batches,
+                                      n_batches=len(sampler), lr=lr, path=path, cause=exc)
                 if not (isinstance(value, torch.Tensor) and value.numel() == 1):
                     raise TypeError(f"loss must return a scalar tensor, got {type(value).__name__}"
                                     + (f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""))
@@ -370,8 +372,11 @@ def _restore(buffers: list[torch.Tensor], kept: list[torch.Tensor], defense: Def
     defense.load_state_dict(kept_defense)
 
 
-def _raise_not_finite(value, flags, grads, *, epoch, epochs, batch, n_batches, lr, path) -> None:
-    if not all(bool(f) for f in flags):
+def _raise_not_finite(value, flags, grads, *, epoch, epochs, batch, n_batches, lr, path,
+                      cause: FloatingPointError | None = None) -> None:
+    if cause is not None:  # raised inside the step: its message says what (the model's output, ...)
+        what = f"inside the step: {cause}"
+    elif not all(bool(f) for f in flags):
         what = "the model's output (on the batch or on its adversarial inputs) holds NaN or infinity"
     elif not math.isfinite(float(value.detach())):
         what = f"the loss is {float(value.detach())}"
@@ -382,4 +387,5 @@ def _raise_not_finite(value, flags, grads, *, epoch, epochs, batch, n_batches, l
     raise FloatingPointError(
         f"training stopped at epoch {epoch + 1}/{epochs}, batch {batch + 1}/{n_batches} (0-based: epoch {epoch}, "
         f"batch {batch}): {what}. The parameters were not updated with this batch (the model holds its state "
-        f"after the previous batch{saved}); try a smaller lr (now {lr:g}) or check the model and the loss")
+        f"after the previous batch{saved}); try a smaller lr (now {lr:g}) or check the model and the loss"
+    ) from cause

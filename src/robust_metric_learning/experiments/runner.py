@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .._validation import MAX_SEED
+from .._validation import check_seed
 from .cache import ResultCache, fingerprint
 
 __all__ = ["reproduce", "EXPERIMENTS"]
@@ -58,10 +58,9 @@ def reproduce(name: str, out: str | Path, *, datasets: Sequence[str] | None = No
         raise ValueError(f"experiment must be one of {list(EXPERIMENTS)}, got {name!r}")
     if seeds is not None:
         seeds = list(seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_SEED
-                            for s in seeds):
-            raise ValueError(f"seeds must be a non-empty list of non-negative integers (seeds, at most 2**32 - 1), "
-                             f"got {seeds!r}")
+        if not seeds:
+            raise ValueError("seeds must be a non-empty list of integer seeds, got []")
+        seeds = [check_seed(s, name="seeds") for s in seeds]
     plugin = importlib.import_module(f".{EXPERIMENTS[name]}", __package__)
     if n_jobs is not None:
         if not getattr(plugin, "TAKES_N_JOBS", False):
