@@ -222,6 +222,7 @@ def adversarial_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float 
     model : torch.nn.Module
     X : array or tensor of shape (n, ...), values in [0, 1]
     y : array of shape (n,)
+        Labels of any type, at least 2 classes.
     eps : float or list of float
         Budgets (finite, >= 0), in the attack's norm.
     attack : attack object, default=RetrievalEnsemble(norm="linf", random_state=0)
@@ -407,6 +408,7 @@ def certified_retrieval(model: torch.nn.Module, X: Any, y: Any, *, eps: float | 
     model : torch.nn.Module
     X : array or tensor of shape (n, ...), values in [0, 1], n >= 2
     y : array of shape (n,)
+        Labels of any type, at least 2 classes.
     eps : float or list of float
         Budgets (finite, >= 0), in ``norm``.
     norm : {"linf", "l2"}, default="linf"
