@@ -105,3 +105,16 @@ def test_smoothed_embedding_refuses_nan_outputs(normalize):
     with pytest.raises(FloatingPointError, match="NaN or infinite embeddings"):
         smoothed_certified_retrieval(_NaNOutsideBox(), X, y, sigma=0.25, n_samples=100, alpha=0.1,
                                      normalize=normalize)
+
+
+def test_ranking_suite_checks_its_own_embedding_of_the_attacks_inputs():
+    """An attack that never calls the model (it returns the inputs unchanged): the suite's own
+    embedding of the returned inputs is where the NaN shows."""
+    X, y = _data()
+
+    def still(model, x, objective, *, eps):
+        return x, x.clone(), torch.zeros(len(x), dtype=torch.bool)
+
+    with pytest.raises(FloatingPointError, match="NaN or infinite embeddings"):
+        ranking_robustness(_NaNAfter(1), X, y, attack=still, attacks=["TMA"])
+    assert ranking_robustness(_NaNAfter(10), X, y, attack=still, attacks=["TMA"])["n_queries"] == 12
