@@ -237,7 +237,7 @@ def test_save_metric_refuses_what_load_metric_would_refuse(tmp_path):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["certify", "--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
+    (["certify", "--seed", "-1"], "--seed must be an integer seed in [0, 2**32 - 1], got -1"),
     (["certify", "--n-jobs", "0"], "--n-jobs must be a non-zero integer"),
     (["certify", "--eps", "nan"], "--eps must be finite and >= 0"),
     (["certify", "--eps", "inf"], "--eps must be finite and >= 0"),

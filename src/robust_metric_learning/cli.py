@@ -120,7 +120,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     from sklearn.utils import shuffle
 
     from ._io import atomic_write_text
-    from ._validation import check_eps, check_metric_array, check_odd_k
+    from ._validation import check_eps, check_metric_array, check_odd_k, check_seed
     from .certify import plot_robust_error, robust_error_curve
     from .datasets import load_dataset
     from .experiments.arml import eps_grid
@@ -129,8 +129,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
     ks = [check_odd_k(k, name="--k") for k in args.k]
     if args.n_eval < 1:
         raise ValueError(f"--n-eval must be >= 1, got {args.n_eval}")
-    if not 0 <= args.seed < 2**32:
-        raise ValueError(f"--seed must be in [0, 4294967295], got {args.seed}")
+    check_seed(args.seed, name="--seed")
     if args.n_jobs == 0:
         raise ValueError("--n-jobs must be a non-zero integer (-1: all cores), got 0")
     eps = check_eps(args.eps if args.eps is not None else eps_grid(args.dataset), name="--eps")

@@ -11,13 +11,13 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._validation import Interval, check_bool, check_scale, validate_params
+from .._validation import MAX_SEED, Interval, check_bool, check_scale, validate_params
 
 __all__ = ["MetricLearner", "PREPROCESSOR", "RANDOM_STATE", "as_generator"]
 
 #: the declared constraints of the parameters every learner shares with metric-learn
 PREPROCESSOR = [None, np.ndarray, list, tuple, Callable]
-RANDOM_STATE = [None, Interval(Integral, 0, 2**32 - 1, closed="both"), np.random.RandomState, np.random.Generator]
+RANDOM_STATE = [None, Interval(Integral, 0, MAX_SEED, closed="both"), np.random.RandomState, np.random.Generator]
 
 
 def as_generator(random_state) -> np.random.Generator:
