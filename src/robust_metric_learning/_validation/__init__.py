@@ -39,6 +39,7 @@ from .tensors import (
     check_query_rows,
     check_self_rows,
     check_unit_interval,
+    label_classes,
     label_codes,
     paired_label_codes,
     real_tensor,
@@ -49,5 +50,5 @@ __all__ = ["MAX_ABS", "MAX_SEED", "Interval", "Options", "SequenceOf", "TupleOf"
            "check_labels", "check_metric_array", "check_metric_scale", "check_n_features", "check_nonnegative_int",
            "check_odd_k", "check_params", "check_positive_int", "check_real", "check_scale", "check_seed", "resolve_metric",
            "validate_params", "as_tensor", "batch_labels", "check_embeddings", "check_index", "check_model_output",
-           "check_query_rows", "check_self_rows", "check_unit_interval", "label_codes", "paired_label_codes",
+           "check_query_rows", "check_self_rows", "check_unit_interval", "label_classes", "label_codes", "paired_label_codes",
            "real_tensor", "retrieval_label_codes"]

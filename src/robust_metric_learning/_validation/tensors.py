@@ -20,8 +20,12 @@ __all__ = ["as_tensor", "real_tensor", "check_unit_interval", "check_model_outpu
 def label_codes(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") -> torch.Tensor:
     """Check ``y`` as :func:`check_labels` does; each label's class as an int64 code ``0..C-1``
     (the classes in sorted order), for labels of any type."""
-    arr = check_labels(y, n_samples=n_samples, name=name, rows=rows)
-    return _sorted_codes(arr, name)[1]
+    return label_classes(y, n_samples=n_samples, name=name, rows=rows)[1]
+
+
+def label_classes(y: Any, *, n_samples: int, name: str = "y", rows: str = "X") -> tuple[np.ndarray, torch.Tensor]:
+    """:func:`label_codes` with the sorted classes the codes index."""
+    return _sorted_codes(check_labels(y, n_samples=n_samples, name=name, rows=rows), name)
 
 
 def _sorted_codes(labels: np.ndarray, what: str) -> tuple[np.ndarray, torch.Tensor]:

@@ -98,7 +98,8 @@ def empirical_robustness_score(scores: Mapping[str, float]) -> float:
     missing = [c for c in ERS_COLUMNS if c not in scores]
     if missing:
         raise ValueError(f"scores lacks the columns {missing}")
-    v = {c: check_real(scores[c], name=f"scores[{c!r}]", low=_range(c)[0], high=_range(c)[1]) for c in ERS_COLUMNS}
+    v = {c: check_real(scores[c], name=f"scores[{c!r}]", low=lo, high=hi)
+         for c, (lo, hi) in ((c, _range(c)) for c in ERS_COLUMNS)}
     terms = [2 * v["CA+"], 100 - v["CA-"], 2 * v["QA+"], 100 - v["QA-"], 100 * (1 - v["TMA"]),
              50 * (2 - v["ES:D"]), v["ES:R"], v["LTM"], v["GTM"], v["GTT"]]
     return float(np.mean(terms))

@@ -12,7 +12,7 @@ from .._validation import (
     check_nonnegative_int,
     check_positive_int,
     check_seed,
-    label_codes,
+    label_classes,
 )
 
 __all__ = ["BalancedBatchSampler", "PairBatchSampler"]
@@ -200,8 +200,8 @@ def _classes(labels) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"labels must be a non-empty 1-D array of class labels, got shape {y.shape}")
-    codes = label_codes(y, n_samples=len(y), name="labels", rows="labels").numpy()
-    return np.unique(y), codes
+    classes, codes = label_classes(y, n_samples=len(y), name="labels", rows="labels")
+    return classes, codes.numpy()
 
 
 def _pair_batch_starts(n: int, pairs: int) -> list[int]:
