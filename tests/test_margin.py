@@ -85,3 +85,30 @@ def test_components_from_metric():
     assert Lr.shape == (3, 6)
     np.testing.assert_allclose(Lr.T @ Lr, M, atol=1e-12)
     assert components_from_metric(np.zeros((2, 2)), drop_null=True).shape == (1, 2)
+
+
+@pytest.mark.parametrize("dtype, delta, tol", [(torch.float64, 1e-7, 1e-6), (torch.float32, 1e-3, 1e-3)])
+def test_exact_near_sq_distances_exact_at_coincident_and_near_pairs(dtype, delta, tol):
+    """Rows at distance 0 give exactly 0 and near pairs keep their relative accuracy (the expanded
+    square alone gives ~1e-8 for a row against itself in float64, with a kernel-dependent sign
+    of the error); far pairs and the gradient match the subtraction formula."""
+    from robust_metric_learning.margin import exact_near_sq_distances
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.nn.functional.normalize(torch.randn(40, 16, generator=gen, dtype=torch.float64), dim=1) * 7.0
+    B = torch.cat([A[:10], A[10:20] + delta * torch.randn(10, 16, generator=gen, dtype=torch.float64),
+                   torch.randn(20, 16, generator=gen, dtype=torch.float64)])
+    A, B = A.to(dtype).requires_grad_(True), B.to(dtype)
+    D = exact_near_sq_distances(A, B)
+    ref = ((A[:, None, :].double() - B[None, :, :].double()) ** 2).sum(-1)
+    assert torch.equal(D.diagonal()[:10], torch.zeros(10, dtype=dtype))
+    near = ref.detach() < 1e-3
+    rel = ((D.double() - ref).abs() / ref.clamp_min(1e-300)).detach()
+    assert float(rel[near & (ref.detach() > 0)].max()) < tol
+    assert float(rel[~near].max()) < 10 * float(torch.finfo(dtype).eps) ** 0.5
+    D.sum().backward()
+    g = A.grad.clone()
+    A.grad = None
+    ((A[:, None, :] - B[None, :, :]) ** 2).sum(-1).sum().backward()
+    assert torch.allclose(g, A.grad, rtol=1e-4 if dtype == torch.float32 else 1e-10,
+                          atol=1e-3 if dtype == torch.float32 else 1e-9)

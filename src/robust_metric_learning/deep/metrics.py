@@ -31,7 +31,7 @@ from .._validation import (
     paired_label_codes,
     retrieval_label_codes,
 )
-from ..margin import margin_from_distances, pairwise_sq_distances, repair_pair_norms
+from ..margin import exact_near_sq_distances, margin_from_distances, repair_pair_norms
 from .checkpoints import (
     _EVAL_FORMAT,
     _check_checkpoint_arguments,
@@ -49,7 +49,7 @@ __all__ = ["neighbor_lists", "retrieval_metrics", "adversarial_retrieval", "cert
 
 
 def _sq_dist(Q: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    return pairwise_sq_distances(Q, G).clamp_min(0)
+    return exact_near_sq_distances(Q, G)
 
 
 def neighbor_lists(query: torch.Tensor, gallery: torch.Tensor, k: int, *, self_index: torch.Tensor | None = None,

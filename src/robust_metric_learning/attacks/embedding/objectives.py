@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..._validation import as_tensor, real_tensor
+from ...margin import exact_near_sq_distances
 
 __all__ = ["DISTANCES", "EmbeddingShift", "Objective", "TripletRoleObjective"]
 
@@ -46,8 +47,7 @@ def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
 
 
 def _sq_matrix(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    sq = (q * q).sum(1, keepdim=True) + (g * g).sum(1)[None, :] - 2.0 * (q @ g.T)
-    return sq.clamp_min(0.0)
+    return exact_near_sq_distances(q, g)
 
 
 def _cos_matrix(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
