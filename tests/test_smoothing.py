@@ -96,8 +96,9 @@ def test_certified_queries_keep_their_smoothed_neighbour_under_perturbations_wit
     assert res["certified_recall_at_1"] == sorted(res["certified_recall_at_1"], reverse=True)
     G = model.smoothed(X, 0.2)
     for i in torch.nonzero(r > 0).flatten().tolist():
-        for k in range(20):  # perturbations of norm 0.99 r in random directions, the exact smoothed 1-NN
-            v = torch.randn(2, dtype=torch.float64)
+        # perturbations of norm 0.99 r, the exact smoothed 1-NN: along +-w (where g turns fastest,
+        # the worst directions of this model) and in 20 random directions
+        for v in [w, -w, *torch.randn(20, 2, dtype=torch.float64)]:
             xq = X[i] + 0.99 * r[i] * v / v.norm()
             gq = model.smoothed(xq[None], 0.2)[0]
             d = (G - gq).norm(dim=1)

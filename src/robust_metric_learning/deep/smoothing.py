@@ -20,8 +20,9 @@ both embedded by g (exact expectations), each query's 1-NN among the other galle
 estimates within e of every g used (all of them at once with probability at least ``1 - alpha``,
 by a union bound over the estimates), the distances between true smoothed embeddings are within
 ``2 e`` of the estimated ones; a query perturbed by ``delta`` moves its smoothed embedding by at
-most ``L ||delta||``, ``L = sqrt(2/pi) / sigma``. Its 1-NN stays the nearest same-class item p
-while ``d(q', p) < d(q', n)`` for every other-class n, which holds if
+most ``L ||delta||``, ``L = sqrt(2/pi) / sigma``. Its 1-NN stays in its class (p, the nearest
+same-class item, or another one that overtakes it) while ``d(q', p) < d(q', n)`` for every
+other-class n, which holds if
 ``d_hat(q, n) - d_hat(q, p) - 4 e > 2 L ||delta||``: the certified radius is
 ``(min_n d_hat(q, n) - min_p d_hat(q, p) - 4 e) / (2 L)`` where positive (0, not certified,
 otherwise). Every distance has to move for this one, so it is loose: on MNIST it certified
@@ -138,10 +139,12 @@ class SmoothedEmbedding:
         if not bool(torch.isfinite(norms).all()) or float(norms.max()) > 1 + 1e-6:
             raise ValueError(f"the smoothing certificate needs embeddings of norm at most 1; the model returned "
                              f"norms up to {float(norms.max()):.4g} (pass normalize=True)")
-        return out
+        # norms within rounding of 1 are brought to 1, so the bounds' "norm at most 1" holds exactly
+        return out / norms.clamp_min(1.0)[:, None].to(out.dtype)
 
     def estimate(self, X: Any) -> torch.Tensor:
-        """The estimates of ``g`` at the rows of ``X`` (values in [0, 1]), float64, on the CPU."""
+        """The estimates of ``g`` at the rows of ``X`` (``X`` in [0, 1]; each estimate in the unit
+        ball), float64, on the CPU."""
         X = _inputs(self.model, X)
         device = _device_of(self.model)
         out = []
@@ -260,9 +263,13 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
     ``c``; ``n_samples`` fresh copies count it, and ``p`` is the one-sided Clopper-Pearson lower
     bound on its probability at level ``alpha``. If ``p > 1/2``, no l2 perturbation of norm below
     ``sigma * Phi^-1(p)`` changes the smoothed decision (Cohen et al., Theorem 1), with
-    probability at least ``1 - alpha`` over the sampling (per query); otherwise the query
-    abstains (radius 0). Certified at radius r: the smoothed decision is the query's label and
-    its radius exceeds r.
+    probability at least ``1 - alpha`` over the sampling; otherwise the query abstains (radius
+    0). The guarantee is per query, as Cohen et al.'s: among N queries the expected number of
+    wrong certificates is at most ``alpha N`` (not all at once with ``1 - alpha``, as for
+    :func:`smoothed_certified_retrieval`; pass ``alpha / N`` for that). Certified at radius r:
+    the smoothed decision is the query's label and its radius exceeds r. This is the Recall@1
+    of the smoothed label decision (the label of the top-1 item, voted over noise), not of a
+    retrieval by smoothed embeddings.
 
     Parameters
     ----------
@@ -288,7 +295,8 @@ def smoothed_top1_certificate(model: torch.nn.Module, X: Any, y: Any, *, sigma: 
         ``queries`` (the rows certified), ``radius`` (per query; 0 where it abstains or the
         decision is wrong), ``decision``
         (label code of the smoothed decision, -1 where it abstains), ``certified_recall_at_1``
-        (per radius), ``recall_at_1`` (the smoothed decision's, abstentions wrong), ``radii``,
+        (per radius), ``recall_at_1`` (the smoothed decision's with abstentions wrong: the
+        certified value at radius 0, so a lower-confidence figure), ``radii``,
         ``sigma``, ``normalize``, ``n_samples``, ``alpha``.
     """
     from scipy.stats import beta, norm

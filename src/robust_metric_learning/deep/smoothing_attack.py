@@ -12,10 +12,11 @@ The soft decision of one noisy copy is the probability the softmax of ``-d^2 / T
 gallery gives to the items of the certified label (``d``: distances from the noisy copy's
 embedding to the gallery); ``T`` is set per query from the gap between the nearest other-label
 and nearest same-label squared distances of the clean noisy copies, so that the softmax is
-neither flat nor saturated. A perturbation counts as breaking the query only if a fresh estimate
-of the decision at the perturbed point is significantly not the certified label: the one-sided
-Clopper-Pearson upper bound (level ``alpha``) on the certified label's probability is below 1/2.
-The majority flips are reported too.
+neither flat nor saturated. A perturbation counts as breaking the certificate only if a fresh
+estimate at the perturbed point shows the certified label's probability significantly below 1/2
+(its one-sided Clopper-Pearson upper bound at level ``alpha``), refuting what the certificate
+claims within its radius (a probability above 1/2; with more than two labels the label can
+still be the most frequent one). The majority flips are reported too.
 """
 
 from __future__ import annotations
@@ -136,9 +137,9 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     m = check_positive_int(n_grad_samples, name="n_grad_samples")
     n_check = check_positive_int(n_check, name="n_check")
     a = check_real(alpha, name="alpha", low=0.0, low_open=True, high=1.0, high_open=True)
-    if 0.5 ** n_check > a:  # even 0 hits of n_check give an upper bound of at least 1/2
-        raise ValueError(f"n_check={n_check} is too few for alpha={a:g}: no estimate could show the decision "
-                         "changed (it needs 0.5 ** n_check <= alpha)")
+    if 0.5 ** n_check >= a:  # even 0 hits of n_check give an upper bound of at least 1/2
+        raise ValueError(f"n_check={n_check} is too few for alpha={a:g}: no estimate could refute a certificate "
+                         "(it needs 0.5 ** n_check < alpha)")
     seed = check_seed(random_state, name="random_state")
     batch_size = check_positive_int(batch_size, name="batch_size")
     _check_module(model)
@@ -183,7 +184,7 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
             gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
             T = _temperature(model, x, gallery, codes, i, c, sigma, m, gen, normalize)
             with torch.no_grad():
-                p0 = float(_top1_labels(model, x, gallery, codes, i, sigma, n_check, np.random.default_rng([seed, i, 0]),
+                p0 = float(_top1_labels(model, x, gallery, codes, i, sigma, n_check, _clean_stream(seed, i),
                                         batch_size, normalize)[c])
             for j, s in enumerate(scale_list):  # each scale its own streams: results do not depend on the others
                 gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i, j + 1]).generate_state(1)[0]))
@@ -211,3 +212,10 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
                                 "p_clean": float(np.mean(v["p_clean"])) if v["p_clean"] else None,
                                 "p_attacked": float(np.mean(v["p_attacked"])) if v["p_attacked"] else None}
                for s, v in out.items()}}
+
+
+def _clean_stream(seed: int, row: int) -> np.random.Generator:
+    """The noise of the clean check of query ``row``: a child of ``[seed, row]``, so it shares no
+    draw with the certificate's stream (``[seed, row]``, equal to ``[seed, row, 0]``: seed
+    sequences pad with zeros) nor with the scales' (``[seed, row, j + 1]``)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, row]).spawn(1)[0])
