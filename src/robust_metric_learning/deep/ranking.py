@@ -106,12 +106,13 @@ def empirical_robustness_score(scores: Mapping[str, float]) -> float:
 
 
 def ranking_attack(*, steps: int = ROBRANK_STEPS, step_size: float = ROBRANK_STEP, batch_size: int = 128,
-                   random_state: int | None = 0):
-    """The suite's attack: PGD, l_inf, fixed steps of ``step_size``, no random start."""
+                   random_state: int | None = 0, keep: str = "best"):
+    """The suite's attack: PGD, l_inf, fixed steps of ``step_size``, no random start; each input's
+    best iterate, or with ``keep="last"`` the last one, as the published suite reports."""
     from ..attacks import PGD
 
-    return PGD(norm="linf", steps=steps, step_size=step_size, random_start=False, batch_size=batch_size,
-               random_state=random_state, progress=False)
+    return PGD(norm="linf", steps=steps, step_size=step_size, random_start=False, keep=keep,
+               batch_size=batch_size, random_state=random_state, progress=False)
 
 
 class _Normalized(torch.nn.Module):
@@ -189,7 +190,9 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
         ``clean`` and ``adversarial`` (column -> value in the published units), ``ERS`` (of the
         adversarial columns when all ten were run and ES:D lies in [0, 2], as it does on
         embeddings of norm at most 1; else None), ``recall_at_1`` (clean, leave-one-out),
-        ``per_input`` (column -> per-input adversarial values, numpy), ``eps``, ``n_queries``.
+        ``per_input`` (column -> per-input adversarial values, numpy), ``by_attack`` (per attack
+        object, in order: column -> its own mean value, as if it had been the only one),
+        ``eps``, ``n_queries``.
     """
     unknown = [a for a in (attacks if isinstance(attacks, (list, tuple)) else [attacks]) if a not in RANKING_ATTACKS]
     if unknown or not isinstance(attacks, (list, tuple)) or not attacks:
@@ -219,7 +222,8 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
     gen = torch.Generator().manual_seed(int(random_state))
     judge = LearningToMisrank(gallery, labels, labels[rows.numpy()], self_index=rows)
     out: dict[str, Any] = {"eps": e, "n_queries": int(len(rows)), "clean": {}, "adversarial": {},
-                           "per_input": {}, "recall_at_1": float(judge.top1_correct(clean, idx).double().mean())}
+                           "per_input": {}, "by_attack": [{} for _ in attack_list],
+                           "recall_at_1": float(judge.top1_correct(clean, idx).double().mean())}
     for kind in attacks:
         targets = None
         if kind == "ES":
@@ -246,6 +250,8 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
             worst = stacked.amax(0) if _ATTACKER[col] > 0 else stacked.amin(0)
             out["per_input"][col] = worst.numpy()
             out["adversarial"][col] = float(worst.mean())
+            for own, v in zip(out["by_attack"], vs):
+                own[col] = float(v.mean())
     full = all(c in out["adversarial"] for c in ERS_COLUMNS)
     unit = full and out["adversarial"]["ES:D"] <= _range("ES:D")[1]  # ERS's ES:D term assumes unit embeddings
     out["ERS"] = empirical_robustness_score(out["adversarial"]) if unit else None

@@ -177,7 +177,7 @@ def perturb(model: Any, x: torch.Tensor, objective: Any, *, norm: str | Norm = "
 
 class PGD(EmbeddingAttack):
     """Projected gradient ascent on the objective (Madry et al. 2018), with random start and
-    restarts; keeps each input's best iterate.
+    restarts; keeps each input's best iterate (or, with ``keep="last"``, the last one).
 
     Parameters
     ----------
@@ -194,6 +194,9 @@ class PGD(EmbeddingAttack):
         The step at step t of T is the step above times 1, ``1 - t / T`` or
         ``(1 + cos(pi t / T)) / 2`` (:data:`STEP_SCHEDULES`); a fixed step can bounce around
         the best point (between corners of the box), a decaying one settles.
+    keep : {"best", "last"}, default="best"
+        Return each input's best iterate over all steps and restarts (by the objective), or the
+        last iterate (one restart only): the published ranking attacks report the last one.
     batch_size, random_state, progress
         See :class:`EmbeddingAttack`.
 
@@ -222,12 +225,13 @@ class PGD(EmbeddingAttack):
         "random_start": [bool],
         "restarts": [Interval(Integral, 1, None)],
         "step_schedule": [Options(*STEP_SCHEDULES)],
+        "keep": [Options("best", "last")],
     }
 
     def __init__(self, *, norm: str | Norm = "linf", steps: int = 10, step_size: float | None = None,
                  rel_step_size: float | None = None, random_start: bool = True, restarts: int = 1,
-                 step_schedule: str = "constant", batch_size: int = 256, random_state: int | None = None,
-                 progress: bool | None = None):
+                 step_schedule: str = "constant", keep: str = "best", batch_size: int = 256,
+                 random_state: int | None = None, progress: bool | None = None):
         super().__init__(norm=norm, batch_size=batch_size, random_state=random_state, progress=progress)
         self.steps = steps
         self.step_size = step_size
@@ -235,6 +239,7 @@ class PGD(EmbeddingAttack):
         self.random_start = random_start
         self.restarts = restarts
         self.step_schedule = step_schedule
+        self.keep = keep
 
     @property
     def n_forward(self) -> int:
@@ -245,6 +250,9 @@ class PGD(EmbeddingAttack):
         if self.step_size is not None and self.rel_step_size is not None:
             raise ValueError(f"give step_size or rel_step_size, not both (got {self.step_size!r} and "
                              f"{self.rel_step_size!r})")
+        if self.keep == "last" and self.restarts != 1:
+            raise ValueError(f"keep='last' needs restarts=1 (the last iterate of which restart?), got "
+                             f"restarts={self.restarts!r}")
 
     def _step(self, eps: float) -> float:
         if self.step_size is not None:
@@ -259,7 +267,7 @@ class PGD(EmbeddingAttack):
         eps_t = torch.full((n,), eps, dtype=x.dtype, device=x.device)
         alpha = torch.full((n,), self._step(eps), dtype=x.dtype, device=x.device)
         x_adv, _ = _pgd(model, x, objective, index, norm, eps_t, int(self.steps), alpha, self.random_start,
-                        int(self.restarts), generator, self.step_schedule)
+                        int(self.restarts), generator, self.step_schedule, keep=self.keep)
         return x_adv
 
 

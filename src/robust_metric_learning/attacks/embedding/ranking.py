@@ -52,6 +52,10 @@ __all__ = ["RANKING_KINDS", "CandidateRank", "LearningToMisrank", "QueryRank", "
 RANKING_KINDS = ("CA+", "CA-", "QA+", "QA-", "TMA", "GTM", "GTT")
 
 
+#: distances closer than this many ulps of the embeddings' size are equal (a tie)
+_TIE = 64
+
+
 def _dist(q: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return _safe_sqrt(_sq_matrix(q, g))
 
@@ -76,6 +80,7 @@ class _GalleryObjective(Objective):
         g = _embeddings(gallery, name="gallery")
         t = _rows(targets, n_gallery=g.shape[0], name="targets", ndim=ndim)
         self.n_samples, self.embedding_dim = int(t.shape[0]), int(g.shape[1])
+        self.gallery_dtype = g.dtype  # its precision, whatever dtype the context is read in
         self._set_context(gallery=g, targets=t)
 
     def success(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -105,16 +110,29 @@ class _RankObjective(_GalleryObjective):
     def _terms(self, emb_adv: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _gap(self, emb: torch.Tensor, index: torch.Tensor, precision: torch.dtype | None = None) -> torch.Tensor:
+        """``a - b`` per pair, exactly 0 (no gradient) where the two distances are equal to the
+        embeddings' rounding: within ``64 eps`` of their size, ``eps`` that of the coarser of the
+        gallery's and the embeddings' dtype (``precision``; default ``emb``'s). A candidate that
+        has not moved ties with its own clean row, but the two embeddings come from different
+        batches (and the gallery may be float32): without this, its hinge term's gradient and
+        its rank would follow the rounding."""
+        g = self._ctx("gallery", emb)
+        a, b = self._terms(emb, index)
+        gap = a - b
+        eps = max(float(torch.finfo(precision or emb.dtype).eps), float(torch.finfo(self.gallery_dtype).eps))
+        tol = _TIE * eps * (float(emb.detach().norm(dim=1).max()) + float(g.norm(dim=1).max()))
+        return torch.where(gap.detach().abs() <= tol, torch.zeros_like(gap), gap)
+
     def __call__(self, emb_adv, index):
-        a, b = self._terms(emb_adv, index)
-        return -torch.relu(self.direction * (a - b)).mean((1, 2))
+        return -torch.relu(self.direction * self._gap(emb_adv, index)).mean((1, 2))
 
     def rank(self, emb_adv: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """The rank percentile of each input (CA) or of its targets (QA), in [0, 1]."""
+        """The rank percentile of each input (CA) or of its targets (QA), in [0, 1]; equal
+        distances (see :meth:`_gap`) are a tie, not a pair ranked below."""
         emb_adv, index = self._measured(emb_adv, index)
         with torch.no_grad():
-            a, b = self._terms(emb_adv.double(), index)
-            return (a > b).double().mean((1, 2))
+            return (self._gap(emb_adv.double(), index, emb_adv.dtype) > 0).double().mean((1, 2))
 
 
 class CandidateRank(_RankObjective):
