@@ -508,3 +508,39 @@ def test_step_loss_takes_any_class_labels_and_refuses_bad_ones(batch, name):
         loss_of(y[:-1])
     with pytest.raises(ValueError, match=r"y must be a 1-D array of labels, got shape \(2, 9\)"):
         loss_of(y.reshape(2, 9))
+
+
+# ------------------------------------------------------------------------------------ EST
+
+
+def test_est_as_published_starts_at_the_input_and_trains_on_the_last_iterate(batch, monkeypatch):
+    """EST(random_start=False, keep="last"), RobRank's: the attack starts at the input with a
+    nudged reference (the shift's gradient vanishes at the input) and its last iterate equals a
+    plain sign-gradient loop's on ||f(x') - (f(x) + 1e-4 s)||."""
+    from robust_metric_learning.deep import EmbeddingShiftTriplets
+
+    x, y = batch
+    model = _model()
+    spy = _Spy(monkeypatch)
+    est = get_defense("est", eps=EPS, steps=4, step_size=EPS / 2, random_start=False, keep="last")
+    assert isinstance(est, EmbeddingShiftTriplets)
+    gen = torch.Generator().manual_seed(3)
+    sign = 2 * torch.randint(2, (len(x), 8), generator=torch.Generator().manual_seed(3)) - 1  # its draw
+    est.step_loss(model, x, y, _triplet_loss(), None, gen)
+    (call,) = spy.calls
+    assert call["kw"]["keep"] == "last" and call["kw"]["random_start"] is False
+    reference = _embed(model, x) + 1e-4 * sign.float()
+    model.eval()
+    xr = x.clone()
+    for _ in range(4):
+        xr.requires_grad_(True)
+        (g,) = torch.autograd.grad(_dist(model(xr), reference).sum(), xr)
+        xr = torch.min(torch.max(xr.detach() + EPS / 2 * g.sign(), x - EPS), x + EPS).clamp(0, 1)
+    assert torch.allclose(call["adv"], xr, atol=1e-6)
+    assert float((call["adv"] - x).abs().max()) == pytest.approx(EPS, abs=1e-6)
+    # the default: a random start and the best iterate
+    spy.calls.clear()
+    get_defense("est", eps=EPS, steps=4).step_loss(model, x, y, _triplet_loss(), None, gen)
+    assert spy.calls[0]["kw"]["keep"] == "best" and spy.calls[0]["kw"]["random_start"] is True
+    with pytest.raises(ValueError, match="keep"):
+        get_defense("est", keep="first")

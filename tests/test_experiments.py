@@ -416,9 +416,11 @@ def test_robrank_plugin_runs_caches_reports_and_refuses_bad_settings(tmp_path, m
         assert r["n_eval"] == 40 and r["n_train"] == 200 and r["ensemble_queries"] == 8
         assert 0 <= r["recall_at_1"] <= 1 and 0 <= r["ensemble_recall_at_1"] <= r["recall_at_1"] + 1e-12
         assert list(r["adversarial"]) == list(ERS_COLUMNS) and r["ERS"] is not None
+        # the published attack's own columns, never more the attacker's way than the strongest's
+        assert list(r["published_attack"]) == list(ERS_COLUMNS) and r["published_attack_ERS"] >= r["ERS"] - 1e-9
     report = (tmp_path / "report.md").read_text()
     assert "| act | RobRank (published) | 0.787 |" in report and "| 63.3 |" in report
-    assert "| act | ours |" in report
+    assert "| act | ours, strongest |" in report and "| act | ours, RobRank's attack |" in report
     # cached: a rerun computes nothing
     monkeypatch.setattr(robrank, "run_task", lambda *a, **k: pytest.fail("recomputed a cached task"))
     assert reproduce("robrank", tmp_path, **kw)["results"] == summary["results"]

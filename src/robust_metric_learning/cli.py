@@ -56,8 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="arml: learner seeds (default: 0); lmnn-pl: split seeds (default: 0 ... 19); dml, "
                         "robrank, smoothing: training and data seeds (default: 0)")
-    r.add_argument("--n-eval", type=int, default=None, help="arml and robrank: test points evaluated (default: each dataset's, 1000 unless "
-                        "experiments/arml.py states otherwise); smoothing: queries certified (default: all)")
+    r.add_argument("--n-eval", type=int, default=None, help="arml: test points evaluated (default: each dataset's, 1000 unless experiments/arml.py "
+                        "states otherwise); robrank: test images used, as queries and as the gallery "
+                        "(default: all, as published); smoothing: queries certified (default: all)")
     r.add_argument("--n-jobs", type=int, default=None,
                    help="joblib workers (arml, lmnn-pl; the torch experiments run in one process)")
     r.add_argument("--profile", default=None,

@@ -37,7 +37,7 @@ from .._validation import (
     check_seed,
     retrieval_label_codes,
 )
-from ..attacks.embedding.objectives import EmbeddingShift
+from ..attacks.embedding.objectives import SHIFT_NUDGE, EmbeddingShift
 from ..attacks.embedding.ranking import (
     CandidateRank,
     LearningToMisrank,
@@ -62,9 +62,6 @@ ROBRANK_EPS = 77 / 255
 ROBRANK_STEP = 3 / 255
 ROBRANK_STEPS = 32
 
-#: ES's reference is the clean embedding moved by this much along a random sign vector (the
-#: shift's gradient vanishes at the clean input, where the attack starts)
-_ES_NUDGE = 1e-4
 # each column's range in the published units (the others are percentages, [0, 100])
 _RANGES = {"TMA": (-1.0, 1.0), "ES:D": (0.0, 2.0)}
 
@@ -227,7 +224,7 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
     for kind in attacks:
         targets = None
         if kind == "ES":
-            targets = _ES_NUDGE * (2 * torch.randint(2, clean.shape, generator=gen) - 1).to(clean.dtype)
+            targets = SHIFT_NUDGE * (2 * torch.randint(2, clean.shape, generator=gen) - 1).to(clean.dtype)
         elif kind != "LTM":
             try:
                 targets = select_targets(kind, clean, gallery, labels, self_index=rows, n=n_targets, generator=gen)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .._validation import Interval, Options
-from ..attacks.embedding.objectives import EmbeddingShift, TripletRoleObjective
+from ..attacks.embedding.objectives import SHIFT_NUDGE, EmbeddingShift, TripletRoleObjective
 from .anticollapse import AntiCollapseTriplets
 from .defense_base import Defense, mine_triplets
 from .defense_base import check_batch as _check_batch
@@ -170,12 +170,45 @@ class NaiveAdversarial(_PerturbedBatch):
 
 class EmbeddingShiftTriplets(_PerturbedBatch):
     """EST: every input perturbed to maximise its own embedding shift; loss on the perturbed
-    batch with the clean-mined tuples."""
+    batch with the clean-mined tuples.
+
+    Parameters
+    ----------
+    eps, steps, norm, step_size
+        See :class:`Defense`.
+    random_start : bool, default=True
+        Start the attack at a random point of the ball; False starts at the input, as the
+        published code does (the shift's gradient vanishes there, so the reference embedding
+        is then moved by ``1e-4`` along a random sign vector).
+    keep : {"best", "last"}, default="best"
+        Train on each input's best iterate (largest shift), or the last one (published).
+    """
 
     name = "est"
+    _parameter_constraints = {**Defense._parameter_constraints, "random_start": [bool],
+                              "keep": [Options("best", "last")]}
+
+    def __init__(self, *, eps: float = 0.1, steps: int = 10, norm: str = "linf", step_size: float | None = None,
+                 random_start: bool = True, keep: str = "best"):
+        super().__init__(eps=eps, steps=steps, norm=norm, step_size=step_size)
+        self._validate(random_start=random_start, keep=keep)
+        self.random_start, self.keep = random_start, keep
 
     def _objective(self, clean, loss_fn, y, triplets):
         return EmbeddingShift(clean)
+
+    def step_loss(self, model, x, y, loss_fn, miner, generator):
+        y = _check_batch(x, y)
+        with torch.no_grad():
+            clean = model(x)
+        triplets = mine_triplets(clean, y, miner)
+        reference = clean
+        if not self.random_start:  # a nudged reference: the shift's gradient vanishes at the input
+            sign = 2 * torch.randint(2, clean.shape, generator=generator, device=generator.device) - 1
+            reference = clean + SHIFT_NUDGE * sign.to(device=clean.device, dtype=clean.dtype)
+        x_adv = self._perturb(model, x, EmbeddingShift(reference), generator, random_start=self.random_start,
+                              keep=self.keep)
+        return loss_fn(model(x_adv), y, triplets), len(x_adv)
 
 
 class GaussianAugmentation(Defense):

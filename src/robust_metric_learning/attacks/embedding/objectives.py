@@ -34,7 +34,7 @@ import torch
 from ..._validation import as_tensor, real_tensor
 from ...margin import exact_near_sq_distances
 
-__all__ = ["DISTANCES", "EmbeddingShift", "Objective", "TripletRoleObjective"]
+__all__ = ["DISTANCES", "SHIFT_NUDGE", "EmbeddingShift", "Objective", "TripletRoleObjective"]
 
 
 # ------------------------------------------------------------------------- distances
@@ -150,6 +150,11 @@ class Objective:
 
 
 # ------------------------------------------------------------------------- objectives
+
+
+#: How far an attack that starts at the input moves the reference of :class:`EmbeddingShift`
+#: (along a random sign vector): the shift's gradient vanishes at the input itself
+SHIFT_NUDGE = 1e-4
 
 
 class EmbeddingShift(Objective):
