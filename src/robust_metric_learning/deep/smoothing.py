@@ -26,7 +26,8 @@ other-class n, which holds if
 ``d_hat(q, n) - d_hat(q, p) - 4 e > 2 L ||delta||``: the certified radius is
 ``(min_n d_hat(q, n) - min_p d_hat(q, p) - 4 e) / (2 L)`` where positive (0, not certified,
 otherwise). Every distance has to move for this one, so it is loose: on MNIST it certified
-nothing at 0.1 where the next one certifies most queries.
+nothing at 0.1, where the next certificate (of another object, the smoothed label decision)
+certifies most queries.
 
 :func:`smoothed_top1_certificate` certifies a **smoothed decision** instead: the gallery is
 embedded once by the model, clean, and the decision for a query is the label its nearest gallery
