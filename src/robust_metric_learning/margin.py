@@ -158,9 +158,11 @@ def exact_near_sq_distances(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     ``sqrt(eps)`` and coincident rows are at exactly 0.
     """
     A_sq, B_sq = (A * A).sum(1), (B * B).sum(1)
-    scale = A_sq[:, None] + B_sq[None, :]
-    D = (scale - 2.0 * (A @ B.T)).clamp_min(0.0)
-    near = D <= float(torch.finfo(D.dtype).eps) ** 0.5 * scale
+    D = (torch.addmm(B_sq[None, :], A, B.T, alpha=-2.0) + A_sq[:, None]).clamp_min(0.0)
+    if D.numel() == 0:
+        return D
+    # every pair below sqrt(eps) of its own scale is below this bound (a few more are recomputed)
+    near = D <= float(torch.finfo(D.dtype).eps) ** 0.5 * float((A_sq.max() + B_sq.max()).detach())
     if bool(near.any()):
         r, c = torch.nonzero(near, as_tuple=True)
         D = D.index_put((r, c), ((A[r] - B[c]) ** 2).sum(1))
