@@ -143,9 +143,12 @@ class _BatchLoss:
 
 class _PerturbedBatch(Defense):
     """A defence that mines the tuples on the clean batch, perturbs every input to maximise
-    :meth:`_objective` and takes the loss on the perturbed batch with the clean-mined tuples."""
+    :meth:`_objective` (from a random start, keeping the best iterate, unless the instance says
+    otherwise) and takes the loss on the perturbed batch with the clean-mined tuples."""
 
-    def _objective(self, clean, loss_fn, y, triplets):
+    random_start, keep = True, "best"
+
+    def _objective(self, clean, loss_fn, y, triplets, generator):
         """The attack's objective, from the clean embeddings and the mined tuples."""
         raise NotImplementedError
 
@@ -154,7 +157,8 @@ class _PerturbedBatch(Defense):
         with torch.no_grad():
             clean = model(x)
         triplets = mine_triplets(clean, y, miner)
-        x_adv = self._perturb(model, x, self._objective(clean, loss_fn, y, triplets), generator)
+        x_adv = self._perturb(model, x, self._objective(clean, loss_fn, y, triplets, generator), generator,
+                              random_start=self.random_start, keep=self.keep)
         return loss_fn(model(x_adv), y, triplets), len(x_adv)
 
 
@@ -164,7 +168,7 @@ class NaiveAdversarial(_PerturbedBatch):
 
     name = "naive"
 
-    def _objective(self, clean, loss_fn, y, triplets):
+    def _objective(self, clean, loss_fn, y, triplets, generator):
         return _BatchLoss(loss_fn, y, triplets)
 
 
@@ -194,21 +198,12 @@ class EmbeddingShiftTriplets(_PerturbedBatch):
         self._validate(random_start=random_start, keep=keep)
         self.random_start, self.keep = random_start, keep
 
-    def _objective(self, clean, loss_fn, y, triplets):
-        return EmbeddingShift(clean)
-
-    def step_loss(self, model, x, y, loss_fn, miner, generator):
-        y = _check_batch(x, y)
-        with torch.no_grad():
-            clean = model(x)
-        triplets = mine_triplets(clean, y, miner)
-        reference = clean
-        if not self.random_start:  # a nudged reference: the shift's gradient vanishes at the input
-            sign = 2 * torch.randint(2, clean.shape, generator=generator, device=generator.device) - 1
-            reference = clean + SHIFT_NUDGE * sign.to(device=clean.device, dtype=clean.dtype)
-        x_adv = self._perturb(model, x, EmbeddingShift(reference), generator, random_start=self.random_start,
-                              keep=self.keep)
-        return loss_fn(model(x_adv), y, triplets), len(x_adv)
+    def _objective(self, clean, loss_fn, y, triplets, generator):
+        if self.random_start:
+            return EmbeddingShift(clean)
+        # from the input: a nudged reference, as the shift's gradient vanishes at the input
+        sign = 2 * torch.randint(2, clean.shape, generator=generator, device=generator.device) - 1
+        return EmbeddingShift(clean + SHIFT_NUDGE * sign.to(device=clean.device, dtype=clean.dtype))
 
 
 class GaussianAugmentation(Defense):
