@@ -544,3 +544,9 @@ def test_est_as_published_starts_at_the_input_and_trains_on_the_last_iterate(bat
     assert spy.calls[0]["kw"]["keep"] == "best" and spy.calls[0]["kw"]["random_start"] is True
     with pytest.raises(ValueError, match="keep"):
         get_defense("est", keep="first")
+    # the options are in the repr (a training checkpoint's key); the defaults print as before
+    assert repr(est) == "EmbeddingShiftTriplets(eps=0.1, steps=4, random_start=False, keep='last', norm=LinfNorm(), " \
+                        "step_size=0.05)"
+    assert repr(get_defense("est", eps=EPS, steps=4)) == "EmbeddingShiftTriplets(eps=0.1, steps=4, norm=LinfNorm())"
+    # without a generator (CPU draws)
+    assert torch.isfinite(est.step_loss(model, x, y, _triplet_loss(), None, None)[0])

@@ -161,11 +161,14 @@ def exact_near_sq_distances(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     D = (torch.addmm(B_sq[None, :], A, B.T, alpha=-2.0) + A_sq[:, None]).clamp_min(0.0)
     if D.numel() == 0:
         return D
-    # every pair below sqrt(eps) of its own scale is below this bound (a few more are recomputed)
-    near = D <= float(torch.finfo(D.dtype).eps) ** 0.5 * float((A_sq.max() + B_sq.max()).detach())
-    if bool(near.any()):
-        r, c = torch.nonzero(near, as_tuple=True)
-        D = D.index_put((r, c), ((A[r] - B[c]) ** 2).sum(1))
+    root = float(torch.finfo(D.dtype).eps) ** 0.5
+    # a cheap superset (one bound for all pairs), then each candidate against its own scale
+    r, c = torch.nonzero(D <= root * float((A_sq.max() + B_sq.max()).detach()), as_tuple=True)
+    if len(r):
+        own = (D[r, c] <= root * (A_sq[r] + B_sq[c])).detach()
+        r, c = r[own], c[own]
+        if len(r):
+            D.index_put_((r, c), ((A[r] - B[c]) ** 2).sum(1))
     return D
 
 

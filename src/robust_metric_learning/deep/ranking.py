@@ -187,9 +187,9 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
         ``clean`` and ``adversarial`` (column -> value in the published units), ``ERS`` (of the
         adversarial columns when all ten were run and ES:D lies in [0, 2], as it does on
         embeddings of norm at most 1; else None), ``recall_at_1`` (clean, leave-one-out),
-        ``per_input`` (column -> per-input adversarial values, numpy), ``by_attack`` (per attack
-        object, in order: column -> its own mean value, as if it had been the only one),
-        ``eps``, ``n_queries``.
+        ``per_input`` (column -> per-input adversarial values, numpy), ``by_attack`` and
+        ``by_attack_ERS`` (per attack object, in order: its own columns and ERS, as if it had
+        been the only one), ``eps``, ``n_queries``.
     """
     unknown = [a for a in (attacks if isinstance(attacks, (list, tuple)) else [attacks]) if a not in RANKING_ATTACKS]
     if unknown or not isinstance(attacks, (list, tuple)) or not attacks:
@@ -249,7 +249,13 @@ def ranking_robustness(model: torch.nn.Module, X: Any, y: Any, *, eps: float = R
             out["adversarial"][col] = float(worst.mean())
             for own, v in zip(out["by_attack"], vs):
                 own[col] = float(v.mean())
-    full = all(c in out["adversarial"] for c in ERS_COLUMNS)
-    unit = full and out["adversarial"]["ES:D"] <= _range("ES:D")[1]  # ERS's ES:D term assumes unit embeddings
-    out["ERS"] = empirical_robustness_score(out["adversarial"]) if unit else None
+    out["ERS"] = _ers(out["adversarial"])
+    out["by_attack_ERS"] = [_ers(own) for own in out["by_attack"]]
     return out
+
+
+def _ers(columns: Mapping[str, float]) -> float | None:
+    """ERS of the columns when all ten are there and ES:D lies in [0, 2] (its term assumes
+    embeddings of norm at most 1), else None."""
+    full = all(c in columns for c in ERS_COLUMNS)
+    return empirical_robustness_score(columns) if full and columns["ES:D"] <= _range("ES:D")[1] else None

@@ -182,8 +182,10 @@ class EmbeddingShiftTriplets(_PerturbedBatch):
         See :class:`Defense`.
     random_start : bool, default=True
         Start the attack at a random point of the ball; False starts at the input, as the
-        published code does (the shift's gradient vanishes there, so the reference embedding
-        is then moved by ``1e-4`` along a random sign vector).
+        published code does. The shift's gradient vanishes there, so the reference embedding is
+        then moved by ``1e-4`` along a random sign vector, at every step (the published code
+        moves it by ``1e-7`` times a random vector of -1, 0, 1 at the first step only; with
+        sign steps either starts the ascent).
     keep : {"best", "last"}, default="best"
         Train on each input's best iterate (largest shift), or the last one (published).
     """
@@ -202,8 +204,14 @@ class EmbeddingShiftTriplets(_PerturbedBatch):
         if self.random_start:
             return EmbeddingShift(clean)
         # from the input: a nudged reference, as the shift's gradient vanishes at the input
-        sign = 2 * torch.randint(2, clean.shape, generator=generator, device=generator.device) - 1
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        sign = 2 * torch.randint(2, clean.shape, generator=generator, device=gen_device) - 1
         return EmbeddingShift(clean + SHIFT_NUDGE * sign.to(device=clean.device, dtype=clean.dtype))
+
+    def _extra_repr(self) -> str:  # the defaults print nothing, as before these options existed
+        if (self.random_start, self.keep) == (True, "best"):
+            return ""
+        return f"random_start={self.random_start}, keep={self.keep!r}, "
 
 
 class GaussianAugmentation(Defense):

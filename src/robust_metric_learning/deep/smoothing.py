@@ -140,7 +140,7 @@ class SmoothedEmbedding:
         if not bool(torch.isfinite(norms).all()) or float(norms.max()) > 1 + 1e-6:
             raise ValueError(f"the smoothing certificate needs embeddings of norm at most 1; the model returned "
                              f"norms up to {float(norms.max()):.4g} (pass normalize=True)")
-        # norms within rounding of 1 are brought to 1, so the bounds' "norm at most 1" holds exactly
+        # norms within 1e-6 above 1 are brought to 1 (to rounding), as the bounds assume
         return out / norms.clamp_min(1.0)[:, None].to(out.dtype)
 
     def estimate(self, X: Any) -> torch.Tensor:

@@ -105,7 +105,7 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     n_check : int, default=2000
         Noisy copies for the decision at the perturbed point (and at the clean point).
     alpha : float, default=0.001
-        Level of the test that the decision changed.
+        Level of the test that refutes a certificate (the certified label's probability below 1/2).
     max_queries : int, default=None
         Attack only the first this many certified queries.
     random_state : int, default=0
@@ -113,8 +113,8 @@ def attack_smoothed_top1(model: torch.nn.Module, X: Any, y: Any, certificate: di
     Returns
     -------
     dict
-        ``n_attacked``, ``scales``, and per scale: ``broken`` (queries whose decision is
-        significantly changed), ``flipped`` (whose majority label changed), ``p_clean`` and
+        ``n_attacked``, ``scales``, and per scale: ``broken`` (queries whose certificate is
+        refuted at ``alpha``), ``flipped`` (whose majority label changed), ``p_clean`` and
         ``p_attacked`` (mean estimated probability of the certified label before and after; None
         when no query was attacked, ``n_attacked`` 0: no radius is positive).
     """

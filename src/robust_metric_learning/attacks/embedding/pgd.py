@@ -202,8 +202,8 @@ class PGD(EmbeddingAttack):
 
     Notes
     -----
-    Costs ``restarts * (steps + 1)`` forward and ``restarts * steps`` backward passes per
-    input (:attr:`n_forward`); ``RandomSearch(n_queries=pgd.n_forward)`` has the same number
+    Costs ``restarts * (steps + 1)`` forward (``steps`` with ``keep="last"``) and ``restarts *
+    steps`` backward passes per input (:attr:`n_forward`); ``RandomSearch(n_queries=pgd.n_forward)`` has the same number
     of forward passes.
 
     Examples
@@ -243,8 +243,8 @@ class PGD(EmbeddingAttack):
 
     @property
     def n_forward(self) -> int:
-        """Forward passes per input: ``restarts * (steps + 1)``."""
-        return self.restarts * (self.steps + 1)
+        """Forward passes per input: ``restarts * (steps + 1)`` (``steps`` with ``keep="last"``)."""
+        return self.steps if self.keep == "last" else self.restarts * (self.steps + 1)
 
     def _check_params(self) -> None:
         if self.step_size is not None and self.rel_step_size is not None:

@@ -112,17 +112,21 @@ class _RankObjective(_GalleryObjective):
 
     def _gap(self, emb: torch.Tensor, index: torch.Tensor, precision: torch.dtype | None = None) -> torch.Tensor:
         """``a - b`` per pair, exactly 0 (no gradient) where the two distances are equal to the
-        embeddings' rounding: within ``64 eps`` of their size, ``eps`` that of the coarser of the
-        gallery's and the embeddings' dtype (``precision``; default ``emb``'s). A candidate that
-        has not moved ties with its own clean row, but the two embeddings come from different
-        batches (and the gallery may be float32): without this, its hinge term's gradient and
-        its rank would follow the rounding."""
+        embeddings' rounding: ``|a^2 - b^2|`` within ``64 eps`` of their size squared (squared
+        distances carry a rounding error of that form whatever their size), ``eps`` that of the
+        coarser of the gallery's and the embeddings' dtype (``precision``; default ``emb``'s). A
+        candidate that has not moved ties with its own clean row, but the two embeddings come
+        from different batches (and the gallery may be float32): without this, its hinge term's
+        gradient and its rank would follow the rounding."""
         g = self._ctx("gallery", emb)
         a, b = self._terms(emb, index)
         gap = a - b
+        if gap.numel() == 0:
+            return gap
         eps = max(float(torch.finfo(precision or emb.dtype).eps), float(torch.finfo(self.gallery_dtype).eps))
-        tol = _TIE * eps * (float(emb.detach().norm(dim=1).max()) + float(g.norm(dim=1).max()))
-        return torch.where(gap.detach().abs() <= tol, torch.zeros_like(gap), gap)
+        size = float(emb.detach().norm(dim=1).max()) + float(g.norm(dim=1).max())
+        tie = (gap.detach() * (a + b).detach()).abs() <= _TIE * eps * size ** 2
+        return torch.where(tie, torch.zeros_like(gap), gap)
 
     def __call__(self, emb_adv, index):
         return -torch.relu(self.direction * self._gap(emb_adv, index)).mean((1, 2))
