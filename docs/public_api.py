@@ -76,7 +76,7 @@ def write_api_index(path: str) -> None:
         "",
     ]
     for m in subpackages():
-        mod = importlib.import_module(m)
+        importlib.import_module(m)
         own = [r for r in rows if r.module == m and r.canonical == f"{m}.{r.name}"]
         also = [r for r in rows if r.module == m and r.canonical != f"{m}.{r.name}"]
         title = f":mod:`{m}`"
